@@ -1,0 +1,5 @@
+//! fleming-worker: the process that links libtorch (see model/README.md).
+
+fn main() -> anyhow::Result<()> {
+    Ok(())
+}
