@@ -49,9 +49,10 @@ pub struct Qwen2Config {
     /// Longest position the model was trained for.
     #[serde(default)]
     pub max_position_embeddings: Option<usize>,
-    /// RoPE base.
-    #[serde(default = "default_rope_theta")]
-    pub rope_theta: f64,
+    /// RoPE base as transformers 4 writes it; transformers 5 writes
+    /// `rope_parameters.rope_theta` instead (kept in `extra`). Use [`Qwen2Config::rope_theta`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_theta: Option<f64>,
     /// RMSNorm epsilon.
     #[serde(default = "default_eps")]
     pub rms_norm_eps: f64,
@@ -91,7 +92,7 @@ impl Qwen2Config {
             num_attention_heads: heads,
             num_key_value_heads: Some(kv_heads),
             max_position_embeddings: Some(2048),
-            rope_theta: 10_000.0,
+            rope_theta: Some(default_rope_theta()),
             rms_norm_eps: 1e-6,
             tie_word_embeddings: true,
             hidden_act: default_act(),
@@ -101,6 +102,13 @@ impl Qwen2Config {
             torch_dtype: Some("float32".into()),
             extra: Default::default(),
         }
+    }
+
+    /// The RoPE base, from either config generation.
+    pub fn rope_theta(&self) -> f64 {
+        self.rope_theta
+            .or_else(|| self.extra.get("rope_parameters").and_then(|p| p.get("rope_theta")).and_then(|v| v.as_f64()))
+            .unwrap_or_else(default_rope_theta)
     }
 
     /// Key/value heads, resolving the default.
@@ -143,6 +151,14 @@ impl Qwen2Config {
         }
         if self.head_dim() % 2 != 0 {
             return Err(invalid!("head_dim {} must be even for RoPE", self.head_dim()));
+        }
+        if let Some(kind) = self.extra.get("rope_parameters").and_then(|p| p.get("rope_type"))
+            && kind.as_str() != Some("default")
+        {
+            return Err(invalid!("rope_parameters.rope_type {kind} is not supported (only default)"));
+        }
+        if self.extra.get("use_sliding_window").and_then(|v| v.as_bool()) == Some(true) {
+            return Err(invalid!("use_sliding_window=true is not supported"));
         }
         if let Some(rs) = self.extra.get("rope_scaling")
             && !rs.is_null()

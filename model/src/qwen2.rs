@@ -203,7 +203,7 @@ impl Qwen2 {
         let lm_head = if config.tie_word_embeddings { embed.shallow_clone() } else { get("lm_head.weight")? };
         let hd = config.head_dim() as i64;
         let inv_freq = (Tensor::f_arange_start_step(0, hd, 2, (Kind::Float, Device::Cpu))? / hd as f64)
-            .f_mul_scalar(config.rope_theta.ln())?
+            .f_mul_scalar(config.rope_theta().ln())?
             .f_exp()?
             .f_reciprocal()?
             .f_to_device(device)?;

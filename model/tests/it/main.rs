@@ -1,1 +1,7 @@
-//! Integration tests for fleming-model (one binary).
+//! Integration tests for fleming-model, in one binary.
+//!
+//! Tests that need the Python reference (transformers) fail with a message
+//! pointing at `scripts/ensure-torch` when it is missing; they never skip.
+
+mod common;
+mod parity;

@@ -1,0 +1,36 @@
+//! Helpers shared by the integration tests.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The Python of the cache venv, or a panic that says how to install it.
+pub fn python() -> PathBuf {
+    let p = std::env::var_os("FLEMING_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
+        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+        home.join(".cache/fleming/py/bin/python")
+    });
+    assert!(
+        p.exists(),
+        "the Python reference is not installed at {}: run scripts/ensure-torch first",
+        p.display()
+    );
+    p
+}
+
+/// Runs a Python script from tests/py with arguments, panicking with its output on failure.
+pub fn run_py(script: &str, args: &[&str]) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/py").join(script);
+    let out = Command::new(python()).arg(&path).args(args).output().expect("start python");
+    assert!(
+        out.status.success(),
+        "{} {args:?} failed:\n{}\n{}",
+        path.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Largest absolute difference of two tensors.
+pub fn max_abs_diff(a: &tch::Tensor, b: &tch::Tensor) -> f64 {
+    (a - b).abs().max().double_value(&[])
+}
