@@ -2,11 +2,28 @@
 //! checkpoints, a tokenizer and chat format, batched generation and SFT.
 //! It knows nothing of pipelines; the worker binary builds on it.
 
+pub mod answer;
+pub mod chat;
 pub mod config;
 pub mod error;
+pub mod generate;
 pub mod io;
 pub mod qwen2;
+pub mod sft;
+pub mod tokenizer;
+pub mod toy;
 
+pub use answer::{NoAnswer, extract_answer};
 pub use config::Qwen2Config;
 pub use error::{ModelError, Result};
+pub use generate::{Flow, Generated, SamplingParams, generate, generate_with};
 pub use qwen2::{KvCache, Placement, Qwen2};
+pub use sft::{Example, MetricsRow, SftConfig, SftTrainer};
+pub use tokenizer::TextTokenizer;
+
+/// Sets libtorch's intra-op thread count (benchmarks pin it; 0 leaves the default).
+pub fn set_threads(n: usize) {
+    if n > 0 {
+        tch::set_num_threads(n as i32);
+    }
+}

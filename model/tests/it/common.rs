@@ -17,8 +17,9 @@ pub fn python() -> PathBuf {
     p
 }
 
-/// Runs a Python script from tests/py with arguments, panicking with its output on failure.
-pub fn run_py(script: &str, args: &[&str]) {
+/// Runs a Python script from tests/py with arguments, panicking with its output on failure;
+/// returns its stdout.
+pub fn run_py(script: &str, args: &[&str]) -> String {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/py").join(script);
     let out = Command::new(python()).arg(&path).args(args).output().expect("start python");
     assert!(
@@ -28,9 +29,15 @@ pub fn run_py(script: &str, args: &[&str]) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).to_string()
 }
 
 /// Largest absolute difference of two tensors.
 pub fn max_abs_diff(a: &tch::Tensor, b: &tch::Tensor) -> f64 {
     (a - b).abs().max().double_value(&[])
+}
+
+/// CPU, f32: the placement every test uses.
+pub fn cpu_f32() -> fleming_model::Placement {
+    fleming_model::Placement { device: Some(tch::Device::Cpu), kind: Some(tch::Kind::Float) }
 }

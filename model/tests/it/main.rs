@@ -4,4 +4,8 @@
 //! pointing at `scripts/ensure-torch` when it is missing; they never skip.
 
 mod common;
+mod generation;
+mod learn;
 mod parity;
+mod sft;
+mod tokenizer;

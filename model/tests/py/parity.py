@@ -2,6 +2,7 @@
 
 make DIR TIED SHARD  builds a small random Qwen2, saves it to DIR (sharded when
                      SHARD is 1) and writes DIR/ref.safetensors with ids, logits.
+tok DIR              prints the ids of a rendered chat with DIR's tokenizer.
 logits DIR           loads DIR (written by Rust) and writes DIR/py_logits.safetensors
                      with the logits of DIR/ids.safetensors.
 """
@@ -41,8 +42,21 @@ def logits(d):
     save_file({"logits": out.contiguous()}, f"{d}/py_logits.safetensors")
 
 
+def tok(d):
+    """Prints the ids transformers' tokenizer gives a rendered chat (space separated)."""
+    from transformers import AutoTokenizer
+    t = AutoTokenizer.from_pretrained(d)
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Which drug treats <x>? A. foo"}]
+    ids = t.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
+    if hasattr(ids, "keys"):
+        ids = ids["input_ids"]
+    print(" ".join(str(i) for i in ids))
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "make":
         make(sys.argv[2], sys.argv[3] == "1", sys.argv[4] == "1")
+    elif sys.argv[1] == "tok":
+        tok(sys.argv[2])
     else:
         logits(sys.argv[2])

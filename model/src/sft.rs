@@ -1,0 +1,476 @@
+//! Supervised fine-tuning: loss on completion tokens only, our own AdamW
+//! (tch does not expose optimizer state, and exact resume needs it), warmup +
+//! cosine, gradient clipping and accumulation, checkpoints with exact resume.
+
+use crate::io::{SafetensorsFile, write_atomic, write_safetensors};
+use crate::qwen2::{Qwen2, check_finite};
+use crate::{ModelError, Result, invalid};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tch::{Kind, Tensor};
+
+/// One training example: the prompt (no loss) and the completion (loss).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Example {
+    /// Prompt tokens (context only).
+    pub prompt: Vec<i64>,
+    /// Completion tokens (the loss is taken on these).
+    pub completion: Vec<i64>,
+}
+
+/// Hyper-parameters of an SFT run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SftConfig {
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Final learning rate as a fraction of the peak.
+    pub min_lr_ratio: f64,
+    /// Linear warm-up steps.
+    pub warmup_steps: u64,
+    /// Optimizer steps in the run (the cosine ends here).
+    pub total_steps: u64,
+    /// Sequences per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    /// Clip the global gradient norm to this (0 disables).
+    pub max_grad_norm: f64,
+    /// Decoupled weight decay on matrices (not on norms or biases).
+    pub weight_decay: f64,
+    /// Adam β1.
+    pub beta1: f64,
+    /// Adam β2.
+    pub beta2: f64,
+    /// Adam ε.
+    pub eps: f64,
+    /// Save a checkpoint every N steps (0: only at the end).
+    pub checkpoint_every: u64,
+    /// Checkpoints to keep.
+    pub keep_checkpoints: usize,
+    /// Seed of the data order.
+    pub seed: u64,
+    /// Longer examples are cut to this many tokens.
+    pub max_len: usize,
+}
+
+impl Default for SftConfig {
+    fn default() -> Self {
+        SftConfig {
+            lr: 1e-3,
+            min_lr_ratio: 0.1,
+            warmup_steps: 20,
+            total_steps: 1000,
+            batch_size: 16,
+            grad_accum: 1,
+            max_grad_norm: 1.0,
+            weight_decay: 0.0,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            checkpoint_every: 100,
+            keep_checkpoints: 2,
+            seed: 0,
+            max_len: 512,
+        }
+    }
+}
+
+impl SftConfig {
+    /// Learning rate for optimizer step `step` (0-based): linear warm-up, then cosine.
+    pub fn lr_at(&self, step: u64) -> f64 {
+        if step < self.warmup_steps {
+            return self.lr * (step + 1) as f64 / self.warmup_steps as f64;
+        }
+        let span = self.total_steps.saturating_sub(self.warmup_steps).max(1) as f64;
+        let progress = ((step - self.warmup_steps) as f64 / span).min(1.0);
+        let min = self.lr * self.min_lr_ratio;
+        min + (self.lr - min) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+    }
+}
+
+/// One row of training metrics, emitted after every optimizer step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricsRow {
+    /// Optimizer steps done (1 after the first).
+    pub step: u64,
+    /// Mean loss per completion token over the step.
+    pub loss: f64,
+    /// Learning rate used for the step.
+    pub lr: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Tokens processed in the step (prompt + completion, no padding).
+    pub tokens: u64,
+    /// Throughput of the step.
+    pub tokens_per_s: f64,
+}
+
+/// Where the data order stands; with the weights and moments, all a resume needs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Optimizer steps done.
+    pub step: u64,
+    /// Current pass over the data.
+    pub epoch: u64,
+    /// Examples of the current epoch already consumed.
+    pub cursor: u64,
+}
+
+/// AdamW with its moments as plain tensors (saved with checkpoints).
+pub struct AdamW {
+    params: Vec<(String, Tensor)>,
+    m: Vec<Tensor>,
+    v: Vec<Tensor>,
+    decay: Vec<bool>,
+}
+
+impl AdamW {
+    /// Moments start at zero for every parameter of `model`.
+    pub fn new(model: &Qwen2) -> Result<Self> {
+        let params = model.named_parameters();
+        let mut m = vec![];
+        let mut v = vec![];
+        let mut decay = vec![];
+        for (name, p) in &params {
+            m.push(p.f_zeros_like()?);
+            v.push(p.f_zeros_like()?);
+            decay.push(p.dim() >= 2 && !name.contains("norm"));
+        }
+        Ok(AdamW { params, m, v, decay })
+    }
+
+    /// One update with bias correction for step `t` (1-based).
+    pub fn step(&mut self, cfg: &SftConfig, lr: f64, t: u64) -> Result<()> {
+        let bc1 = 1.0 - cfg.beta1.powi(t as i32);
+        let bc2 = 1.0 - cfg.beta2.powi(t as i32);
+        tch::no_grad(|| -> Result<()> {
+            for (i, (_, p)) in self.params.iter().enumerate() {
+                let g = p.grad();
+                if !g.defined() {
+                    continue;
+                }
+                let mut p = p.shallow_clone();
+                let m = &mut self.m[i];
+                let v = &mut self.v[i];
+                let _ = m.f_mul_scalar_(cfg.beta1)?.f_add_(&(&g * (1.0 - cfg.beta1)))?;
+                // addcmul_ has no scale argument in tch, so scale one factor.
+                let _ = v.f_mul_scalar_(cfg.beta2)?.f_addcmul_(&g, &(&g * (1.0 - cfg.beta2)))?;
+                if self.decay[i] && cfg.weight_decay > 0.0 {
+                    let _ = p.f_mul_scalar_(1.0 - lr * cfg.weight_decay)?;
+                }
+                let denom = (v.f_div_scalar(bc2)?.f_sqrt()? + cfg.eps).f_to_kind(p.kind())?;
+                let update = m.f_div(&denom)?.f_mul_scalar(lr / bc1)?;
+                let _ = p.f_sub_(&update)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Clears the gradients.
+    pub fn zero_grad(&mut self) {
+        for (_, p) in &self.params {
+            let mut g = p.grad();
+            if g.defined() {
+                let _ = g.detach_().zero_();
+            }
+        }
+    }
+
+    /// Global L2 norm of the gradients.
+    pub fn grad_norm(&self) -> Result<f64> {
+        let mut total = 0.0;
+        for (_, p) in &self.params {
+            let g = p.grad();
+            if g.defined() {
+                total += g.f_to_kind(Kind::Float)?.f_pow_tensor_scalar(2)?.f_sum(Kind::Double)?.f_double_value(&[])?;
+            }
+        }
+        Ok(total.sqrt())
+    }
+
+    /// Multiplies every gradient by `s`.
+    pub fn scale_grads(&mut self, s: f64) -> Result<()> {
+        for (_, p) in &self.params {
+            let mut g = p.grad();
+            if g.defined() {
+                let _ = g.f_mul_scalar_(s)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn save(&self, path: &Path) -> Result<()> {
+        let mut tensors = vec![];
+        for (i, (name, _)) in self.params.iter().enumerate() {
+            tensors.push((format!("m.{name}"), self.m[i].shallow_clone()));
+            tensors.push((format!("v.{name}"), self.v[i].shallow_clone()));
+        }
+        write_safetensors(path, &tensors, &BTreeMap::new())
+    }
+
+    fn load(&mut self, path: &Path) -> Result<()> {
+        let mut f = SafetensorsFile::open(path)?;
+        for (i, (name, _)) in self.params.iter().enumerate() {
+            let m = f.read(&format!("m.{name}"))?;
+            let v = f.read(&format!("v.{name}"))?;
+            self.m[i] = m.f_to_device(self.m[i].device())?.f_to_kind(self.m[i].kind())?;
+            self.v[i] = v.f_to_device(self.v[i].device())?.f_to_kind(self.v[i].kind())?;
+        }
+        Ok(())
+    }
+}
+
+/// An SFT run over a fixed set of examples, checkpointed under `dir`.
+pub struct SftTrainer<'a> {
+    model: &'a mut Qwen2,
+    examples: &'a [Example],
+    /// The run's hyper-parameters.
+    pub cfg: SftConfig,
+    opt: AdamW,
+    /// Where the run stands.
+    pub state: TrainState,
+    order: Vec<usize>,
+    dir: PathBuf,
+    pad_id: i64,
+}
+
+impl<'a> SftTrainer<'a> {
+    /// A trainer that resumes from `dir/checkpoints/latest` when one exists
+    /// (weights, moments, step and data position), else starts at step 0.
+    pub fn new(model: &'a mut Qwen2, examples: &'a [Example], cfg: SftConfig, dir: &Path, pad_id: i64) -> Result<Self> {
+        if examples.is_empty() {
+            return Err(invalid!("no training examples"));
+        }
+        if cfg.batch_size == 0 || cfg.grad_accum == 0 {
+            return Err(invalid!("batch_size and grad_accum must be positive"));
+        }
+        model.set_requires_grad(true)?;
+        let opt = AdamW::new(model)?;
+        let mut t = SftTrainer {
+            model,
+            examples,
+            cfg,
+            opt,
+            state: TrainState::default(),
+            order: vec![],
+            dir: dir.to_path_buf(),
+            pad_id,
+        };
+        if let Some(ck) = latest_checkpoint(dir)? {
+            t.restore(&ck)?;
+        }
+        t.order = epoch_order(t.examples.len(), t.cfg.seed, t.state.epoch);
+        Ok(t)
+    }
+
+    /// The model being trained.
+    pub fn model(&self) -> &Qwen2 {
+        self.model
+    }
+
+    fn restore(&mut self, ck: &Path) -> Result<()> {
+        let text = std::fs::read_to_string(ck.join("trainer_state.json")).map_err(|e| ModelError::io(ck, e))?;
+        let state: TrainState = serde_json::from_str(&text).map_err(|e| ModelError::json("trainer_state.json", e))?;
+        let mut weights = vec![];
+        crate::io::read_checkpoint(ck, self.model.kind(), self.model.device(), |n, t| {
+            weights.push((n.to_string(), t));
+            Ok(())
+        })?;
+        self.model.copy_from(&weights)?;
+        self.opt.load(&ck.join("optimizer.safetensors"))?;
+        self.state = state;
+        Ok(())
+    }
+
+    fn next_batch(&mut self) -> Vec<usize> {
+        let mut out = Vec::with_capacity(self.cfg.batch_size);
+        while out.len() < self.cfg.batch_size {
+            if self.state.cursor as usize >= self.order.len() {
+                self.state.epoch += 1;
+                self.state.cursor = 0;
+                self.order = epoch_order(self.examples.len(), self.cfg.seed, self.state.epoch);
+            }
+            out.push(self.order[self.state.cursor as usize]);
+            self.state.cursor += 1;
+        }
+        out
+    }
+
+    /// Right-padded ids and labels (-100 where no loss) for a micro-batch.
+    fn collate(&self, idx: &[usize]) -> (Tensor, Tensor, u64, u64) {
+        let seqs: Vec<(Vec<i64>, usize)> = idx
+            .iter()
+            .map(|&i| {
+                let e = &self.examples[i];
+                let mut s: Vec<i64> = e.prompt.iter().chain(&e.completion).copied().collect();
+                s.truncate(self.cfg.max_len);
+                (s, e.prompt.len())
+            })
+            .collect();
+        let len = seqs.iter().map(|(s, _)| s.len()).max().unwrap_or(1).max(2);
+        let mut ids = Vec::with_capacity(idx.len() * len);
+        let mut labels = Vec::with_capacity(idx.len() * len);
+        let (mut tokens, mut targets) = (0u64, 0u64);
+        for (s, plen) in &seqs {
+            tokens += s.len() as u64;
+            for j in 0..len {
+                ids.push(s.get(j).copied().unwrap_or(self.pad_id));
+                let is_target = j >= *plen && j < s.len();
+                targets += is_target as u64;
+                labels.push(if is_target { s[j] } else { -100 });
+            }
+        }
+        let b = idx.len() as i64;
+        let dev = self.model.device();
+        (
+            Tensor::from_slice(&ids).view([b, len as i64]).to_device(dev),
+            Tensor::from_slice(&labels).view([b, len as i64]).to_device(dev),
+            tokens,
+            targets,
+        )
+    }
+
+    /// Runs one optimizer step (all micro-batches) and returns its metrics.
+    pub fn train_step(&mut self) -> Result<MetricsRow> {
+        let start = Instant::now();
+        let batches: Vec<Vec<usize>> = (0..self.cfg.grad_accum).map(|_| self.next_batch()).collect();
+        let collated: Vec<_> = batches.iter().map(|b| self.collate(b)).collect();
+        let targets: u64 = collated.iter().map(|c| c.3).sum();
+        let tokens: u64 = collated.iter().map(|c| c.2).sum();
+        let mut loss_sum = 0.0;
+        self.opt.zero_grad();
+        for (ids, labels, _, _) in &collated {
+            let logits = self.model.forward(ids, None, None, false)?;
+            let t = logits.size()[1];
+            let v = logits.size()[2];
+            let pred = logits.f_narrow(1, 0, t - 1)?.f_reshape([-1, v])?;
+            let gold = labels.f_narrow(1, 1, t - 1)?.f_reshape([-1])?;
+            // Sum over tokens, normalised by the whole step's target count, so every
+            // completion token weighs the same whatever micro-batch it falls in.
+            let loss = pred.f_cross_entropy_loss::<&Tensor>(&gold, None, tch::Reduction::Sum, -100, 0.0)?;
+            loss_sum += loss.f_double_value(&[])?;
+            (loss / targets.max(1) as f64).f_backward()?;
+        }
+        let loss = loss_sum / targets.max(1) as f64;
+        if !loss.is_finite() {
+            return Err(invalid!("loss is not finite at step {}", self.state.step + 1));
+        }
+        let grad_norm = self.opt.grad_norm()?;
+        if self.cfg.max_grad_norm > 0.0 && grad_norm > self.cfg.max_grad_norm {
+            self.opt.scale_grads(self.cfg.max_grad_norm / (grad_norm + 1e-6))?;
+        }
+        let lr = self.cfg.lr_at(self.state.step);
+        self.state.step += 1;
+        self.opt.step(&self.cfg, lr, self.state.step)?;
+        self.opt.zero_grad();
+        let secs = start.elapsed().as_secs_f64().max(1e-9);
+        Ok(MetricsRow { step: self.state.step, loss, lr, grad_norm, tokens, tokens_per_s: tokens as f64 / secs })
+    }
+
+    /// Trains until `total_steps`, calling `on_step` after each step and
+    /// checkpointing every `checkpoint_every` steps and at the end.
+    pub fn train(&mut self, mut on_step: impl FnMut(&MetricsRow) -> Result<()>) -> Result<()> {
+        while self.state.step < self.cfg.total_steps {
+            let row = self.train_step()?;
+            on_step(&row)?;
+            let every = self.cfg.checkpoint_every;
+            if (every > 0 && self.state.step % every == 0) || self.state.step == self.cfg.total_steps {
+                self.checkpoint()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Saves weights, moments and state to `dir/checkpoints/step-N` and points
+    /// `latest` at it; a crash at any moment leaves the previous one usable.
+    pub fn checkpoint(&self) -> Result<PathBuf> {
+        let root = self.dir.join("checkpoints");
+        let name = format!("step-{:08}", self.state.step);
+        let tmp = root.join(format!(".{name}.tmp"));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).map_err(|e| ModelError::io(&tmp, e))?;
+        self.model.save(&tmp, None)?;
+        self.opt.save(&tmp.join("optimizer.safetensors"))?;
+        let state = serde_json::to_vec_pretty(&self.state).map_err(|e| ModelError::json("state", e))?;
+        write_atomic(&tmp.join("trainer_state.json"), &state)?;
+        let cfg = serde_json::to_vec_pretty(&self.cfg).map_err(|e| ModelError::json("config", e))?;
+        write_atomic(&tmp.join("sft_config.json"), &cfg)?;
+        let dst = root.join(&name);
+        let _ = std::fs::remove_dir_all(&dst);
+        std::fs::rename(&tmp, &dst).map_err(|e| ModelError::io(&dst, e))?;
+        sync_dir(&root);
+        write_atomic(&root.join("latest"), name.as_bytes())?;
+        // Prune old checkpoints only after `latest` points at the new one.
+        let mut all: Vec<_> = std::fs::read_dir(&root)
+            .map_err(|e| ModelError::io(&root, e))?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .filter(|n| n.starts_with("step-"))
+            .collect();
+        all.sort();
+        let keep = self.cfg.keep_checkpoints.max(1);
+        for old in all.iter().take(all.len().saturating_sub(keep)) {
+            let _ = std::fs::remove_dir_all(root.join(old));
+        }
+        Ok(dst)
+    }
+}
+
+/// The checkpoint `dir/checkpoints/latest` names, if any.
+pub fn latest_checkpoint(dir: &Path) -> Result<Option<PathBuf>> {
+    let root = dir.join("checkpoints");
+    let latest = root.join("latest");
+    if !latest.exists() {
+        return Ok(None);
+    }
+    let name = std::fs::read_to_string(&latest).map_err(|e| ModelError::io(&latest, e))?;
+    let ck = root.join(name.trim());
+    if !ck.join("trainer_state.json").exists() {
+        return Err(invalid!("{} names {}, which is incomplete", latest.display(), ck.display()));
+    }
+    Ok(Some(ck))
+}
+
+fn sync_dir(dir: &Path) {
+    // Best effort: makes the rename durable on filesystems that need it.
+    if let Ok(f) = std::fs::File::open(dir) {
+        let _ = f.sync_all();
+    }
+}
+
+/// The order of examples in `epoch`: a permutation seeded by (seed, epoch).
+pub fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ epoch);
+    order.shuffle(&mut rng);
+    order
+}
+
+/// Mean loss per completion token of `examples` (no gradients), for evaluation.
+pub fn eval_loss(model: &Qwen2, examples: &[Example], pad_id: i64) -> Result<f64> {
+    let _ = pad_id;
+    let mut sum = 0.0;
+    let mut n = 0u64;
+    tch::no_grad(|| -> Result<()> {
+        for e in examples {
+            let s: Vec<i64> = e.prompt.iter().chain(&e.completion).copied().collect();
+            let ids = Tensor::from_slice(&s).view([1, -1]).to_device(model.device());
+            let logits = model.forward(&ids, None, None, false)?;
+            check_finite(&logits, "logits")?;
+            let t = s.len() as i64;
+            let lp = logits.f_narrow(1, 0, t - 1)?.f_log_softmax(-1, Kind::Float)?;
+            for j in e.prompt.len()..s.len() {
+                sum -= lp.f_double_value(&[0, j as i64 - 1, s[j]])?;
+                n += 1;
+            }
+        }
+        Ok(())
+    })?;
+    Ok(sum / n.max(1) as f64)
+}

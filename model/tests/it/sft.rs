@@ -1,0 +1,122 @@
+//! SFT: exact resume after `kill -9`, and the loss mask.
+
+use crate::common::cpu_f32;
+use fleming_model::sft::{Example, MetricsRow, SftConfig, SftTrainer, latest_checkpoint};
+use fleming_model::toy::ToyTask;
+use fleming_model::{Qwen2, Qwen2Config};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const CHILD_ENV: &str = "FLEMING_SFT_CHILD_DIR";
+const STEPS: u64 = 30;
+
+/// Byte-level ids keep this test independent of tokenizer training.
+fn examples() -> Vec<Example> {
+    ToyTask::new(12, 5, 3)
+        .questions(64, 4, 4)
+        .iter()
+        .map(|q| Example {
+            prompt: q.prompt().bytes().map(|b| b as i64).collect(),
+            completion: q.completion().bytes().map(|b| b as i64).collect(),
+        })
+        .collect()
+}
+
+fn setup() -> (Qwen2, SftConfig) {
+    let model = Qwen2::new_random(Qwen2Config::small(256, 32, 2, 4, 2), cpu_f32(), 7).unwrap();
+    let cfg = SftConfig {
+        lr: 3e-3,
+        warmup_steps: 5,
+        total_steps: STEPS,
+        batch_size: 4,
+        grad_accum: 2,
+        checkpoint_every: 5,
+        seed: 9,
+        weight_decay: 0.01,
+        ..Default::default()
+    };
+    (model, cfg)
+}
+
+fn run(dir: &Path, delay: Duration) -> Vec<MetricsRow> {
+    let (mut model, cfg) = setup();
+    let ex = examples();
+    let mut t = SftTrainer::new(&mut model, &ex, cfg, dir, 0).unwrap();
+    let mut rows = vec![];
+    t.train(|r| {
+        rows.push(r.clone());
+        std::thread::sleep(delay);
+        Ok(())
+    })
+    .unwrap();
+    rows
+}
+
+/// Not a test: the child process that `resume_after_kill_9_gives_the_same_curve` kills.
+#[test]
+#[ignore = "helper process for the kill -9 test"]
+fn helper_sft_child_process() {
+    if let Some(dir) = std::env::var_os(CHILD_ENV) {
+        run(Path::new(&dir), Duration::from_millis(150));
+    }
+}
+
+#[test]
+fn resume_after_kill_9_gives_the_same_curve() {
+    let reference = run(tempfile::tempdir().unwrap().path(), Duration::ZERO);
+    assert_eq!(reference.len() as u64, STEPS);
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "sft::helper_sft_child_process", "--ignored", "--test-threads=1"])
+        .env(CHILD_ENV, dir.path())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let ck = latest_checkpoint(dir.path()).unwrap();
+        if ck.as_ref().is_some_and(|c| c.ends_with("step-00000010")) {
+            break;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the child finished before it could be killed");
+        assert!(Instant::now() < deadline, "the child wrote no checkpoint at step 10");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+
+    let ck = latest_checkpoint(dir.path()).unwrap().unwrap();
+    let resumed = run(dir.path(), Duration::ZERO);
+    let first = resumed.first().unwrap().step;
+    assert!((11..=16).contains(&first), "resumed at step {first} from {}", ck.display());
+    for r in &resumed {
+        let want = &reference[(r.step - 1) as usize];
+        assert_eq!((r.step, r.loss, r.lr, r.grad_norm), (want.step, want.loss, want.lr, want.grad_norm));
+    }
+    assert_eq!(resumed.last().unwrap().step, STEPS);
+}
+
+#[test]
+fn schedule_warms_up_then_decays_to_the_floor() {
+    let cfg = SftConfig { lr: 1.0, min_lr_ratio: 0.1, warmup_steps: 10, total_steps: 110, ..Default::default() };
+    assert!((cfg.lr_at(0) - 0.1).abs() < 1e-12);
+    assert!((cfg.lr_at(9) - 1.0).abs() < 1e-12);
+    assert!((cfg.lr_at(60) - 0.55).abs() < 1e-9);
+    assert!((cfg.lr_at(110) - 0.1).abs() < 1e-12);
+}
+
+#[test]
+fn prompt_tokens_carry_no_loss() {
+    // The step loss equals the mean loss over completion tokens computed
+    // independently, so prompt tokens carry none.
+    let (mut model, cfg) = setup();
+    let ex = examples()[..4].to_vec();
+    let want = fleming_model::sft::eval_loss(&model, &ex, 0).unwrap();
+    let cfg = SftConfig { batch_size: 4, grad_accum: 1, total_steps: 1, checkpoint_every: 0, ..cfg };
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = SftTrainer::new(&mut model, &ex, cfg, dir.path(), 0).unwrap();
+    let row = t.train_step().unwrap();
+    assert!((row.loss - want).abs() < 1e-4, "step loss {} vs completion-only loss {want}", row.loss);
+}
