@@ -99,8 +99,8 @@ impl SafetensorsFile {
         }
         let mut header = vec![0u8; header_len as usize];
         file.read_exact(&mut header).map_err(|e| ModelError::io(&path, e))?;
-        let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&header)
-            .map_err(|e| ModelError::json(format!("{} header", path.display()), e))?;
+        let header: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(&header).map_err(|e| ModelError::json(format!("{} header", path.display()), e))?;
         let base = 8 + header_len;
         let mut tensors = BTreeMap::new();
         for (name, v) in header {
@@ -133,11 +133,7 @@ impl SafetensorsFile {
 
     /// Reads one tensor into CPU memory in its stored kind.
     pub fn read(&mut self, name: &str) -> Result<Tensor> {
-        let info = self
-            .tensors
-            .get(name)
-            .ok_or_else(|| invalid!("{}: no tensor {name}", self.path.display()))?
-            .clone();
+        let info = self.tensors.get(name).ok_or_else(|| invalid!("{}: no tensor {name}", self.path.display()))?.clone();
         let mut buf = vec![0u8; (info.end - info.start) as usize];
         self.file.seek(SeekFrom::Start(info.start)).map_err(|e| ModelError::io(&self.path, e))?;
         self.file.read_exact(&mut buf).map_err(|e| ModelError::io(&self.path, e))?;
@@ -172,10 +168,7 @@ pub fn checkpoint_files(dir: &Path) -> Result<BTreeMap<String, PathBuf>> {
             out.insert(name.clone(), single.clone());
         }
     } else {
-        return Err(invalid!(
-            "{}: neither model.safetensors nor model.safetensors.index.json",
-            dir.display()
-        ));
+        return Err(invalid!("{}: neither model.safetensors nor model.safetensors.index.json", dir.display()));
     }
     Ok(out)
 }
@@ -197,7 +190,8 @@ pub fn read_checkpoint(
         let mut f = SafetensorsFile::open(&file)?;
         for name in names {
             let t = f.read(&name)?;
-            let t = if t.kind() == kind && device == Device::Cpu { t } else { t.f_to_device(device)?.f_to_kind(kind)? };
+            let t =
+                if t.kind() == kind && device == Device::Cpu { t } else { t.f_to_device(device)?.f_to_kind(kind)? };
             sink(&name, t)?;
         }
     }

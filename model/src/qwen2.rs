@@ -207,17 +207,7 @@ impl Qwen2 {
             .f_exp()?
             .f_reciprocal()?
             .f_to_device(device)?;
-        Ok(Qwen2 {
-            norm: get("model.norm.weight")?,
-            config,
-            device,
-            kind,
-            params,
-            layers,
-            embed,
-            lm_head,
-            inv_freq,
-        })
+        Ok(Qwen2 { norm: get("model.norm.weight")?, config, device, kind, params, layers, embed, lm_head, inv_freq })
     }
 
     /// The device the weights live on.
@@ -330,7 +320,9 @@ impl Qwen2 {
                 let pos = m.f_to_kind(Kind::Int64)?.f_cumsum(1, Kind::Int64)?.f_sub_scalar(1)?.f_clamp_min(0)?;
                 pos.f_narrow(1, past, t)?
             }
-            None => Tensor::f_arange_start(past, past + t, (Kind::Int64, self.device))?.f_unsqueeze(0)?.f_expand([b, t], false)?,
+            None => Tensor::f_arange_start(past, past + t, (Kind::Int64, self.device))?
+                .f_unsqueeze(0)?
+                .f_expand([b, t], false)?,
         };
         let freqs = positions.f_to_kind(Kind::Float)?.f_unsqueeze(-1)? * self.inv_freq.f_view([1, 1, -1])?;
         let emb = Tensor::f_cat(&[&freqs, &freqs], -1)?;

@@ -31,7 +31,8 @@ impl TextTokenizer {
         if !path.exists() {
             return Err(invalid!("{}: no such tokenizer file", path.display()));
         }
-        let inner = Tokenizer::from_file(path).map_err(|e| ModelError::Tokenizer(format!("{}: {e}", path.display())))?;
+        let inner =
+            Tokenizer::from_file(path).map_err(|e| ModelError::Tokenizer(format!("{}: {e}", path.display())))?;
         Ok(TextTokenizer { inner })
     }
 

@@ -87,11 +87,17 @@ impl ToyTask {
                 let options: Vec<(String, String)> =
                     opts.iter().enumerate().map(|(j, t)| (((b'A' + j as u8) as char).to_string(), t.clone())).collect();
                 let answer = options.iter().find(|(_, t)| t == drug).map(|(l, _)| l.clone()).unwrap_or_default();
+                // The reasoning checks each option in turn, so the answer letter is
+                // read off a nearby "yes" rather than searched for in the prompt.
+                let checks: Vec<String> = options
+                    .iter()
+                    .map(|(l, t)| format!("{l}. {t}: {}.", if t == drug { "yes" } else { "no" }))
+                    .collect();
                 ToyQuestion {
                     question: format!("Which drug treats {disease}?"),
                     options,
                     answer,
-                    reasoning: format!("{disease} is treated with {drug}."),
+                    reasoning: format!("{disease} is treated with {drug}. {}", checks.join(" ")),
                 }
             })
             .collect()

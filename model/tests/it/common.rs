@@ -9,11 +9,7 @@ pub fn python() -> PathBuf {
         let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
         home.join(".cache/fleming/py/bin/python")
     });
-    assert!(
-        p.exists(),
-        "the Python reference is not installed at {}: run scripts/ensure-torch first",
-        p.display()
-    );
+    assert!(p.exists(), "the Python reference is not installed at {}: run scripts/ensure-torch first", p.display());
     p
 }
 

@@ -40,7 +40,8 @@ fn cached_batched_greedy_matches_recomputing_each_prompt() {
 #[test]
 fn sampling_is_reproducible_and_seed_dependent() {
     let m = model();
-    let p = SamplingParams { temperature: 1.0, top_p: 0.9, top_k: 20, max_new_tokens: 12, seed: 42, ..Default::default() };
+    let p =
+        SamplingParams { temperature: 1.0, top_p: 0.9, top_k: 20, max_new_tokens: 12, seed: 42, ..Default::default() };
     let a = generate(&m, &prompts(), &p, 0).unwrap();
     let b = generate(&m, &prompts(), &p, 0).unwrap();
     assert_eq!(a, b);
@@ -66,8 +67,9 @@ fn stop_tokens_and_callbacks_end_sequences() {
     assert_eq!(got[0].tokens, free[0].tokens[..=first].to_vec());
     assert_eq!(got[0].stop_token, Some(stop));
     assert!(!got[0].truncated);
-    let got = generate_with(&m, &prompts(), &greedy(6), 0, |seq, _, _| if seq == 1 { Flow::Stop } else { Flow::Continue })
-        .unwrap();
+    let got =
+        generate_with(&m, &prompts(), &greedy(6), 0, |seq, _, _| if seq == 1 { Flow::Stop } else { Flow::Continue })
+            .unwrap();
     assert_eq!(got[1].tokens.len(), 1);
     assert!(!got[1].truncated);
     assert!(got[2].truncated);

@@ -1,10 +1,10 @@
 //! Tokenizer training, round trips and the chat template against transformers.
 
 use crate::common::run_py;
+use fleming_model::TextTokenizer;
 use fleming_model::chat::{Message, render};
 use fleming_model::tokenizer::{FORMAT_TOKENS, SPECIAL_TOKENS};
 use fleming_model::toy::ToyTask;
-use fleming_model::TextTokenizer;
 
 pub fn toy_tokenizer() -> TextTokenizer {
     let task = ToyTask::new(16, 6, 1);
@@ -20,7 +20,8 @@ fn trained_bpe_round_trips_and_keeps_special_tokens_whole() {
         let ids = tk.encode(t).unwrap();
         assert_eq!(ids.len(), 1, "{t} should be one token, got {ids:?}");
     }
-    let text = "<|im_start|>user\nWhich drug treats zokitis? ünïcödé 🙂<|im_end|>\n<think>\nx\n</think>\n<answer>B</answer>";
+    let text =
+        "<|im_start|>user\nWhich drug treats zokitis? ünïcödé 🙂<|im_end|>\n<think>\nx\n</think>\n<answer>B</answer>";
     let ids = tk.encode(text).unwrap();
     assert_eq!(tk.decode(&ids, false).unwrap(), text);
     let dir = tempfile::tempdir().unwrap();
