@@ -86,7 +86,7 @@ fn main() -> anyhow::Result<()> {
     let inputs = vec![
         ("prompts".to_string(), prompts.shallow_clone()),
         ("sft_ids".to_string(), sft_ids.shallow_clone()),
-        ("new_tokens".to_string(), Tensor::from_slice(&[new_tokens as i64])),
+        ("new_tokens".to_string(), Tensor::from_slice(&[new_tokens])),
     ];
     write_safetensors(&dir.join("bench_inputs.safetensors"), &inputs, &BTreeMap::new())?;
 

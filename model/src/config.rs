@@ -142,14 +142,14 @@ impl Qwen2Config {
         if self.num_attention_heads == 0 || self.kv_heads() == 0 {
             return Err(invalid!("attention heads must be positive"));
         }
-        if self.num_attention_heads % self.kv_heads() != 0 {
+        if !self.num_attention_heads.is_multiple_of(self.kv_heads()) {
             return Err(invalid!(
                 "num_attention_heads {} is not a multiple of num_key_value_heads {}",
                 self.num_attention_heads,
                 self.kv_heads()
             ));
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             return Err(invalid!("head_dim {} must be even for RoPE", self.head_dim()));
         }
         if let Some(kind) = self.extra.get("rope_parameters").and_then(|p| p.get("rope_type"))

@@ -369,11 +369,12 @@ impl Qwen2 {
             };
             let a = Tensor::f_scaled_dot_product_attention(&q, &k, &v, mask.as_ref(), 0.0, is_causal, None, nkv != nh)?;
             let a = a.f_transpose(1, 2)?.f_reshape([b, t, nh * hd])?.f_linear::<&Tensor>(&l.o_w, None)?;
-            x = x + a;
+            // Out of place: autograd saved x for the norm's backward.
+            x = x.f_add(&a)?;
             let h = self.rms_norm(&x, &l.ln2)?;
             let g = h.f_linear::<&Tensor>(&l.gate, None)?.f_silu()?;
             let u = h.f_linear::<&Tensor>(&l.up, None)?;
-            x = x + (g * u).f_linear::<&Tensor>(&l.down, None)?;
+            x = x.f_add(&(g * u).f_linear::<&Tensor>(&l.down, None)?)?;
         }
         if let Some(cache) = cache {
             cache.len = total;

@@ -380,7 +380,7 @@ impl<'a> SftTrainer<'a> {
             let row = self.train_step()?;
             on_step(&row)?;
             let every = self.cfg.checkpoint_every;
-            if (every > 0 && self.state.step % every == 0) || self.state.step == self.cfg.total_steps {
+            if (every > 0 && self.state.step.is_multiple_of(every)) || self.state.step == self.cfg.total_steps {
                 self.checkpoint()?;
             }
         }
@@ -465,8 +465,8 @@ pub fn eval_loss(model: &Qwen2, examples: &[Example], pad_id: i64) -> Result<f64
             check_finite(&logits, "logits")?;
             let t = s.len() as i64;
             let lp = logits.f_narrow(1, 0, t - 1)?.f_log_softmax(-1, Kind::Float)?;
-            for j in e.prompt.len()..s.len() {
-                sum -= lp.f_double_value(&[0, j as i64 - 1, s[j]])?;
+            for (j, &tok) in s.iter().enumerate().skip(e.prompt.len()) {
+                sum -= lp.f_double_value(&[0, j as i64 - 1, tok])?;
                 n += 1;
             }
         }

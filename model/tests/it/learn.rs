@@ -59,7 +59,7 @@ fn learns_a_templated_multiple_choice_task_from_scratch() {
         while t.state.step < 1500 {
             let row = t.train_step().unwrap();
             steps = row.step;
-            if row.step % 100 == 0 {
+            if row.step.is_multiple_of(100) {
                 acc = tch::no_grad(|| accuracy(t.model(), &tk, &task));
                 eprintln!(
                     "step {} loss {:.4} lr {:.2e} accuracy {acc:.3} ({:.0} tok/s)",
