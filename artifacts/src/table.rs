@@ -1,0 +1,252 @@
+//! In-memory tables (Arrow) and their canonical Parquet encoding.
+//!
+//! A table's digest is the BLAKE3 of its Parquet bytes as written here. The bytes are made
+//! deterministic by re-chunking the rows into fixed-size batches before they reach the
+//! Parquet writer, with fixed writer properties: the same logical rows (same schema, same
+//! values, same order) give the same bytes however the producer happened to batch them.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{RecordBatch, RecordBatchReader};
+use arrow::compute::concat_batches;
+use arrow::datatypes::{Schema, SchemaRef};
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use serde::{Deserialize, Serialize};
+
+use crate::digest::{Digest, HashingWriter};
+
+/// Rows per batch handed to the Parquet writer; fixed so that bytes do not depend on how
+/// the producer batched its rows.
+pub const CANONICAL_BATCH_ROWS: usize = 8192;
+/// Rows per Parquet row group.
+pub const ROW_GROUP_ROWS: usize = 128 * 1024;
+
+/// Errors reading or writing tables.
+#[derive(Debug, thiserror::Error)]
+pub enum TableError {
+    /// An Arrow error (schema mismatch between batches, bad cast, ...).
+    #[error(transparent)]
+    Arrow(#[from] arrow::error::ArrowError),
+    /// A Parquet encoding or decoding error.
+    #[error(transparent)]
+    Parquet(#[from] parquet::errors::ParquetError),
+    /// An I/O error.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// A table: a schema and the batches holding its rows, in order.
+#[derive(Clone, Debug)]
+pub struct Table {
+    /// The schema every batch has.
+    pub schema: SchemaRef,
+    /// The rows, in order.
+    pub batches: Vec<RecordBatch>,
+}
+
+impl Table {
+    /// A table from batches that share `schema`.
+    pub fn new(schema: SchemaRef, batches: Vec<RecordBatch>) -> Self {
+        Table { schema, batches }
+    }
+
+    /// A table holding one batch.
+    pub fn from_batch(batch: RecordBatch) -> Self {
+        Table { schema: batch.schema(), batches: vec![batch] }
+    }
+
+    /// An empty table with this schema.
+    pub fn empty(schema: SchemaRef) -> Self {
+        Table { schema, batches: Vec::new() }
+    }
+
+    /// Number of rows.
+    pub fn num_rows(&self) -> usize {
+        self.batches.iter().map(|b| b.num_rows()).sum()
+    }
+
+    /// All rows in one batch.
+    pub fn concat(&self) -> Result<RecordBatch, TableError> {
+        Ok(concat_batches(&self.schema, &self.batches)?)
+    }
+
+    /// Column names in order.
+    pub fn column_names(&self) -> Vec<String> {
+        self.schema.fields().iter().map(|f| f.name().clone()).collect()
+    }
+
+    /// A short description of the schema, for manifests and messages.
+    pub fn schema_summary(&self) -> SchemaSummary {
+        SchemaSummary::of(&self.schema)
+    }
+
+    /// Reads a Parquet file.
+    pub fn read_parquet(path: &Path) -> Result<Table, TableError> {
+        let file = File::open(path)?;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file)?
+            .with_batch_size(CANONICAL_BATCH_ROWS)
+            .build()?;
+        let schema = reader.schema();
+        let batches = reader.collect::<Result<Vec<_>, _>>()?;
+        Ok(Table { schema, batches })
+    }
+
+    /// Reads only the schema of a Parquet file.
+    pub fn read_parquet_schema(path: &Path) -> Result<SchemaRef, TableError> {
+        let file = File::open(path)?;
+        Ok(ParquetRecordBatchReaderBuilder::try_new(file)?.schema().clone())
+    }
+
+    /// Writes the canonical Parquet encoding to `w`; returns the writer, the digest of the
+    /// bytes and their count.
+    pub fn write_parquet<W: Write + Send>(&self, w: W) -> Result<(W, Digest, u64), TableError> {
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+            .build();
+        let mut writer = ArrowWriter::try_new(HashingWriter::new(w), self.schema.clone(), Some(props))?;
+        for batch in Rechunk::new(self, CANONICAL_BATCH_ROWS) {
+            writer.write(&batch?)?;
+        }
+        let hashing = writer.into_inner()?;
+        Ok(hashing.finish())
+    }
+
+    /// Digest of the canonical encoding, without keeping the bytes.
+    pub fn digest(&self) -> Result<Digest, TableError> {
+        let (_, d, _) = self.write_parquet(std::io::sink())?;
+        Ok(d)
+    }
+}
+
+/// Re-slices a table's batches into batches of exactly `rows` rows (the last one shorter).
+struct Rechunk<'a> {
+    table: &'a Table,
+    rows: usize,
+    batch: usize,
+    offset: usize,
+}
+
+impl<'a> Rechunk<'a> {
+    fn new(table: &'a Table, rows: usize) -> Self {
+        Rechunk { table, rows, batch: 0, offset: 0 }
+    }
+}
+
+impl Iterator for Rechunk<'_> {
+    type Item = Result<RecordBatch, TableError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let mut parts = Vec::new();
+        let mut need = self.rows;
+        while need > 0 && self.batch < self.table.batches.len() {
+            let b = &self.table.batches[self.batch];
+            let available = b.num_rows() - self.offset;
+            let take = available.min(need);
+            if take > 0 {
+                parts.push(b.slice(self.offset, take));
+            }
+            need -= take;
+            self.offset += take;
+            if self.offset == b.num_rows() {
+                self.batch += 1;
+                self.offset = 0;
+            }
+        }
+        match parts.len() {
+            0 => None,
+            1 => parts.pop().map(Ok),
+            _ => Some(concat_batches(&self.table.schema, &parts).map_err(TableError::from)),
+        }
+    }
+}
+
+/// One column of a [`SchemaSummary`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ColumnSummary {
+    /// Column name.
+    pub name: String,
+    /// Arrow data type, as Arrow displays it.
+    #[serde(rename = "type")]
+    pub data_type: String,
+    /// Whether nulls are allowed.
+    pub nullable: bool,
+}
+
+/// A schema as text, for manifests and messages.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SchemaSummary(pub Vec<ColumnSummary>);
+
+impl SchemaSummary {
+    /// Summary of an Arrow schema.
+    pub fn of(schema: &Schema) -> Self {
+        SchemaSummary(
+            schema
+                .fields()
+                .iter()
+                .map(|f| ColumnSummary {
+                    name: f.name().clone(),
+                    data_type: f.data_type().to_string(),
+                    nullable: f.is_nullable(),
+                })
+                .collect(),
+        )
+    }
+}
+
+/// Convenience: a table from a single batch built from named columns.
+pub fn table_from_columns(
+    columns: Vec<(&str, arrow::array::ArrayRef)>,
+) -> Result<Table, TableError> {
+    let batch = RecordBatch::try_from_iter(columns.into_iter().map(|(n, a)| (n.to_string(), a)))?;
+    Ok(Table::from_batch(batch))
+}
+
+/// An empty schema (no columns).
+pub fn empty_schema() -> SchemaRef {
+    Arc::new(Schema::empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{ArrayRef, Int64Array, StringArray};
+
+    fn sample(n: i64) -> Table {
+        let ids: ArrayRef = Arc::new(StringArray::from_iter_values((0..n).map(|i| format!("r{i}"))));
+        let vals: ArrayRef = Arc::new(Int64Array::from_iter_values(0..n));
+        table_from_columns(vec![("id", ids), ("v", vals)]).unwrap()
+    }
+
+    #[test]
+    fn digest_ignores_batching() {
+        let t = sample(20_000);
+        let whole = t.concat().unwrap();
+        let split = Table::new(
+            t.schema.clone(),
+            vec![whole.slice(0, 7), whole.slice(7, 10_000), whole.slice(10_007, 9_993)],
+        );
+        assert_eq!(t.digest().unwrap(), split.digest().unwrap());
+        assert_ne!(t.digest().unwrap(), sample(19_999).digest().unwrap());
+    }
+
+    #[test]
+    fn parquet_roundtrip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.parquet");
+        let t = sample(100);
+        let (f, d, _) = t.write_parquet(File::create(&path).unwrap()).unwrap();
+        drop(f);
+        assert_eq!(crate::digest::digest_file(&path).unwrap(), d);
+        let back = Table::read_parquet(&path).unwrap();
+        assert_eq!(back.num_rows(), 100);
+        assert_eq!(back.digest().unwrap(), d);
+    }
+}

@@ -1,0 +1,39 @@
+//! The operators of fleming.
+//!
+//! Each operator lives in `src/ops/<name>.rs` (or a folder): its [`OpSpec`] (parameters with
+//! docs and defaults, ports, version), its implementation when it runs on the CPU, and its
+//! tests. GPU operators are declared here too, so that pipelines validate and keys compute
+//! without libtorch; the torch worker implements them.
+//!
+//! [`OpSpec`]: fleming_runtime::OpSpec
+
+pub mod ops;
+
+use std::sync::Arc;
+
+use fleming_runtime::op::OpRegistry;
+
+include!(concat!(env!("OUT_DIR"), "/fingerprints.rs"));
+
+/// Environment variable that adds the test-only operators (`test-slow`, `test-worker`) to
+/// the registry; integration tests set it, users never need it.
+pub const TEST_OPS_ENV: &str = "FLEMING_TEST_OPS";
+
+/// Fingerprint of an operator module's source (see `build.rs`).
+pub fn fingerprint(module: &str) -> String {
+    FINGERPRINTS.iter().find(|(m, _)| *m == module).map(|(_, f)| f.to_string()).unwrap_or_default()
+}
+
+/// Every operator fleming ships.
+pub fn registry() -> OpRegistry {
+    let mut r = OpRegistry::new();
+    r.register(Arc::new(ops::load::Load::new()));
+    r.register(Arc::new(ops::sql::Sql::new()));
+    r.register(Arc::new(ops::export::Export::new()));
+    if std::env::var_os(TEST_OPS_ENV).is_some_and(|v| v == "1") {
+        for op in ops::testing::all() {
+            r.register(op);
+        }
+    }
+    r
+}

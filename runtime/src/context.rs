@@ -1,0 +1,248 @@
+//! What an operator implementation is given: inputs, parameters, progress, the record
+//! memo, the previous run of the same stage, a durable work directory, cancellation.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context as _, anyhow, bail};
+use fleming_artifacts::{ArtifactRef, Digest, MemoLog, MemoStats, Table};
+use serde_json::{Map, Value};
+
+use crate::cancel::CancelToken;
+use crate::keys::canonical_json;
+use crate::params::Params;
+use crate::progress::Progress;
+
+/// One connected input.
+#[derive(Clone, Debug)]
+pub enum InputValue {
+    /// A table.
+    Table(Table),
+    /// A model directory (read-only).
+    Model(PathBuf),
+}
+
+/// An input with where it came from.
+#[derive(Clone, Debug)]
+pub struct Input {
+    /// `stage.port` it came from (or a label in the harness).
+    pub from: String,
+    /// Content digest.
+    pub digest: Digest,
+    /// The data.
+    pub value: InputValue,
+}
+
+impl Input {
+    /// The table, or an error naming the port.
+    pub fn table(&self) -> anyhow::Result<&Table> {
+        match &self.value {
+            InputValue::Table(t) => Ok(t),
+            InputValue::Model(_) => bail!("input from {} is a model, not a table", self.from),
+        }
+    }
+}
+
+#[derive(Clone)]
+enum MemoBackend {
+    Disk(MemoLog),
+    Memory(Arc<Mutex<HashMap<Digest, Vec<u8>>>>),
+}
+
+/// The record memo as an operator sees it: keys are scoped to the operator and version;
+/// the operator chooses which parameters affect a record's result. Clones share entries.
+#[derive(Clone)]
+pub struct RecordMemo {
+    backend: MemoBackend,
+    scope: Digest,
+    stats: Arc<Mutex<MemoStats>>,
+}
+
+impl RecordMemo {
+    /// A memo on disk, scoped to `op` at `version`.
+    pub fn on_disk(log: MemoLog, op: &str, version: u32) -> Self {
+        RecordMemo { backend: MemoBackend::Disk(log), scope: Self::scope_of(op, version), stats: Arc::default() }
+    }
+
+    /// A memo in memory (the harness).
+    pub fn in_memory(op: &str, version: u32) -> Self {
+        RecordMemo { backend: MemoBackend::Memory(Arc::default()), scope: Self::scope_of(op, version), stats: Arc::default() }
+    }
+
+    fn scope_of(op: &str, version: u32) -> Digest {
+        Digest::of_parts("fleming-memo-scope-v1", [op.as_bytes(), &version.to_le_bytes()])
+    }
+
+    /// The key of one record's result: operator and version, the parameters that matter
+    /// (canonical JSON), and the record's bytes (typically its canonical form).
+    pub fn key(&self, params: &Value, record: &[u8]) -> Digest {
+        let p = canonical_json(params);
+        Digest::of_parts("fleming-memo-key-v1", [self.scope.0.as_slice(), p.as_bytes(), record])
+    }
+
+    /// Looks a result up.
+    pub fn get(&self, key: &Digest) -> Option<Vec<u8>> {
+        let v = match &self.backend {
+            MemoBackend::Disk(log) => log.get(key),
+            MemoBackend::Memory(map) => map.lock().ok().and_then(|m| m.get(key).cloned()),
+        };
+        if let Ok(mut s) = self.stats.lock() {
+            if v.is_some() { s.hits += 1 } else { s.misses += 1 }
+        }
+        v
+    }
+
+    /// Records a result (durable within a second, or at [`RecordMemo::flush`]).
+    pub fn put(&self, key: Digest, value: &[u8]) -> anyhow::Result<()> {
+        match &self.backend {
+            MemoBackend::Disk(log) => log.put(key, value).context("writing the record memo")?,
+            MemoBackend::Memory(map) => {
+                map.lock().map_err(|_| anyhow!("memo poisoned"))?.insert(key, value.to_vec());
+            }
+        }
+        if let Ok(mut s) = self.stats.lock() {
+            s.puts += 1;
+        }
+        Ok(())
+    }
+
+    /// Looks up a JSON result.
+    pub fn get_json<T: serde::de::DeserializeOwned>(&self, key: &Digest) -> Option<T> {
+        self.get(key).and_then(|b| serde_json::from_slice(&b).ok())
+    }
+
+    /// Records a JSON result.
+    pub fn put_json<T: serde::Serialize>(&self, key: Digest, value: &T) -> anyhow::Result<()> {
+        self.put(key, &serde_json::to_vec(value)?)
+    }
+
+    /// Makes every result recorded so far durable.
+    pub fn flush(&self) -> anyhow::Result<()> {
+        match &self.backend {
+            MemoBackend::Disk(log) => log.flush().context("flushing the record memo"),
+            MemoBackend::Memory(_) => Ok(()),
+        }
+    }
+
+    /// Hits, misses and puts through this memo handle (and its clones).
+    pub fn stats(&self) -> MemoStats {
+        self.stats.lock().map(|s| *s).unwrap_or_default()
+    }
+}
+
+/// The last successful run of the same stage (same pipeline and stage name), for
+/// incremental operators: its parameters, input digests and outputs.
+#[derive(Clone)]
+pub struct PreviousRun {
+    /// Its stage key.
+    pub key: Digest,
+    /// Its key-relevant parameters.
+    pub params: Value,
+    /// Its input digests by port.
+    pub input_digests: BTreeMap<String, Vec<Digest>>,
+    /// Its outputs by port.
+    pub outputs: BTreeMap<String, ArtifactRef>,
+    /// Reads a table from the store by reference (None: the object is gone).
+    pub reader: Arc<dyn Fn(&Digest) -> anyhow::Result<Option<Table>> + Send + Sync>,
+}
+
+impl PreviousRun {
+    /// The previous output table of a port, if still in the store.
+    pub fn output(&self, port: &str) -> anyhow::Result<Option<Table>> {
+        match self.outputs.get(port) {
+            Some(r) => (self.reader)(&r.digest),
+            None => Ok(None),
+        }
+    }
+
+    /// The previous input table of a port (the `index`th connected), if still in the store.
+    pub fn input(&self, port: &str, index: usize) -> anyhow::Result<Option<Table>> {
+        match self.input_digests.get(port).and_then(|d| d.get(index)) {
+            Some(d) => (self.reader)(d),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Everything a running operator gets.
+pub struct OpContext {
+    /// Stage name.
+    pub stage: String,
+    /// Resolved parameters.
+    pub params: Params,
+    /// Inputs by port (named inputs by their names), in the order connected.
+    pub inputs: BTreeMap<String, Vec<Input>>,
+    /// Progress reporter.
+    pub progress: Progress,
+    /// Record memo of this operator.
+    pub memo: RecordMemo,
+    /// Previous successful run of this stage, if any.
+    pub previous: Option<PreviousRun>,
+    /// Durable directory keyed by the stage key: survives crashes, for checkpoints.
+    pub work_dir: PathBuf,
+    /// Cancellation flag; check it between records.
+    pub cancel: CancelToken,
+    /// Threads / data-parallel workers the stage may use.
+    pub threads: usize,
+    /// Named LLM endpoints of the pipeline, as JSON (`llm:` section).
+    pub llm: Map<String, Value>,
+    metrics: Map<String, Value>,
+}
+
+impl OpContext {
+    /// Builds a context (the executor and the harness do).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        stage: String,
+        params: Params,
+        inputs: BTreeMap<String, Vec<Input>>,
+        progress: Progress,
+        memo: RecordMemo,
+        previous: Option<PreviousRun>,
+        work_dir: PathBuf,
+        cancel: CancelToken,
+        threads: usize,
+        llm: Map<String, Value>,
+    ) -> Self {
+        OpContext { stage, params, inputs, progress, memo, previous, work_dir, cancel, threads, llm, metrics: Map::new() }
+    }
+
+    /// The single table connected to `port`.
+    pub fn input_table(&self, port: &str) -> anyhow::Result<&Table> {
+        match self.inputs.get(port).map(|v| v.as_slice()) {
+            Some([one]) => one.table(),
+            Some([]) | None => bail!("input `{port}` is not connected"),
+            Some(more) => bail!("input `{port}` has {} tables connected; this operator reads one", more.len()),
+        }
+    }
+
+    /// All tables connected to `port` (empty if unconnected).
+    pub fn input_tables(&self, port: &str) -> anyhow::Result<Vec<&Table>> {
+        self.inputs.get(port).map(|v| v.iter().map(|i| i.table()).collect()).unwrap_or_else(|| Ok(Vec::new()))
+    }
+
+    /// The model directory connected to `port`.
+    pub fn input_model(&self, port: &str) -> anyhow::Result<&Path> {
+        match self.inputs.get(port).and_then(|v| v.first()).map(|i| &i.value) {
+            Some(InputValue::Model(p)) => Ok(p),
+            Some(InputValue::Table(_)) => bail!("input `{port}` is a table, not a model"),
+            None => bail!("input `{port}` is not connected"),
+        }
+    }
+
+    /// Records a metric (kept in the run manifest).
+    pub fn metric(&mut self, name: &str, value: impl Into<Value>) {
+        self.metrics.insert(name.to_string(), value.into());
+    }
+
+    /// Metrics recorded so far.
+    pub fn metrics(&self) -> &Map<String, Value> {
+        &self.metrics
+    }
+
+    /// Takes the metrics out.
+    pub fn take_metrics(&mut self) -> Map<String, Value> {
+        std::mem::take(&mut self.metrics)
+    }
+}

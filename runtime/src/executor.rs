@@ -1,0 +1,1047 @@
+//! The executor: runs the stale stages of a pipeline in dependency order, independent ones
+//! in parallel, reusing cached outputs by stage key.
+//!
+//! For each stage, once its inputs are known: compute the key (see [`crate::keys`]); if a
+//! cache entry exists and its objects are present, the stage is cached; otherwise it runs
+//! under an exclusive file lock on its key (a concurrent `fleming run` computing the same
+//! key waits, then reuses the result). Outputs are written to the store atomically, then
+//! the cache entry, the manifest and the ref. A failure, Ctrl-C or `kill -9` before that
+//! point leaves nothing referenced; memo entries already committed are kept.
+
+use std::collections::BTreeMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, anyhow, bail};
+use chrono::Utc;
+use fleming_artifacts::manifest::{FileRecord, InputRecord, RunStatus, new_run_id};
+use fleming_artifacts::store::digest_tree;
+use fleming_artifacts::{ArtifactKind, ArtifactRef, Digest, MemoLog, RunManifest, Store, digest_file};
+use serde_json::{Map, Value};
+
+use crate::cancel::{CancelToken, Cancelled};
+use crate::context::{Input, InputValue, OpContext, PreviousRun, RecordMemo};
+use crate::dispatch::launcher::{GpuPool, find_worker, run_job};
+use crate::dispatch::{Device, Job, JobInput, PROTOCOL_VERSION};
+use crate::keys::{KeyParts, json_diff};
+use crate::op::{EffectsCtx, Execution, OpSpec, OutputValue, ParamType, PortKind, check_outputs, schema_problems};
+use crate::params::input_paths;
+use crate::progress::{Progress, ProgressSink};
+use crate::spec::{Pipeline, Stage};
+use crate::state::{CacheEntry, StageRef};
+
+/// Which stages a run may execute.
+#[derive(Clone, Debug, Default)]
+pub enum Selection {
+    /// Every stage.
+    #[default]
+    All,
+    /// Only these stages (their inputs must already be cached).
+    Only(Vec<String>),
+    /// These stages and everything upstream of them.
+    Until(Vec<String>),
+}
+
+/// Options of `fleming run`.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Stages run at once.
+    pub jobs: usize,
+    /// Default threads / data-parallel workers per stage.
+    pub workers: usize,
+    /// Which stages may run.
+    pub selection: Selection,
+    /// Rerun selected stages even if cached.
+    pub force: bool,
+    /// After a failure, go on with stages that do not depend on it.
+    pub keep_going: bool,
+    /// Only say what would run, and why.
+    pub dry_run: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions { jobs: 1, workers: 1, selection: Selection::All, force: false, keep_going: false, dry_run: false }
+    }
+}
+
+/// How a stage ended up in a run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Its outputs were reused.
+    Cached,
+    /// It ran and its outputs were committed.
+    Ran,
+    /// It ran and failed (nothing committed).
+    Failed,
+    /// It was interrupted (nothing committed).
+    Cancelled,
+    /// It did not run (an upstream stage failed or did not run, or the run stopped).
+    Skipped,
+    /// It needs to run but was not selected.
+    Stale,
+    /// Dry run: it would run.
+    WouldRun,
+    /// Not part of the selection.
+    NotSelected,
+}
+
+impl Outcome {
+    /// Short label for tables.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Cached => "cached",
+            Outcome::Ran => "ran",
+            Outcome::Failed => "FAILED",
+            Outcome::Cancelled => "cancelled",
+            Outcome::Skipped => "skipped",
+            Outcome::Stale => "stale",
+            Outcome::WouldRun => "would run",
+            Outcome::NotSelected => "not selected",
+        }
+    }
+}
+
+/// What happened to one stage.
+#[derive(Clone, Debug)]
+pub struct StageReport {
+    /// Stage name.
+    pub stage: String,
+    /// Operator.
+    pub op: String,
+    /// Outcome.
+    pub outcome: Outcome,
+    /// Why it ran / was cached / was skipped.
+    pub reason: String,
+    /// The error, when it failed.
+    pub error: Option<String>,
+    /// Its key, when known.
+    pub key: Option<Digest>,
+    /// Its outputs (cached or produced).
+    pub outputs: BTreeMap<String, ArtifactRef>,
+    /// Wall time (for stages that ran).
+    pub duration: Duration,
+    /// Manifest id (for stages that ran).
+    pub run_id: Option<String>,
+    /// Warnings (e.g. source changed without a version bump).
+    pub warnings: Vec<String>,
+}
+
+impl StageReport {
+    fn new(stage: &Stage, outcome: Outcome, reason: impl Into<String>) -> Self {
+        StageReport {
+            stage: stage.name.clone(),
+            op: stage.op.spec().name.to_string(),
+            outcome,
+            reason: reason.into(),
+            error: None,
+            key: None,
+            outputs: BTreeMap::new(),
+            duration: Duration::ZERO,
+            run_id: None,
+            warnings: Vec::new(),
+        }
+    }
+
+    /// Whether downstream stages can use its outputs.
+    pub fn usable(&self) -> bool {
+        matches!(self.outcome, Outcome::Cached | Outcome::Ran)
+    }
+}
+
+/// The result of a run.
+#[derive(Debug, Default)]
+pub struct RunReport {
+    /// One report per stage, in pipeline order.
+    pub stages: Vec<StageReport>,
+    /// Whether the run was interrupted.
+    pub cancelled: bool,
+}
+
+impl RunReport {
+    /// No stage failed or was cancelled, and nothing was skipped because of a failure.
+    pub fn ok(&self) -> bool {
+        !self.cancelled
+            && self.stages.iter().all(|s| !matches!(s.outcome, Outcome::Failed | Outcome::Cancelled | Outcome::Skipped))
+    }
+
+    /// Stages with a given outcome.
+    pub fn with(&self, outcome: Outcome) -> Vec<&StageReport> {
+        self.stages.iter().filter(|s| s.outcome == outcome).collect()
+    }
+}
+
+/// A decided stage that has to run.
+#[derive(Clone)]
+struct Pending {
+    parts: KeyParts,
+    key: Digest,
+    files: BTreeMap<String, FileRecord>,
+    reason: String,
+    warnings: Vec<String>,
+}
+
+enum Decision {
+    Cached(StageReport),
+    Run(Pending),
+}
+
+/// Runs pipelines against a store.
+pub struct Executor<'a> {
+    pipeline: &'a Pipeline,
+    store: &'a Store,
+    progress: Arc<dyn ProgressSink>,
+    cancel: CancelToken,
+    gpus: Arc<GpuPool>,
+    memos: Mutex<BTreeMap<String, MemoLog>>,
+}
+
+impl<'a> Executor<'a> {
+    /// An executor for one pipeline and store.
+    pub fn new(pipeline: &'a Pipeline, store: &'a Store, progress: Arc<dyn ProgressSink>, cancel: CancelToken) -> Self {
+        Executor { pipeline, store, progress, cancel, gpus: Arc::new(GpuPool::detect()), memos: Mutex::new(BTreeMap::new()) }
+    }
+
+    /// Uses a given GPU pool (tests).
+    pub fn with_gpus(mut self, gpus: GpuPool) -> Self {
+        self.gpus = Arc::new(gpus);
+        self
+    }
+
+    fn log(&self, line: &str) {
+        self.progress.println(line);
+    }
+
+    fn resolve_selection(&self, sel: &Selection) -> anyhow::Result<(Vec<bool>, Vec<bool>)> {
+        let n = self.pipeline.stages.len();
+        let index = |name: &str| {
+            self.pipeline.stage_index(name).ok_or_else(|| {
+                anyhow!(
+                    "no stage `{name}` in {} ({})",
+                    self.pipeline.file.display(),
+                    crate::diagnostic::suggestion(name, self.pipeline.stages.iter().map(|s| s.name.as_str()))
+                )
+            })
+        };
+        Ok(match sel {
+            Selection::All => (vec![true; n], vec![true; n]),
+            Selection::Only(names) => {
+                let mut selected = vec![false; n];
+                let mut relevant = vec![false; n];
+                for name in names {
+                    let i = index(name)?;
+                    selected[i] = true;
+                    relevant[i] = true;
+                    for a in self.pipeline.ancestors(i) {
+                        relevant[a] = true;
+                    }
+                }
+                (selected, relevant)
+            }
+            Selection::Until(names) => {
+                let mut selected = vec![false; n];
+                for name in names {
+                    let i = index(name)?;
+                    selected[i] = true;
+                    for a in self.pipeline.ancestors(i) {
+                        selected[a] = true;
+                    }
+                }
+                (selected.clone(), selected)
+            }
+        })
+    }
+
+    /// Runs (or, with `dry_run`, plans) the pipeline.
+    pub fn run(&self, opts: &RunOptions) -> anyhow::Result<RunReport> {
+        let _store_lock = self.store.lock_store(false)?;
+        let stages = &self.pipeline.stages;
+        let n = stages.len();
+        let (selected, relevant) = self.resolve_selection(&opts.selection)?;
+        let order = self.pipeline.topo_order();
+        let mut reports: Vec<Option<StageReport>> = vec![None; n];
+        let mut pending: Vec<Option<Pending>> = vec![None; n];
+        let mut started = vec![false; n];
+        let mut running = 0usize;
+        let mut stopped: Option<String> = None;
+        let jobs = opts.jobs.max(1);
+        let (tx, rx) = mpsc::channel::<(usize, StageReport)>();
+        let total_relevant = relevant.iter().filter(|r| **r).count();
+
+        std::thread::scope(|scope| -> anyhow::Result<()> {
+            loop {
+                if self.cancel.is_cancelled() && stopped.is_none() {
+                    stopped = Some("cancelled".into());
+                }
+                let mut progressed = true;
+                while progressed {
+                    progressed = false;
+                    for &i in &order {
+                        if reports[i].is_some() || started[i] {
+                            continue;
+                        }
+                        let stage = &stages[i];
+                        if !relevant[i] {
+                            reports[i] = Some(StageReport::new(stage, Outcome::NotSelected, "not selected"));
+                            progressed = true;
+                            continue;
+                        }
+                        if stage.upstream.iter().any(|&u| reports[u].is_none()) {
+                            continue;
+                        }
+                        if let Some(r) = self.blocked_by_upstream(i, &reports, &selected, opts.dry_run) {
+                            reports[i] = Some(r);
+                            progressed = true;
+                            continue;
+                        }
+                        if pending[i].is_none() {
+                            match self.decide(i, &reports, opts.force && selected[i]) {
+                                Ok(Decision::Cached(r)) => {
+                                    reports[i] = Some(r);
+                                    progressed = true;
+                                    continue;
+                                }
+                                Ok(Decision::Run(p)) => pending[i] = Some(p),
+                                Err(e) => {
+                                    let mut r = StageReport::new(stage, Outcome::Failed, "could not compute its key");
+                                    r.error = Some(format!("{e:#}"));
+                                    reports[i] = Some(r);
+                                    if !opts.keep_going && stopped.is_none() {
+                                        stopped = Some(format!("stage `{}` failed", stage.name));
+                                    }
+                                    progressed = true;
+                                    continue;
+                                }
+                            }
+                        }
+                        let Some(p) = pending[i].clone() else { continue };
+                        let outcome = if !selected[i] {
+                            Some((Outcome::Stale, p.reason.clone()))
+                        } else if opts.dry_run {
+                            Some((Outcome::WouldRun, p.reason.clone()))
+                        } else {
+                            stopped.as_ref().map(|why| (Outcome::Skipped, format!("not started: {why}")))
+                        };
+                        if let Some((outcome, reason)) = outcome {
+                            let mut r = StageReport::new(stage, outcome, reason);
+                            r.key = Some(p.key);
+                            r.warnings = p.warnings.clone();
+                            reports[i] = Some(r);
+                            progressed = true;
+                            continue;
+                        }
+                        if running < jobs {
+                            started[i] = true;
+                            running += 1;
+                            let tx = tx.clone();
+                            let worker_threads = stage.resources.threads.map(|t| t as usize).unwrap_or(opts.workers).max(1);
+                            let upstream: Vec<Option<StageReport>> =
+                                stage.upstream.iter().map(|&u| reports[u].clone()).collect();
+                            let this = &*self;
+                            scope.spawn(move || {
+                                let report = this.execute(i, p, &upstream, worker_threads);
+                                let _ = tx.send((i, report));
+                            });
+                        }
+                    }
+                }
+                let done = reports.iter().zip(&relevant).filter(|(r, rel)| **rel && r.is_some()).count();
+                self.progress.overall(done, total_relevant);
+                if running == 0 {
+                    break;
+                }
+                let (i, report) = rx.recv().map_err(|_| anyhow!("a stage thread vanished"))?;
+                running -= 1;
+                if matches!(report.outcome, Outcome::Failed | Outcome::Cancelled)
+                    && !opts.keep_going
+                    && stopped.is_none()
+                {
+                    stopped = Some(if report.outcome == Outcome::Cancelled {
+                        "cancelled".into()
+                    } else {
+                        format!("stage `{}` failed (use --keep-going to run independent stages)", report.stage)
+                    });
+                }
+                reports[i] = Some(report);
+            }
+            Ok(())
+        })?;
+        self.close_memos();
+        self.progress.finish();
+        let stages = reports
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| r.unwrap_or_else(|| StageReport::new(&stages[i], Outcome::Skipped, "not started")))
+            .collect();
+        Ok(RunReport { stages, cancelled: self.cancel.is_cancelled() })
+    }
+
+    /// A report for a stage that cannot be evaluated because of its upstream, or `None`.
+    fn blocked_by_upstream(
+        &self,
+        i: usize,
+        reports: &[Option<StageReport>],
+        selected: &[bool],
+        dry_run: bool,
+    ) -> Option<StageReport> {
+        let stage = &self.pipeline.stages[i];
+        for &u in &stage.upstream {
+            let up = reports[u].as_ref()?;
+            let name = &up.stage;
+            let (outcome, reason) = match up.outcome {
+                Outcome::Cached | Outcome::Ran => continue,
+                Outcome::Failed => (Outcome::Skipped, format!("upstream `{name}` failed")),
+                Outcome::Cancelled => (Outcome::Skipped, format!("upstream `{name}` was cancelled")),
+                Outcome::Skipped | Outcome::NotSelected => (Outcome::Skipped, format!("upstream `{name}` did not run")),
+                Outcome::WouldRun => (Outcome::WouldRun, format!("upstream `{name}` will run (this stage may still be cached if its output does not change)")),
+                Outcome::Stale if selected[i] && !dry_run => (
+                    Outcome::Skipped,
+                    format!("upstream `{name}` is stale and not selected (use --until {} to run it too)", stage.name),
+                ),
+                Outcome::Stale if selected[i] => (Outcome::WouldRun, format!("upstream `{name}` is stale")),
+                Outcome::Stale => (Outcome::Stale, format!("upstream `{name}` is stale")),
+            };
+            return Some(StageReport::new(stage, outcome, reason));
+        }
+        None
+    }
+
+    /// Computes the key of stage `i` (its upstream must be usable) and decides whether it is
+    /// cached.
+    fn decide(&self, i: usize, reports: &[Option<StageReport>], force: bool) -> anyhow::Result<Decision> {
+        let stage = &self.pipeline.stages[i];
+        let spec = stage.op.spec();
+        let (parts, files) = self.key_parts(stage, reports)?;
+        let key = parts.key();
+        let previous = StageRef::load(self.store, &self.pipeline.name, &stage.name)?;
+        let mut warnings = Vec::new();
+        if force {
+            return Ok(Decision::Run(Pending { parts, key, files, reason: "forced (--force)".into(), warnings }));
+        }
+        let mut missing_reason = None;
+        if let Some(entry) = CacheEntry::load(self.store, &key)? {
+            if entry.op_version == spec.version && entry.op_fingerprint != spec.fingerprint {
+                warnings.push(format!(
+                    "operator `{}` changed since stage `{}` was computed, but its version is still {}: the cached outputs are reused. Bump the operator's version (or run with --force) to recompute.",
+                    spec.name, stage.name, spec.version
+                ));
+            }
+            let present = entry.outputs.values().all(|o| self.store.has(o));
+            if !present {
+                missing_reason = Some("its cached outputs are missing from the store (deleted, or quarantined by `fleming verify`)".to_string());
+            } else if !self.effects_hold(stage, &entry)? {
+                missing_reason = Some("its effects outside the store are gone or changed (e.g. an exported file)".to_string());
+            } else {
+                let note = match &previous {
+                    Some(p) if p.key == key => "cached".to_string(),
+                    Some(_) => "cached (same inputs and params as an earlier run)".to_string(),
+                    None => "cached (computed earlier under another pipeline or stage name)".to_string(),
+                };
+                if previous.as_ref().is_none_or(|p| p.key != key) {
+                    self.set_ref(stage, &parts, key, &entry.outputs, &entry.run_id)?;
+                }
+                let mut r = StageReport::new(stage, Outcome::Cached, note);
+                r.key = Some(key);
+                r.outputs = entry.outputs.clone();
+                r.warnings = warnings;
+                r.run_id = Some(entry.run_id);
+                return Ok(Decision::Cached(r));
+            }
+        }
+        let reason = match (&previous, missing_reason) {
+            (_, Some(m)) => m,
+            (None, None) => "new: never ran".to_string(),
+            (Some(p), None) => why_changed(&p.parts, &parts),
+        };
+        Ok(Decision::Run(Pending { parts, key, files, reason, warnings }))
+    }
+
+    fn effects_hold(&self, stage: &Stage, entry: &CacheEntry) -> anyhow::Result<bool> {
+        let read = |port: &str| -> anyhow::Result<Option<fleming_artifacts::Table>> {
+            match entry.outputs.get(port) {
+                Some(r) if r.kind == ArtifactKind::Table => Ok(Some(self.store.read_table(r)?)),
+                _ => Ok(None),
+            }
+        };
+        stage.op.effects_hold(&EffectsCtx { params: &stage.params, read_output: &read })
+    }
+
+    /// The key parts of a stage whose upstream outputs are known.
+    fn key_parts(
+        &self,
+        stage: &Stage,
+        reports: &[Option<StageReport>],
+    ) -> anyhow::Result<(KeyParts, BTreeMap<String, FileRecord>)> {
+        let spec = stage.op.spec();
+        let mut inputs = BTreeMap::new();
+        for (port, refs) in &stage.inputs {
+            let mut ds = Vec::new();
+            for r in refs {
+                let up = reports[r.stage_index]
+                    .as_ref()
+                    .ok_or_else(|| anyhow!("upstream `{}` not evaluated", r.stage))?;
+                let a = up
+                    .outputs
+                    .get(&r.port)
+                    .ok_or_else(|| anyhow!("upstream `{}` has no output `{}`", r.stage, r.port))?;
+                ds.push(a.digest);
+            }
+            inputs.insert(port.clone(), ds);
+        }
+        let mut files = BTreeMap::new();
+        let mut file_digests = BTreeMap::new();
+        for (segs, path) in input_paths(&spec.params, stage.params.values()) {
+            let name = crate::params::display_path(&segs);
+            let abs = stage.params.resolve_path(&path);
+            let (digest, bytes) = digest_path(&abs).with_context(|| {
+                format!("stage `{}`: parameter `{name}` names {}", stage.name, abs.display())
+            })?;
+            file_digests.insert(name.clone(), digest);
+            files.insert(name, FileRecord { path, digest, bytes });
+        }
+        let mut params = stage.params.key_json(&spec.params);
+        self.substitute_section_refs(spec, &mut params);
+        Ok((
+            KeyParts { op: spec.name.to_string(), version: spec.version, params, inputs, files: file_digests },
+            files,
+        ))
+    }
+
+    /// Replaces `llm:` entry names in key params by what of the entry can change outputs,
+    /// so that editing an endpoint's model reruns the stages that use it.
+    fn substitute_section_refs(&self, spec: &OpSpec, params: &mut Value) {
+        fn walk(specs: &[crate::op::ParamSpec], v: &mut Value, llm: &BTreeMap<String, crate::spec::LlmEndpoint>) {
+            let Value::Object(m) = v else { return };
+            for s in specs {
+                let Some(x) = m.get_mut(s.name) else { continue };
+                match &s.ty {
+                    ParamType::SectionRef("llm") => {
+                        if let Some(e) = x.as_str().and_then(|n| llm.get(n)) {
+                            *x = serde_json::json!({ "llm": x.clone(), "endpoint": e.key_json() });
+                        }
+                    }
+                    ParamType::Object(fields) => walk(fields, x, llm),
+                    _ => {}
+                }
+            }
+        }
+        walk(&spec.params, params, &self.pipeline.llm);
+    }
+
+    fn set_ref(
+        &self,
+        stage: &Stage,
+        parts: &KeyParts,
+        key: Digest,
+        outputs: &BTreeMap<String, ArtifactRef>,
+        run_id: &str,
+    ) -> anyhow::Result<()> {
+        StageRef {
+            pipeline: self.pipeline.name.clone(),
+            stage: stage.name.clone(),
+            key,
+            parts: parts.clone(),
+            outputs: outputs.clone(),
+            run_id: run_id.to_string(),
+            updated_at: Utc::now(),
+        }
+        .save(self.store)?;
+        Ok(())
+    }
+
+    fn memo_for(&self, spec: &OpSpec) -> anyhow::Result<RecordMemo> {
+        let mut memos = self.memos.lock().map_err(|_| anyhow!("memo table poisoned"))?;
+        let log = match memos.get(spec.name) {
+            Some(l) => l.clone(),
+            None => {
+                let l = MemoLog::open(&self.store.dir("memo").join(spec.name))
+                    .with_context(|| format!("opening the memo of `{}`", spec.name))?;
+                memos.insert(spec.name.to_string(), l.clone());
+                l
+            }
+        };
+        Ok(RecordMemo::on_disk(log, spec.name, spec.version))
+    }
+
+    fn close_memos(&self) {
+        if let Ok(mut memos) = self.memos.lock() {
+            for (op, m) in std::mem::take(&mut *memos) {
+                if let Err(e) = m.close() {
+                    self.log(&format!("warning: closing the memo of `{op}`: {e}"));
+                }
+            }
+        }
+    }
+
+    /// Runs one stage under its key lock and commits its outputs.
+    fn execute(&self, i: usize, p: Pending, upstream: &[Option<StageReport>], threads: usize) -> StageReport {
+        let stage = &self.pipeline.stages[i];
+        let spec = stage.op.spec();
+        let started = Instant::now();
+        let started_at = Utc::now();
+        let run_id = new_run_id(&stage.name, &p.key, started_at);
+        let mut report = StageReport::new(stage, Outcome::Ran, p.reason.clone());
+        report.key = Some(p.key);
+        report.warnings = p.warnings.clone();
+
+        // The key lock: one process computes a key; others wait and reuse.
+        let _lock = match self.lock_key(stage, &p.key) {
+            Ok(Some(l)) => l,
+            Ok(None) => {
+                report.outcome = Outcome::Cancelled;
+                report.reason = "cancelled while waiting for another run".into();
+                return report;
+            }
+            Err(e) => {
+                report.outcome = Outcome::Failed;
+                report.error = Some(format!("{e:#}"));
+                return report;
+            }
+        };
+        if let Ok(Some(entry)) = CacheEntry::load(self.store, &p.key)
+            && entry.outputs.values().all(|o| self.store.has(o))
+        {
+            let _ = self.set_ref(stage, &p.parts, p.key, &entry.outputs, &entry.run_id);
+            report.outcome = Outcome::Cached;
+            report.reason = "cached (computed by a concurrent run)".into();
+            report.outputs = entry.outputs;
+            report.run_id = Some(entry.run_id);
+            return report;
+        }
+
+        self.log(&format!("▶ {} [{}]: {}", stage.name, spec.name, p.reason));
+        let progress = self.progress.stage(&stage.name, spec.name);
+        let mut metrics = Map::new();
+        let mut worker_info = None;
+        let result = self.compute(stage, &p, upstream, threads, &progress, &mut metrics, &mut worker_info);
+        let finished_at = Utc::now();
+        let (status, error) = match &result {
+            Ok(outputs) => {
+                report.outputs = outputs.clone();
+                (RunStatus::Succeeded, None)
+            }
+            Err(e) if e.downcast_ref::<Cancelled>().is_some() || self.cancel.is_cancelled() => {
+                report.outcome = Outcome::Cancelled;
+                (RunStatus::Cancelled, Some(format!("{e:#}")))
+            }
+            Err(e) => {
+                report.outcome = Outcome::Failed;
+                (RunStatus::Failed, Some(format!("{e:#}")))
+            }
+        };
+        report.error = error.clone();
+        report.duration = started.elapsed();
+        report.run_id = Some(run_id.clone());
+        let manifest = RunManifest {
+            run_id: run_id.clone(),
+            pipeline: self.pipeline.name.clone(),
+            pipeline_file: self.pipeline.file.display().to_string(),
+            stage: stage.name.clone(),
+            key: p.key,
+            op: spec.name.to_string(),
+            op_version: spec.version,
+            op_fingerprint: spec.fingerprint.clone(),
+            params: stage.params.to_json(),
+            inputs: stage
+                .inputs
+                .iter()
+                .map(|(port, refs)| {
+                    let recs = refs
+                        .iter()
+                        .zip(p.parts.inputs.get(port).into_iter().flatten())
+                        .map(|(r, d)| InputRecord {
+                            from: r.to_string(),
+                            digest: *d,
+                            rows: upstream_rows(upstream, stage, r),
+                        })
+                        .collect();
+                    (port.clone(), recs)
+                })
+                .collect(),
+            files: p.files.clone(),
+            outputs: report.outputs.clone(),
+            started_at,
+            finished_at,
+            duration_ms: report.duration.as_millis() as u64,
+            metrics,
+            host: hostname(),
+            tool_version: crate::TOOL_VERSION.to_string(),
+            reason: p.reason.clone(),
+            status,
+            error,
+            worker: worker_info,
+        };
+        let commit = (|| -> anyhow::Result<()> {
+            manifest.save(self.store)?;
+            if status == RunStatus::Succeeded {
+                CacheEntry {
+                    key: p.key,
+                    op: spec.name.to_string(),
+                    op_version: spec.version,
+                    op_fingerprint: spec.fingerprint.clone(),
+                    outputs: report.outputs.clone(),
+                    run_id: run_id.clone(),
+                    created_at: finished_at,
+                }
+                .save(self.store)?;
+                self.set_ref(stage, &p.parts, p.key, &report.outputs, &run_id)?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = commit {
+            report.outcome = Outcome::Failed;
+            report.error = Some(format!("committing the outputs: {e:#}"));
+        }
+        let summary = match report.outcome {
+            Outcome::Ran => {
+                let rows: u64 = report.outputs.values().filter_map(|o| o.rows).sum();
+                format!("✓ {} [{}]: {} rows in {:.1?}", stage.name, spec.name, rows, report.duration)
+            }
+            Outcome::Cancelled => format!("■ {} [{}]: cancelled; nothing committed", stage.name, spec.name),
+            _ => format!("✗ {} [{}]: failed after {:.1?}", stage.name, spec.name, report.duration),
+        };
+        progress.finish(&summary);
+        self.log(&summary);
+        report
+    }
+
+    fn lock_key(&self, stage: &Stage, key: &Digest) -> anyhow::Result<Option<fleming_artifacts::FileLock>> {
+        if let Some(l) = self.store.try_lock_key(key)? {
+            return Ok(Some(l));
+        }
+        self.log(&format!("… {}: another fleming run is computing the same stage; waiting for it", stage.name));
+        loop {
+            if self.cancel.is_cancelled() {
+                return Ok(None);
+            }
+            if let Some(l) = self.store.try_lock_key(key)? {
+                return Ok(Some(l));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Loads inputs, runs the operator (here or in a worker), and stores its outputs.
+    #[allow(clippy::too_many_arguments)]
+    fn compute(
+        &self,
+        stage: &Stage,
+        p: &Pending,
+        upstream: &[Option<StageReport>],
+        threads: usize,
+        progress: &Progress,
+        metrics: &mut Map<String, Value>,
+        worker_info: &mut Option<Value>,
+    ) -> anyhow::Result<BTreeMap<String, ArtifactRef>> {
+        let spec = stage.op.spec();
+        let work_dir = self.store.work_dir(&p.key)?;
+        let mut loaded: BTreeMap<String, Vec<(String, ArtifactRef)>> = BTreeMap::new();
+        for (port, refs) in &stage.inputs {
+            for r in refs {
+                let up = upstream
+                    .iter()
+                    .flatten()
+                    .find(|u| u.stage == r.stage)
+                    .ok_or_else(|| anyhow!("upstream `{}` missing", r.stage))?;
+                let a = up.outputs.get(&r.port).ok_or_else(|| anyhow!("upstream `{}` has no `{}`", r.stage, r.port))?;
+                loaded.entry(port.clone()).or_default().push((r.to_string(), a.clone()));
+            }
+        }
+        // Data-dependent schemas are checked now that they exist.
+        for (port, items) in &loaded {
+            if let Some(crate::op::PortSpec { kind: PortKind::Table(Some(need)), .. }) = spec.input(port) {
+                for (from, a) in items {
+                    let schema = fleming_artifacts::Table::read_parquet_schema(&self.store.object_path(a.kind, &a.digest))?;
+                    let problems = schema_problems(need, &schema);
+                    if !problems.is_empty() {
+                        let pos = self.pipeline.positions.value(&crate::spec::positions::path(&["stages", &stage.name, "inputs", port]));
+                        let at = pos.map(|p| format!("{}:{}:{}: ", self.pipeline.file.display(), p.line, p.col)).unwrap_or_default();
+                        bail!("{at}input `{port}` cannot read `{from}`: {}", problems.join("; "));
+                    }
+                }
+            }
+        }
+        let outputs = match spec.execution {
+            Execution::Cpu => {
+                let mut inputs = BTreeMap::new();
+                for (port, items) in &loaded {
+                    let mut v = Vec::new();
+                    for (from, a) in items {
+                        let value = match a.kind {
+                            ArtifactKind::Table => InputValue::Table(self.store.read_table(a)?),
+                            ArtifactKind::Tree => InputValue::Model(self.store.object_path(a.kind, &a.digest)),
+                        };
+                        v.push(Input { from: from.clone(), digest: a.digest, value });
+                    }
+                    inputs.insert(port.clone(), v);
+                }
+                let previous = self.previous_run(stage, &p.key)?;
+                let memo = self.memo_for(spec)?;
+                let llm = llm_json(self.pipeline);
+                let mut ctx = OpContext::new(
+                    stage.name.clone(),
+                    stage.params.clone(),
+                    inputs,
+                    progress.clone(),
+                    memo.clone(),
+                    previous,
+                    work_dir.clone(),
+                    self.cancel.clone(),
+                    threads,
+                    llm,
+                );
+                let op = stage.op.clone();
+                let result = catch_unwind(AssertUnwindSafe(|| op.run(&mut ctx)));
+                // Keep finished records whatever happened.
+                let flushed = memo.flush();
+                let stats = memo.stats();
+                metrics.extend(ctx.take_metrics());
+                metrics.insert("memo_hits".into(), stats.hits.into());
+                metrics.insert("memo_misses".into(), stats.misses.into());
+                let outputs = match result {
+                    Ok(r) => r?,
+                    Err(panic) => bail!("operator `{}` panicked: {}", spec.name, panic_message(&panic)),
+                };
+                flushed?;
+                self.cancel.check()?;
+                check_outputs(spec, &outputs)?;
+                outputs
+            }
+            Execution::Worker => {
+                let worker = find_worker()?;
+                let gpus = self.gpus.acquire(stage.resources.gpu as usize, &self.cancel)?;
+                let out_dir = self.store.new_tmp_dir(&format!("out-{}", stage.name))?;
+                let device = if gpus.is_empty() {
+                    Device { kind: "cpu".into(), gpus: Vec::new() }
+                } else {
+                    Device { kind: "cuda".into(), gpus: gpus.clone() }
+                };
+                if stage.resources.gpu > 0 && gpus.is_empty() {
+                    self.log(&format!("  {}: no GPU on this machine; running on CPU", stage.name));
+                }
+                let job = Job {
+                    protocol: PROTOCOL_VERSION,
+                    pipeline: self.pipeline.name.clone(),
+                    stage: stage.name.clone(),
+                    op: spec.name.to_string(),
+                    op_version: spec.version,
+                    key: p.key.hex(),
+                    params: stage.params.values().clone(),
+                    base_dir: self.pipeline.base_dir.clone(),
+                    inputs: loaded
+                        .iter()
+                        .map(|(port, items)| {
+                            let v = items
+                                .iter()
+                                .map(|(from, a)| JobInput {
+                                    kind: match a.kind {
+                                        ArtifactKind::Table => "table".into(),
+                                        ArtifactKind::Tree => "model".into(),
+                                    },
+                                    path: self.store.object_path(a.kind, &a.digest),
+                                    digest: a.digest.hex(),
+                                    from: from.clone(),
+                                })
+                                .collect();
+                            (port.clone(), v)
+                        })
+                        .collect(),
+                    output_dir: out_dir.clone(),
+                    checkpoint_dir: work_dir.join("checkpoint"),
+                    device,
+                    threads,
+                    llm: llm_json(self.pipeline),
+                };
+                std::fs::create_dir_all(&job.checkpoint_dir)?;
+                let log = |line: &str| self.log(&format!("  {}: {line}", stage.name));
+                let result = run_job(&worker, &job, &work_dir, progress, &self.cancel, &log);
+                self.gpus.release(gpus);
+                let wr = result?;
+                *worker_info = Some(serde_json::json!({
+                    "executable": worker.display().to_string(),
+                    "hello": wr.hello,
+                    "device": job.device,
+                }));
+                metrics.extend(wr.metrics);
+                if !wr.metric_rows.is_empty() {
+                    metrics.insert("metric_rows".into(), Value::from(wr.metric_rows.len()));
+                }
+                let mut outputs = crate::op::Outputs::new();
+                for port in &spec.outputs {
+                    match port.kind {
+                        PortKind::Table(_) => {
+                            let f = out_dir.join(format!("{}.parquet", port.name));
+                            if !f.is_file() {
+                                bail!("the worker reported success but did not write output `{}` ({})", port.name, f.display());
+                            }
+                            let t = fleming_artifacts::Table::read_parquet(&f)
+                                .with_context(|| format!("reading worker output `{}`", port.name))?;
+                            outputs = outputs.table(port.name, t);
+                        }
+                        PortKind::Model => {
+                            let d = out_dir.join(port.name);
+                            if !d.is_dir() {
+                                bail!("the worker reported success but did not write output `{}` ({})", port.name, d.display());
+                            }
+                            outputs = outputs.model(port.name, d);
+                        }
+                    }
+                }
+                check_outputs(spec, &outputs)?;
+                let committed = self.commit_outputs(outputs);
+                let _ = std::fs::remove_dir_all(&out_dir);
+                let committed = committed?;
+                let _ = std::fs::remove_dir_all(&work_dir);
+                return Ok(committed);
+            }
+        };
+        let committed = self.commit_outputs(outputs)?;
+        let _ = std::fs::remove_dir_all(&work_dir);
+        Ok(committed)
+    }
+
+    fn commit_outputs(&self, outputs: crate::op::Outputs) -> anyhow::Result<BTreeMap<String, ArtifactRef>> {
+        let mut refs = BTreeMap::new();
+        for (port, value) in outputs.0 {
+            let r = match value {
+                OutputValue::Table(t) => self.store.put_table(&t)?,
+                OutputValue::Model(dir) => {
+                    // Move into the store's tmp first if it lives elsewhere (same filesystem
+                    // is needed for the final rename).
+                    let dir = if dir.starts_with(self.store.root()) {
+                        dir
+                    } else {
+                        let dest = self.store.new_tmp_dir("model")?;
+                        std::fs::remove_dir(&dest)?;
+                        copy_dir(&dir, &dest)?;
+                        dest
+                    };
+                    self.store.put_tree(&dir)?
+                }
+            };
+            refs.insert(port, r);
+        }
+        Ok(refs)
+    }
+
+    fn previous_run(&self, stage: &Stage, key: &Digest) -> anyhow::Result<Option<PreviousRun>> {
+        let Some(r) = StageRef::load(self.store, &self.pipeline.name, &stage.name)? else { return Ok(None) };
+        if r.key == *key {
+            return Ok(None);
+        }
+        let store = self.store.clone();
+        Ok(Some(PreviousRun {
+            key: r.key,
+            params: r.parts.params.clone(),
+            input_digests: r.parts.inputs.clone(),
+            outputs: r.outputs.clone(),
+            reader: Arc::new(move |d: &Digest| {
+                let aref = ArtifactRef { kind: ArtifactKind::Table, digest: *d, rows: None, bytes: 0, schema: None };
+                if store.has(&aref) { Ok(Some(store.read_table(&aref)?)) } else { Ok(None) }
+            }),
+        }))
+    }
+}
+
+fn upstream_rows(upstream: &[Option<StageReport>], _stage: &Stage, r: &crate::spec::OutputRef) -> Option<u64> {
+    upstream.iter().flatten().find(|u| u.stage == r.stage).and_then(|u| u.outputs.get(&r.port)).and_then(|a| a.rows)
+}
+
+/// Why a stage must run, from the parts of its last run and of now.
+pub fn why_changed(old: &KeyParts, new: &KeyParts) -> String {
+    let mut why = Vec::new();
+    if old.op != new.op {
+        why.push(format!("operator changed: {} -> {}", old.op, new.op));
+    } else if old.version != new.version {
+        why.push(format!("operator version changed: {} -> {}", old.version, new.version));
+    }
+    let diff = json_diff(&old.params, &new.params);
+    if !diff.is_empty() {
+        why.push(format!("params changed: {}", diff.join("; ")));
+    }
+    let ports: std::collections::BTreeSet<&String> = old.inputs.keys().chain(new.inputs.keys()).collect();
+    for port in ports {
+        let (a, b) = (old.inputs.get(port), new.inputs.get(port));
+        if a != b {
+            let show = |d: Option<&Vec<Digest>>| {
+                d.map(|v| v.iter().map(|x| x.short(8)).collect::<Vec<_>>().join(","))
+                    .unwrap_or_else(|| "none".into())
+            };
+            why.push(format!("input `{port}` changed ({} -> {})", show(a), show(b)));
+        }
+    }
+    let names: std::collections::BTreeSet<&String> = old.files.keys().chain(new.files.keys()).collect();
+    for name in names {
+        if old.files.get(name) != new.files.get(name) {
+            why.push(format!("file of `{name}` changed"));
+        }
+    }
+    if why.is_empty() {
+        "not in the cache".to_string()
+    } else {
+        why.join("; ")
+    }
+}
+
+/// Content digest of a file, or tree digest of a directory.
+pub fn digest_path(path: &Path) -> anyhow::Result<(Digest, u64)> {
+    let meta = std::fs::metadata(path).with_context(|| format!("{} does not exist or cannot be read", path.display()))?;
+    if meta.is_dir() {
+        Ok(digest_tree(path)?)
+    } else {
+        Ok((digest_file(path).with_context(|| format!("reading {}", path.display()))?, meta.len()))
+    }
+}
+
+fn llm_json(p: &Pipeline) -> Map<String, Value> {
+    p.llm
+        .iter()
+        .map(|(k, e)| {
+            (
+                k.clone(),
+                serde_json::json!({
+                    "endpoint": e.endpoint,
+                    "model": e.model,
+                    "api_key_env": e.api_key_env,
+                    "max_concurrency": e.max_concurrency,
+                    "timeout_secs": e.timeout_secs,
+                    "max_retries": e.max_retries,
+                    "params": e.params,
+                }),
+            )
+        })
+        .collect()
+}
+
+fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".into()
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let dest = to.join(e.file_name());
+        if e.file_type()?.is_dir() {
+            copy_dir(&e.path(), &dest)?;
+        } else {
+            std::fs::copy(e.path(), &dest)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,5 @@
+//! The `fleming` command line: wires the operator registry into the runtime.
+//!
+//! `fleming` never links libtorch; GPU stages run in the `fleming-worker` process.
+
+pub mod cli;

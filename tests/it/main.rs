@@ -1,0 +1,11 @@
+//! End-to-end tests: they drive the `fleming` binary on pipelines in temporary
+//! directories. One test binary for all of them (each extra binary re-links everything).
+
+mod support;
+
+mod caching;
+mod concurrency;
+mod crash;
+mod dispatch;
+mod quickstart;
+mod validation;

@@ -1,0 +1,34 @@
+//! The README's main job runs, and reruns as a no-op.
+
+use std::path::PathBuf;
+
+use crate::support::{Project, jsonl_rows};
+
+#[test]
+fn quickstart_runs_and_reruns_cached() {
+    let scratch = Project::new();
+    let pipeline = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("pipelines/quickstart.yaml");
+    let pipeline = pipeline.to_str().expect("utf-8 path");
+    let store = scratch.path().join("store");
+    let out = scratch.path().join("out");
+    let run = || {
+        let o = scratch
+            .command(&["run", pipeline, "--store", store.to_str().expect("path")])
+            .env("QUICKSTART_OUT", &out)
+            .output()
+            .expect("run");
+        let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(o.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&o.stderr));
+        stdout
+    };
+    let first = run();
+    assert!(first.contains("6 ran, 0 cached"), "{first}");
+    let hard = jsonl_rows(&out.join("hard-questions.jsonl"));
+    assert_eq!(hard.len(), 15);
+    assert!(hard.iter().all(|r| r["difficulty"] != "easy"));
+    let summary = std::fs::read_to_string(out.join("by-subject.csv")).expect("csv");
+    assert_eq!(summary.lines().next(), Some("id,area,exam_weight,questions,difficult"));
+    assert!(summary.contains("cardiology,internal medicine,0.14,5,0"), "{summary}");
+    let second = run();
+    assert!(second.contains("0 ran, 6 cached"), "{second}");
+}

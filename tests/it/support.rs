@@ -1,0 +1,153 @@
+//! Helpers: a temporary project with a pipeline file, and running `fleming` in it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+/// A temporary directory holding a pipeline and its data.
+pub struct Project {
+    pub dir: tempfile::TempDir,
+}
+
+/// What a `fleming` invocation printed.
+pub struct Ran {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Ran {
+    fn from(o: Output) -> Ran {
+        Ran {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+
+    /// The outcome column of the summary line of a stage (`ran`, `cached`, ...).
+    pub fn outcome(&self, stage: &str) -> String {
+        for line in self.stdout.lines() {
+            let mut cols = line.split_whitespace();
+            if cols.next() == Some(stage) {
+                let _op = cols.next();
+                let rest: Vec<&str> = cols.collect();
+                if rest.len() >= 2 && rest[0] == "would" && rest[1] == "run" {
+                    return "would run".into();
+                }
+                if rest.len() >= 2 && rest[0] == "not" && rest[1] == "selected" {
+                    return "not selected".into();
+                }
+                return rest.first().map(|s| s.to_string()).unwrap_or_default();
+            }
+        }
+        panic!("no line for stage `{stage}` in:\n{}\n{}", self.stdout, self.stderr);
+    }
+
+    /// The summary line of a stage.
+    pub fn line(&self, stage: &str) -> String {
+        self.stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(stage))
+            .unwrap_or_else(|| panic!("no line for `{stage}` in:\n{}", self.stdout))
+            .to_string()
+    }
+}
+
+pub fn fleming_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_fleming")
+}
+
+pub fn test_worker_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_fleming-test-worker")
+}
+
+impl Project {
+    pub fn new() -> Project {
+        Project { dir: tempfile::tempdir().expect("tempdir") }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn write(&self, rel: &str, content: &str) -> PathBuf {
+        let p = self.dir.path().join(rel);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).expect("mkdir");
+        }
+        std::fs::write(&p, content).expect("write");
+        p
+    }
+
+    pub fn pipeline(&self, yaml: &str) -> PathBuf {
+        self.write("pipeline.yaml", yaml)
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(fleming_bin());
+        c.current_dir(self.dir.path())
+            .args(args)
+            .env("FLEMING_TEST_OPS", "1")
+            .env("FLEMING_WORKER", test_worker_bin())
+            .env("FLEMING_GPUS", "none")
+            .env_remove("FLEMING_STORE")
+            .env_remove("FLEMING_LOG");
+        c
+    }
+
+    pub fn fleming(&self, args: &[&str]) -> Ran {
+        Ran::from(self.command(args).output().expect("run fleming"))
+    }
+
+    /// `fleming run pipeline.yaml ARGS`, which must succeed.
+    pub fn run_ok(&self, args: &[&str]) -> Ran {
+        let mut all = vec!["run", "pipeline.yaml"];
+        all.extend_from_slice(args);
+        let r = self.fleming(&all);
+        assert_eq!(r.code, 0, "fleming {all:?} failed:\n{}\n{}", r.stdout, r.stderr);
+        r
+    }
+
+    pub fn store(&self) -> PathBuf {
+        self.dir.path().join(".fleming")
+    }
+
+    /// Every manifest in the store.
+    pub fn manifests(&self) -> Vec<Value> {
+        let dir = self.store().join("runs");
+        let mut paths: Vec<PathBuf> = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd.map(|e| e.expect("entry").path()).filter(|p| p.extension().is_some_and(|x| x == "json")).collect(),
+            Err(_) => return Vec::new(),
+        };
+        paths.sort();
+        paths.iter().map(|p| serde_json::from_slice(&std::fs::read(p).expect("read")).expect("json")).collect()
+    }
+
+    /// Manifests of one stage.
+    pub fn manifests_of(&self, stage: &str) -> Vec<Value> {
+        self.manifests().into_iter().filter(|m| m["stage"] == stage).collect()
+    }
+
+    /// The current output digest of a stage port (from its ref).
+    pub fn output_digest(&self, pipeline: &str, stage: &str, port: &str) -> String {
+        let p = self.store().join("refs").join(pipeline).join(format!("{stage}.json"));
+        let v: Value = serde_json::from_slice(&std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).expect("json");
+        v["outputs"][port]["digest"].as_str().expect("digest").to_string()
+    }
+}
+
+/// Rows of a JSONL file written by `export`.
+pub fn jsonl_rows(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect()
+}
+
+/// A JSONL file with `n` rows `{"id": "r<i>", "x": i}`.
+pub fn rows_jsonl(n: usize) -> String {
+    (0..n).map(|i| format!("{{\"id\": \"r{i:04}\", \"x\": {i}}}\n")).collect()
+}
