@@ -62,6 +62,10 @@ fn main() -> anyhow::Result<()> {
     }
     let quick = args.iter().any(|a| a == "--quick");
     let reps = if quick { 1 } else { 3 };
+    // `--part gen|sft|load` runs one part only (default: all).
+    let part =
+        args.iter().position(|a| a == "--part").and_then(|i| args.get(i + 1)).map(String::as_str).unwrap_or("all");
+    let want = |p: &str| part == "all" || part == p;
     fleming_model::set_threads(THREADS);
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path();
@@ -94,7 +98,7 @@ fn main() -> anyhow::Result<()> {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/py/bench.py");
     let out = Command::new(python())
         .arg(&script)
-        .args([dir.to_str().unwrap_or("."), &THREADS.to_string(), &reps.to_string()])
+        .args([dir.to_str().unwrap_or("."), &THREADS.to_string(), &reps.to_string(), part])
         .env_remove("OPENBLAS_CORETYPE")
         .output()?;
     if !out.status.success() {
@@ -119,47 +123,56 @@ fn main() -> anyhow::Result<()> {
         anyhow::ensure!(out.iter().all(|g| g.tokens.len() == new_tokens as usize));
         Ok(dt)
     };
-    run(false)?;
-    let greedy = median((0..reps).map(|_| run(false)).collect::<anyhow::Result<Vec<_>>>()?);
-    let sampled = median((0..reps).map(|_| run(true)).collect::<anyhow::Result<Vec<_>>>()?);
-    let toks = (batch * new_tokens) as f64;
-    println!("generation (batch {batch}, prompt {prompt_len}, {new_tokens} new tokens), tokens/s: higher is better");
-    for (name, r, p) in [("greedy", greedy, pyf("greedy_s")), ("sampled", sampled, pyf("sampled_s"))] {
-        println!("  {name:8} rust {:8.1}  python {:8.1}  ratio {:.2}x", toks / r, toks / p, p / r);
+    if want("gen") {
+        run(false)?;
+        let greedy = median((0..reps).map(|_| run(false)).collect::<anyhow::Result<Vec<_>>>()?);
+        let sampled = median((0..reps).map(|_| run(true)).collect::<anyhow::Result<Vec<_>>>()?);
+        let toks = (batch * new_tokens) as f64;
+        println!(
+            "generation (batch {batch}, prompt {prompt_len}, {new_tokens} new tokens), tokens/s: higher is better"
+        );
+        for (name, r, p) in [("greedy", greedy, pyf("greedy_s")), ("sampled", sampled, pyf("sampled_s"))] {
+            println!("  {name:8} rust {:8.1}  python {:8.1}  ratio {:.2}x", toks / r, toks / p, p / r);
+        }
     }
 
-    // Rust SFT step: loss on every token but the first, as labels=ids does in HF.
-    let examples: Vec<Example> = (0..sft_b)
-        .map(|i| {
-            let ids = Vec::<i64>::try_from(sft_ids.get(i)).unwrap_or_default();
-            Example { prompt: ids[..1].to_vec(), completion: ids[1..].to_vec() }
-        })
-        .collect();
-    let sft_cfg = SftConfig {
-        lr: 1e-4,
-        warmup_steps: 0,
-        total_steps: 100,
-        batch_size: sft_b as usize,
-        checkpoint_every: 0,
-        max_len: sft_t as usize,
-        ..Default::default()
-    };
-    let ck = tempfile::tempdir()?;
-    let mut trainer = SftTrainer::new(&mut model, &examples, sft_cfg, ck.path(), 0)?;
-    trainer.train_step()?;
-    let mut times = vec![];
-    for _ in 0..reps {
-        let t = Instant::now();
+    if want("sft") {
+        // Rust SFT step: loss on every token but the first, as labels=ids does in HF.
+        let examples: Vec<Example> = (0..sft_b)
+            .map(|i| {
+                let ids = Vec::<i64>::try_from(sft_ids.get(i)).unwrap_or_default();
+                Example { prompt: ids[..1].to_vec(), completion: ids[1..].to_vec() }
+            })
+            .collect();
+        let sft_cfg = SftConfig {
+            lr: 1e-4,
+            warmup_steps: 0,
+            total_steps: 100,
+            batch_size: sft_b as usize,
+            checkpoint_every: 0,
+            max_len: sft_t as usize,
+            ..Default::default()
+        };
+        let ck = tempfile::tempdir()?;
+        let mut trainer = SftTrainer::new(&mut model, &examples, sft_cfg, ck.path(), 0)?;
         trainer.train_step()?;
-        times.push(t.elapsed().as_secs_f64());
+        let mut times = vec![];
+        for _ in 0..reps {
+            let t = Instant::now();
+            trainer.train_step()?;
+            times.push(t.elapsed().as_secs_f64());
+        }
+        let step = median(times);
+        println!("SFT step (batch {sft_b} x {sft_t}), seconds: lower is better");
+        println!(
+            "  rust {step:.3}  python {:.3}  ratio {:.2}x of PyTorch's time",
+            pyf("sft_step_s"),
+            step / pyf("sft_step_s")
+        );
     }
-    let step = median(times);
-    println!("SFT step (batch {sft_b} x {sft_t}), seconds: lower is better");
-    println!(
-        "  rust {step:.3}  python {:.3}  ratio {:.2}x of PyTorch's time",
-        pyf("sft_step_s"),
-        step / pyf("sft_step_s")
-    );
+    if !want("load") {
+        return Ok(());
+    }
 
     // Peak memory of a load, in a fresh process.
     let me = std::env::current_exe()?;

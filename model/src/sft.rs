@@ -158,15 +158,15 @@ impl AdamW {
                 let mut p = p.shallow_clone();
                 let m = &mut self.m[i];
                 let v = &mut self.v[i];
-                let _ = m.f_mul_scalar_(cfg.beta1)?.f_add_(&(&g * (1.0 - cfg.beta1)))?;
-                // addcmul_ has no scale argument in tch, so scale one factor.
-                let _ = v.f_mul_scalar_(cfg.beta2)?.f_addcmul_(&g, &(&g * (1.0 - cfg.beta2)))?;
+                // In-place forms keep this to three temporaries per parameter.
+                let _ = m.f_lerp_(&g, 1.0 - cfg.beta1)?;
+                let _ = v.f_lerp_(&(&g * &g), 1.0 - cfg.beta2)?;
                 if self.decay[i] && cfg.weight_decay > 0.0 {
                     let _ = p.f_mul_scalar_(1.0 - lr * cfg.weight_decay)?;
                 }
-                let denom = (v.f_div_scalar(bc2)?.f_sqrt()? + cfg.eps).f_to_kind(p.kind())?;
-                let update = m.f_div(&denom)?.f_mul_scalar(lr / bc1)?;
-                let _ = p.f_sub_(&update)?;
+                let mut denom = v.f_sqrt()?;
+                let _ = denom.f_mul_scalar_(1.0 / bc2.sqrt())?.f_add_scalar_(cfg.eps)?;
+                let _ = p.f_addcdiv_(&m.f_mul_scalar(-lr / bc1)?, &denom)?;
             }
             Ok(())
         })
@@ -188,7 +188,8 @@ impl AdamW {
         for (_, p) in &self.params {
             let g = p.grad();
             if g.defined() {
-                total += g.f_to_kind(Kind::Float)?.f_pow_tensor_scalar(2)?.f_sum(Kind::Double)?.f_double_value(&[])?;
+                let n = g.f_norm()?.f_double_value(&[])?;
+                total += n * n;
             }
         }
         Ok(total.sqrt())
@@ -321,9 +322,11 @@ impl<'a> SftTrainer<'a> {
             tokens += s.len() as u64;
             for j in 0..len {
                 ids.push(s.get(j).copied().unwrap_or(self.pad_id));
-                let is_target = j >= *plen && j < s.len();
+                // Labels are pre-shifted: position j is scored on token j + 1, so the
+                // logits need no slicing (a copy of the largest tensor of the step).
+                let is_target = j + 1 >= *plen && j + 1 < s.len();
                 targets += is_target as u64;
-                labels.push(if is_target { s[j] } else { -100 });
+                labels.push(if is_target { s[j + 1] } else { -100 });
             }
         }
         let b = idx.len() as i64;
@@ -347,10 +350,9 @@ impl<'a> SftTrainer<'a> {
         self.opt.zero_grad();
         for (ids, labels, _, _) in &collated {
             let logits = self.model.forward(ids, None, None, false)?;
-            let t = logits.size()[1];
             let v = logits.size()[2];
-            let pred = logits.f_narrow(1, 0, t - 1)?.f_reshape([-1, v])?;
-            let gold = labels.f_narrow(1, 1, t - 1)?.f_reshape([-1])?;
+            let pred = logits.f_view([-1, v])?;
+            let gold = labels.f_view([-1])?;
             // Sum over tokens, normalised by the whole step's target count, so every
             // completion token weighs the same whatever micro-batch it falls in.
             let loss = pred.f_cross_entropy_loss::<&Tensor>(&gold, None, tch::Reduction::Sum, -100, 0.0)?;

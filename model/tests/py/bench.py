@@ -16,6 +16,7 @@ from transformers import Qwen2ForCausalLM
 d = sys.argv[1]
 threads = int(sys.argv[2]) if len(sys.argv) > 2 else 2
 reps = int(sys.argv[3]) if len(sys.argv) > 3 else 3
+part = sys.argv[4] if len(sys.argv) > 4 else "all"
 torch.set_num_threads(threads)
 inp = load_file(f"{d}/bench_inputs.safetensors")
 prompts, sft_ids = inp["prompts"], inp["sft_ids"]
@@ -38,9 +39,10 @@ def gen(sample):
 
 
 res = {}
-gen(False)  # warm-up
-res["greedy_s"] = statistics.median(gen(False) for _ in range(reps))
-res["sampled_s"] = statistics.median(gen(True) for _ in range(reps))
+if part in ("all", "gen"):
+    gen(False)  # warm-up
+    res["greedy_s"] = statistics.median(gen(False) for _ in range(reps))
+    res["sampled_s"] = statistics.median(gen(True) for _ in range(reps))
 
 model.train()
 opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
@@ -56,6 +58,7 @@ def step():
     return time.perf_counter() - t
 
 
-step()  # warm-up
-res["sft_step_s"] = statistics.median(step() for _ in range(reps))
+if part in ("all", "sft"):
+    step()  # warm-up
+    res["sft_step_s"] = statistics.median(step() for _ in range(reps))
 print(json.dumps(res))
