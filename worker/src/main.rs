@@ -3,6 +3,7 @@
 //! OpenAI-compatible HTTP API. libtorch is found through an rpath embedded at
 //! build time (see model/README.md), so nothing needs exporting to run it.
 
+mod run;
 mod serve;
 
 use anyhow::Context;
@@ -39,6 +40,11 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         threads: usize,
     },
+    /// Run one stage dispatched by the fleming runtime (JOB.json per its dispatch protocol).
+    Run {
+        /// The job file.
+        job: PathBuf,
+    },
     /// Print the device and libtorch facts, then exit (a quick health check).
     Info,
 }
@@ -57,6 +63,7 @@ fn main() -> anyhow::Result<()> {
                 .context("starting the async runtime")?;
             rt.block_on(serve::serve(opts))
         }
+        Command::Run { job } => std::process::exit(run::run(&job)),
         Command::Info => {
             println!("cuda available: {}", tch::Cuda::is_available());
             println!("cuda devices: {}", tch::Cuda::device_count());

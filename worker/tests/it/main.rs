@@ -1,5 +1,7 @@
 //! Integration tests for fleming-worker (one binary): the OpenAI-compatible
-//! server driven by the official Python `openai` client.
+//! server driven by the official Python `openai` client, and `run JOB.json`.
+
+mod run;
 
 use fleming_model::toy::ToyTask;
 use fleming_model::{Placement, Qwen2, Qwen2Config, TextTokenizer};
