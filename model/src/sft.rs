@@ -138,8 +138,9 @@ impl AdamW {
         let mut v = vec![];
         let mut decay = vec![];
         for (name, p) in &params {
-            m.push(p.f_zeros_like()?);
-            v.push(p.f_zeros_like()?);
+            // Moments stay f32 even for bf16 weights (CUDA): bf16 cannot hold v's range.
+            m.push(p.f_zeros_like()?.f_to_kind(Kind::Float)?);
+            v.push(p.f_zeros_like()?.f_to_kind(Kind::Float)?);
             decay.push(p.dim() >= 2 && !name.contains("norm"));
         }
         Ok(AdamW { params, m, v, decay })
@@ -156,6 +157,7 @@ impl AdamW {
                     continue;
                 }
                 let mut p = p.shallow_clone();
+                let g = if g.kind() == Kind::Float { g } else { g.f_to_kind(Kind::Float)? };
                 let m = &mut self.m[i];
                 let v = &mut self.v[i];
                 // In-place forms keep this to three temporaries per parameter.
@@ -166,7 +168,12 @@ impl AdamW {
                 }
                 let mut denom = v.f_sqrt()?;
                 let _ = denom.f_mul_scalar_(1.0 / bc2.sqrt())?.f_add_scalar_(cfg.eps)?;
-                let _ = p.f_addcdiv_(&m.f_mul_scalar(-lr / bc1)?, &denom)?;
+                if p.kind() == Kind::Float {
+                    let _ = p.f_addcdiv_(&m.f_mul_scalar(-lr / bc1)?, &denom)?;
+                } else {
+                    let update = m.f_div(&denom)?.f_mul_scalar(-lr / bc1)?.f_to_kind(p.kind())?;
+                    let _ = p.f_add_(&update)?;
+                }
             }
             Ok(())
         })

@@ -120,3 +120,26 @@ fn prompt_tokens_carry_no_loss() {
     let row = t.train_step().unwrap();
     assert!((row.loss - want).abs() < 1e-4, "step loss {} vs completion-only loss {want}", row.loss);
 }
+
+#[test]
+fn bf16_weights_train_with_f32_moments() {
+    // The CUDA configuration (bf16 weights), exercised on CPU.
+    let placement = fleming_model::Placement { device: Some(tch::Device::Cpu), kind: Some(tch::Kind::BFloat16) };
+    let mut model = Qwen2::new_random(Qwen2Config::small(256, 32, 2, 4, 2), placement, 7).unwrap();
+    let ex = examples()[..8].to_vec();
+    let cfg = SftConfig { batch_size: 4, total_steps: 3, warmup_steps: 1, checkpoint_every: 3, ..Default::default() };
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = SftTrainer::new(&mut model, &ex, cfg, dir.path(), 0).unwrap();
+    let mut losses = vec![];
+    t.train(|r| {
+        losses.push(r.loss);
+        Ok(())
+    })
+    .unwrap();
+    assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
+    let ck = latest_checkpoint(dir.path()).unwrap().unwrap();
+    let f = fleming_model::io::SafetensorsFile::open(ck.join("optimizer.safetensors")).unwrap();
+    assert!(f.tensors.values().all(|i| i.kind == tch::Kind::Float));
+    let w = fleming_model::io::SafetensorsFile::open(ck.join("model.safetensors")).unwrap();
+    assert!(w.tensors.values().all(|i| i.kind == tch::Kind::BFloat16));
+}
