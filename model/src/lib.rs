@@ -2,6 +2,8 @@
 //! checkpoints, a tokenizer and chat format, batched generation and SFT.
 //! It knows nothing of pipelines; the worker binary builds on it.
 
+#![deny(missing_docs)]
+
 pub mod answer;
 pub mod chat;
 pub mod config;
