@@ -7,7 +7,9 @@
 //!
 //! [`OpSpec`]: fleming_runtime::OpSpec
 
+pub mod llm;
 pub mod ops;
+pub mod questions;
 
 use std::sync::Arc;
 
@@ -30,6 +32,10 @@ pub fn registry() -> OpRegistry {
     r.register(Arc::new(ops::load::Load::new()));
     r.register(Arc::new(ops::sql::Sql::new()));
     r.register(Arc::new(ops::export::Export::new()));
+    r.register(Arc::new(ops::curated::Curated::new()));
+    r.register(Arc::new(ops::sample::Sample::new()));
+    r.register(Arc::new(ops::validate::Validate::new()));
+    r.register(Arc::new(ops::difficulty_label::DifficultyLabel::new()));
     if std::env::var_os(TEST_OPS_ENV).is_some_and(|v| v == "1") {
         for op in ops::testing::all() {
             r.register(op);
