@@ -32,6 +32,9 @@ pub fn registry() -> OpRegistry {
     r.register(Arc::new(ops::load::Load::new()));
     r.register(Arc::new(ops::sql::Sql::new()));
     r.register(Arc::new(ops::export::Export::new()));
+    r.register(Arc::new(ops::sft::Sft::new()));
+    r.register(Arc::new(ops::crawl::Crawl::new()));
+    r.register(Arc::new(ops::extract::Extract::new()));
     r.register(Arc::new(ops::curated::Curated::new()));
     r.register(Arc::new(ops::sample::Sample::new()));
     r.register(Arc::new(ops::validate::Validate::new()));

@@ -31,6 +31,8 @@
 //! keep-alive, `Content-Length` and chunked request bodies, `Content-Length` or chunked
 //! responses. It is for tests only: no TLS, no pipelining, bounded header size.
 //!
+//! [`mediawiki::FixtureWiki`] is a ready handler: a MediaWiki Action API over fixture pages.
+//!
 //! **Fault plans.** A plan is a list of rules `(When, Fault)`, each optionally limited to
 //! its first `n` matches ([`FaultPlan::add_times`]) or after skipping matches
 //! ([`FaultRule::skip`]); the first rule that fires applies. [`FaultPlan::random`] adds a
@@ -934,6 +936,8 @@ pub fn fault_summary(log: &[Logged]) -> HashMap<String, u64> {
     }
     m
 }
+
+pub mod mediawiki;
 
 #[cfg(test)]
 mod tests;

@@ -1,10 +1,13 @@
 //! One module per operator.
 
+pub mod crawl;
 pub mod curated;
 pub mod difficulty_label;
 pub mod export;
+pub mod extract;
 pub mod load;
 pub mod sample;
+pub mod sft;
 pub mod sql;
 pub mod testing;
 pub mod validate;

@@ -1,0 +1,228 @@
+//! The merge of per-page records into the knowledge graph, as a differential dataflow on
+//! timely workers.
+//!
+//! Records ([`Rec`]) arrive with multiplicities: a full run feeds every page's records
+//! (each worker parses its share of the pages), an incremental run feeds the previous
+//! output's rows decomposed into records, minus the records of the pages that changed as
+//! they were, plus their records as they are now. The dataflow consolidates them and
+//! computes, per entity key (titles normalised, redirects resolved: the deduplication),
+//! its frequency, pages, alias counts, type votes and own page, and per relation
+//! (subject, predicate, object) its supporting pages (the relation dedup), then the
+//! degree of every entity from the distinct relations (the degree counts). Every
+//! aggregate is a sum or a set of records, so the previous output plus a difference gives
+//! exactly what a run from scratch gives.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use differential_dataflow::input::Input;
+use serde::{Deserialize, Serialize};
+
+use super::rules::{OwnVal, Rec, RelKey, SupportVal};
+
+/// An entity's aggregate.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct EntityAgg {
+    /// Link occurrences.
+    pub frequency: i64,
+    /// Pages touching it (hashes), sorted.
+    pub pages: Vec<u64>,
+    /// Aliases (hashes) with their counts, sorted by alias hash.
+    pub aliases: Vec<(u64, i64)>,
+    /// Votes per type index.
+    pub votes: Vec<i64>,
+    /// Its own page.
+    pub own: Option<OwnVal>,
+    /// Distinct relations it takes part in.
+    pub degree: i64,
+}
+
+/// A part of an entity's aggregate, before assembly.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+enum Part {
+    Freq(i64),
+    Pages(Vec<u64>),
+    Alias(u64, i64),
+    Vote(u8, i64),
+    Own(OwnVal),
+    Degree(i64),
+}
+
+/// A relation with its supports.
+pub type RelRow = (RelKey, Vec<SupportVal>);
+
+/// What the dataflow produced.
+#[derive(Debug, Default)]
+pub struct GraphOut {
+    /// Entities by key hash.
+    pub entities: Vec<(u64, EntityAgg)>,
+    /// Relations with their supports (sorted).
+    pub relations: Vec<RelRow>,
+    /// Records that consolidated to a negative multiplicity (an inconsistent previous
+    /// output); 0 when all is well.
+    pub negative: u64,
+    /// Strings of the hashes, gathered from the workers.
+    pub names: HashMap<u64, String>,
+}
+
+/// Feeds a worker's share of the records: called with (worker index, workers, emit), where
+/// emit takes a record and its multiplicity, and the worker's string table.
+pub type Feed =
+    dyn Fn(usize, usize, &mut dyn FnMut(Rec, i64), &mut HashMap<u64, String>) -> anyhow::Result<()> + Send + Sync;
+
+/// Runs the merge on `threads` timely workers.
+pub fn run(threads: usize, feed: Arc<Feed>) -> anyhow::Result<GraphOut> {
+    let entities: Arc<Mutex<Vec<(u64, EntityAgg)>>> = Arc::default();
+    let relations: Arc<Mutex<Vec<RelRow>>> = Arc::default();
+    let negative: Arc<Mutex<u64>> = Arc::default();
+    let names: Arc<Mutex<Vec<HashMap<u64, String>>>> = Arc::default();
+    let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+    let (e2, r2, n2, names2, err2) =
+        (entities.clone(), relations.clone(), negative.clone(), names.clone(), errors.clone());
+    let guards = timely::execute(timely::Config::process(threads.max(1)), move |worker| {
+        let index = worker.index();
+        let peers = worker.peers();
+        let (e3, r3, n3, n4, n5) = (e2.clone(), r2.clone(), n2.clone(), n2.clone(), n2.clone());
+        let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
+            let (input, recs) = scope.new_collection::<Rec, isize>();
+            let freq = recs.clone().flat_map(|r| if let Rec::Freq(k) = r { Some(k) } else { None });
+            let touch = recs.clone().flat_map(|r| if let Rec::Touch(k, p) = r { Some((k, p)) } else { None });
+            let alias = recs.clone().flat_map(|r| if let Rec::Alias(k, a) = r { Some((k, a)) } else { None });
+            let vote = recs.clone().flat_map(|r| if let Rec::Vote(k, t) = r { Some((k, t)) } else { None });
+            let own = recs.clone().flat_map(|r| if let Rec::Own(k, o) = r { Some((k, o)) } else { None });
+            let support = recs.flat_map(|r| if let Rec::Support(k, s) = r { Some((k, s)) } else { None });
+
+            // Relation dedup: one row per (subject, predicate, object) with its supports.
+            let rels = support.reduce(move |_key, input, output| {
+                let mut sups = Vec::with_capacity(input.len());
+                for (s, r) in input {
+                    if *r > 0 {
+                        sups.push(**s);
+                    } else {
+                        *n3.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+                    }
+                }
+                if !sups.is_empty() {
+                    output.push((sups, 1isize));
+                }
+            });
+            let rels_out = r3.clone();
+            let rels = rels.inspect(move |((k, sups), _t, d)| {
+                if *d > 0 {
+                    rels_out.lock().unwrap_or_else(|e| e.into_inner()).push((*k, sups.clone()));
+                }
+            });
+            // Degree counts: distinct relations per entity.
+            let degree = rels
+                .flat_map(|((s, _p, o), _)| if s == o { vec![s] } else { vec![s, o] })
+                .count()
+                .map(|(k, n)| (k, Part::Degree(n as i64)));
+            let freq = freq.count().map(|(k, n)| (k, Part::Freq(n as i64)));
+            let pages = touch.reduce(move |_k, input, output| {
+                let mut v = Vec::with_capacity(input.len());
+                for (p, r) in input {
+                    if *r > 0 {
+                        v.push(**p);
+                    } else {
+                        *n4.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+                    }
+                }
+                if !v.is_empty() {
+                    output.push((Part::Pages(v), 1isize));
+                }
+            });
+            let alias = alias.count().map(|((k, a), n)| (k, Part::Alias(a, n as i64)));
+            let vote = vote.count().map(|((k, t), n)| (k, Part::Vote(t, n as i64)));
+            let own = own.reduce(|_k, input, output| {
+                if let Some((o, _)) = input.iter().find(|(_, r)| *r > 0) {
+                    output.push((Part::Own(**o), 1isize));
+                }
+            });
+            // Entity dedup: every record of a key is assembled into one row.
+            let ents = freq.concat(pages).concat(alias).concat(vote).concat(own).concat(degree).reduce(
+                move |_k, input, output| {
+                    let mut agg = EntityAgg { votes: vec![0; super::lexicon::TYPES.len()], ..Default::default() };
+                    let mut any = false;
+                    for (part, r) in input {
+                        if *r <= 0 {
+                            *n5.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+                            continue;
+                        }
+                        match part {
+                            Part::Freq(n) => {
+                                agg.frequency += n;
+                                any |= *n != 0;
+                            }
+                            Part::Pages(v) => {
+                                agg.pages = v.clone();
+                                any = true;
+                            }
+                            Part::Alias(a, n) => agg.aliases.push((*a, *n)),
+                            Part::Vote(t, n) => {
+                                if let Some(x) = agg.votes.get_mut(*t as usize) {
+                                    *x += n;
+                                }
+                            }
+                            Part::Own(o) => {
+                                agg.own = Some(*o);
+                                any = true;
+                            }
+                            Part::Degree(n) => agg.degree = *n,
+                        }
+                    }
+                    if any {
+                        output.push((agg, 1isize));
+                    }
+                },
+            );
+            let ents_out = e3.clone();
+            let (probe, _) = ents
+                .inspect(move |((k, agg), _t, d)| {
+                    if *d > 0 {
+                        ents_out.lock().unwrap_or_else(|e| e.into_inner()).push((*k, agg.clone()));
+                    }
+                })
+                .probe();
+            (input, probe)
+        });
+        let mut local: HashMap<u64, String> = HashMap::new();
+        let mut pending = 0usize;
+        let mut emit = |r: Rec, d: i64| {
+            input.update(r, d as isize);
+            pending += 1;
+        };
+        if let Err(e) = feed(index, peers, &mut emit, &mut local) {
+            err2.lock().unwrap_or_else(|e| e.into_inner()).push(format!("{e:#}"));
+        }
+        let _ = pending;
+        input.advance_to(1);
+        input.flush();
+        worker.step_while(|| probe.less_than(&1));
+        names2.lock().unwrap_or_else(|e| e.into_inner()).push(local);
+    })
+    .map_err(|e| anyhow::anyhow!("starting the timely workers: {e}"))?;
+    for r in guards.join() {
+        r.map_err(|e| anyhow::anyhow!("a timely worker failed: {e}"))?;
+    }
+    if let Some(e) = errors.lock().unwrap_or_else(|e| e.into_inner()).first() {
+        anyhow::bail!("{e}");
+    }
+    let mut out = GraphOut {
+        entities: std::mem::take(&mut *entities.lock().unwrap_or_else(|e| e.into_inner())),
+        relations: std::mem::take(&mut *relations.lock().unwrap_or_else(|e| e.into_inner())),
+        negative: *negative.lock().unwrap_or_else(|e| e.into_inner()),
+        names: HashMap::new(),
+    };
+    let mut maps = std::mem::take(&mut *names.lock().unwrap_or_else(|e| e.into_inner()));
+    maps.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    let mut merged = if maps.is_empty() { HashMap::new() } else { maps.remove(0) };
+    for m in maps {
+        for (k, v) in m {
+            merged.entry(k).or_insert(v);
+        }
+    }
+    out.names = merged;
+    out.entities.sort_by_key(|(k, _)| *k);
+    out.relations.sort_by_key(|(k, _)| *k);
+    Ok(out)
+}

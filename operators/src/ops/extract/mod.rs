@@ -1,0 +1,1052 @@
+//! `extract`: from the `pages` table to a typed medical knowledge graph, the `entities` and
+//! `relations` tables of DESIGN's data contracts.
+//!
+//! Each page is parsed ([`wikitext`]) into facts (memoised per page), interpreted with the
+//! lexicon and the relation rules ([`rules`]) into keyed records, and the records are
+//! merged by a differential dataflow on `-w N` timely workers ([`graph`]): entities are
+//! deduplicated by normalised title and redirect, relations by (subject, predicate,
+//! object), and degrees counted from the distinct relations.
+//!
+//! **Incremental.** When the stage ran before with the same settings (same version,
+//! `min_confidence` and lexicon: recorded in the outputs' schema metadata) and the pages
+//! changed, only the changed pages are parsed: the previous output rows of the entities
+//! and relations those pages touch are decomposed into records, the changed pages' old
+//! records are retracted and their new ones added, the dataflow recomputes those rows, and
+//! they replace the old ones in the previous output. Redirect changes, which move whole
+//! entities, recompute the entities involved from all pages that touch them. The result is
+//! the same table, byte for byte, as a run from scratch (tested).
+
+pub mod graph;
+pub mod lexicon;
+pub mod rules;
+pub mod wikitext;
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, LazyLock};
+use std::time::Instant;
+
+use anyhow::{Context, anyhow};
+use arrow::array::{
+    Array, ArrayRef, Float64Array, Float64Builder, Int64Array, Int64Builder, ListArray, ListBuilder, RecordBatch,
+    StringArray, StringBuilder,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use fleming_artifacts::Table;
+use fleming_runtime::context::OpContext;
+use fleming_runtime::op::{
+    ColumnSpec, Execution, InputPorts, OpSpec, Operator, Outputs, ParamSpec, ParamType, PortSpec,
+};
+use serde_json::json;
+
+use self::graph::{EntityAgg, GraphOut};
+use self::lexicon::{EntityType, Lexicon};
+use self::rules::{Interp, OwnVal, PageFacts, PageRef, Predicate, Rec, RelKey, SupportVal, entity_id, h};
+use self::wikitext::normalize_title;
+
+/// Version of the operator (and of its memoised page facts).
+pub const VERSION: u32 = 1;
+/// Schema metadata key holding the settings fingerprint of an output.
+pub const STATE_KEY: &str = "fleming.extract.state";
+
+static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
+    name: "extract",
+    version: VERSION,
+    summary: "Wikipedia pages to a typed medical knowledge graph (entities and relations)",
+    doc: "Parses each page's wikitext (infobox, sections, links, categories, lead sentence), types \
+          entities from infoboxes and a lexicon, derives relations (has_symptom, diagnosed_by, \
+          treated_by, caused_by, risk_factor, complication_of, differential_diagnosis, \
+          contraindicated_with, mechanism, located_in, drug_class, …) from infobox fields and from \
+          links grouped by section, and merges them with a differential dataflow on `-w` workers. \
+          Reruns after a few pages changed update the previous output instead of rebuilding it.",
+    params: vec![
+        ParamSpec::optional(
+            "lexicon",
+            ParamType::InputPath,
+            "Typing lexicon: a TSV (name, type[, canonical]) or a directory of them, or the shared Hetionet / Disease Ontology / MeSH tables",
+        ),
+        ParamSpec::with_default(
+            "min_confidence",
+            ParamType::Float,
+            json!(0.5),
+            "Relations below this confidence are dropped",
+        )
+        .range(Some(0.0), Some(1.0)),
+        ParamSpec::with_default(
+            "incremental",
+            ParamType::Bool,
+            json!(true),
+            "Update the previous run's output when only some pages changed (the result is the same as a full run)",
+        )
+        .not_in_key(),
+    ],
+    inputs: InputPorts::Fixed(vec![PortSpec::table_with(
+        "pages",
+        vec![
+            ColumnSpec::new("id", DataType::Utf8, false),
+            ColumnSpec::new("title", DataType::Utf8, false),
+            ColumnSpec::new("wikitext", DataType::Utf8, false),
+        ],
+        "pages (from `crawl`; `ns`, `redirect_to` and `digest` are used when present)",
+    )]),
+    outputs: vec![
+        PortSpec::table_with(
+            "entities",
+            entity_columns(),
+            "entities: id, name, type, aliases, description, degree, frequency, pages, …",
+        ),
+        PortSpec::table_with(
+            "relations",
+            relation_columns(),
+            "relations with their evidence; `parents` are the supporting pages",
+        ),
+        PortSpec::table_with("rejects", reject_columns(), "pages that were not used, with the reason"),
+    ],
+    execution: Execution::Cpu,
+    fingerprint: crate::fingerprint("extract"),
+});
+
+fn list_of(t: DataType) -> DataType {
+    DataType::List(Arc::new(Field::new("item", t, true)))
+}
+
+/// Columns of `entities`.
+pub fn entity_columns() -> Vec<ColumnSpec> {
+    vec![
+        ColumnSpec::new("id", DataType::Utf8, false),
+        ColumnSpec::new("name", DataType::Utf8, false),
+        ColumnSpec::new("type", DataType::Utf8, false),
+        ColumnSpec::new("aliases", list_of(DataType::Utf8), false),
+        ColumnSpec::new("description", DataType::Utf8, true),
+        ColumnSpec::new("degree", DataType::Int64, false),
+        ColumnSpec::new("frequency", DataType::Int64, false),
+        ColumnSpec::new("pages", list_of(DataType::Utf8), false),
+        ColumnSpec::new("page", DataType::Utf8, true),
+        ColumnSpec::new("infobox", DataType::Utf8, true),
+        ColumnSpec::new("alias_counts", list_of(DataType::Int64), false),
+        ColumnSpec::new("type_votes", list_of(DataType::Int64), false),
+    ]
+}
+
+/// Columns of `relations`.
+pub fn relation_columns() -> Vec<ColumnSpec> {
+    vec![
+        ColumnSpec::new("id", DataType::Utf8, false),
+        ColumnSpec::new("subject", DataType::Utf8, false),
+        ColumnSpec::new("predicate", DataType::Utf8, false),
+        ColumnSpec::new("object", DataType::Utf8, false),
+        ColumnSpec::new("evidence_page", DataType::Utf8, false),
+        ColumnSpec::new("evidence_section", DataType::Utf8, true),
+        ColumnSpec::new("evidence_field", DataType::Utf8, true),
+        ColumnSpec::new("confidence", DataType::Float64, false),
+        ColumnSpec::new("parents", list_of(DataType::Utf8), false),
+        ColumnSpec::new("subject_name", DataType::Utf8, false),
+        ColumnSpec::new("object_name", DataType::Utf8, false),
+        ColumnSpec::new("support_sections", list_of(DataType::Utf8), false),
+        ColumnSpec::new("support_fields", list_of(DataType::Utf8), false),
+        ColumnSpec::new("support_confidence", list_of(DataType::Float64), false),
+    ]
+}
+
+fn reject_columns() -> Vec<ColumnSpec> {
+    vec![
+        ColumnSpec::new("id", DataType::Utf8, false),
+        ColumnSpec::new("page", DataType::Utf8, false),
+        ColumnSpec::new("title", DataType::Utf8, false),
+        ColumnSpec::new("reason", DataType::Utf8, false),
+    ]
+}
+
+fn schema(cols: Vec<ColumnSpec>, state: &str) -> SchemaRef {
+    let fields: Vec<Field> = cols.into_iter().map(|c| Field::new(c.name, c.data_type, c.nullable)).collect();
+    let meta: HashMap<String, String> = [(STATE_KEY.to_string(), state.to_string())].into_iter().collect();
+    Arc::new(Schema::new_with_metadata(fields, meta))
+}
+
+/// The `extract` operator.
+#[derive(Default)]
+pub struct Extract;
+
+impl Extract {
+    /// The operator.
+    pub fn new() -> Self {
+        Extract
+    }
+}
+
+/// The pages table as the operator reads it.
+pub struct PagesView {
+    id: StringArray,
+    title: StringArray,
+    wikitext: StringArray,
+    ns: Option<Int64Array>,
+    redirect_to: Option<StringArray>,
+    digest: Option<StringArray>,
+}
+
+fn utf8(batch: &RecordBatch, name: &str) -> anyhow::Result<Option<StringArray>> {
+    let Some(c) = batch.column_by_name(name) else { return Ok(None) };
+    let c = if c.data_type() == &DataType::Utf8 { c.clone() } else { arrow::compute::cast(c, &DataType::Utf8)? };
+    Ok(c.as_any().downcast_ref::<StringArray>().cloned())
+}
+
+impl PagesView {
+    /// Reads the columns of a pages table.
+    pub fn new(t: &Table) -> anyhow::Result<Self> {
+        let b = t.concat()?;
+        let need = |n: &str| -> anyhow::Result<StringArray> {
+            utf8(&b, n)?.ok_or_else(|| anyhow!("the pages table has no `{n}` column"))
+        };
+        let ns = match b.column_by_name("ns") {
+            Some(c) => arrow::compute::cast(c, &DataType::Int64)?.as_any().downcast_ref::<Int64Array>().cloned(),
+            None => None,
+        };
+        Ok(PagesView {
+            id: need("id")?,
+            title: need("title")?,
+            wikitext: need("wikitext")?,
+            ns,
+            redirect_to: utf8(&b, "redirect_to")?,
+            digest: utf8(&b, "digest")?,
+        })
+    }
+
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.id.len()
+    }
+
+    /// Whether there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.id.is_empty()
+    }
+
+    fn text(&self, i: usize) -> &str {
+        if self.wikitext.is_null(i) { "" } else { self.wikitext.value(i) }
+    }
+
+    fn redirect(&self, i: usize) -> Option<&str> {
+        self.redirect_to.as_ref().filter(|r| !r.is_null(i)).map(|r| r.value(i)).filter(|s| !s.is_empty())
+    }
+
+    fn ns(&self, i: usize) -> i64 {
+        self.ns.as_ref().filter(|n| !n.is_null(i)).map(|n| n.value(i)).unwrap_or(0)
+    }
+
+    /// Content digest of a row (the `digest` column, else computed).
+    fn digest(&self, i: usize) -> String {
+        match &self.digest {
+            Some(d) if !d.is_null(i) => d.value(i).to_string(),
+            _ => crate::ops::crawl::text_digest(self.title.value(i), self.text(i)),
+        }
+    }
+
+    fn page_ref(&self, i: usize) -> PageRef<'_> {
+        PageRef { id: self.id.value(i), title: self.title.value(i), redirect_to: self.redirect(i) }
+    }
+
+    /// Which rows are used (articles with a title, first of duplicate titles), and rejects.
+    fn usable(&self) -> (Vec<bool>, Vec<(String, String, String)>) {
+        let mut keep = vec![false; self.len()];
+        let mut rejects = Vec::new();
+        let mut first: HashMap<String, usize> = HashMap::new();
+        let mut order: Vec<usize> = (0..self.len()).collect();
+        order.sort_by(|&a, &b| self.id.value(a).cmp(self.id.value(b)));
+        for i in order {
+            if self.ns(i) != 0 {
+                continue;
+            }
+            let t = normalize_title(self.title.value(i));
+            if t.is_empty() {
+                rejects.push((
+                    self.id.value(i).to_string(),
+                    self.title.value(i).to_string(),
+                    "empty title".to_string(),
+                ));
+                continue;
+            }
+            match first.get(&t) {
+                Some(&j) => rejects.push((
+                    self.id.value(i).to_string(),
+                    self.title.value(i).to_string(),
+                    format!("duplicate title `{t}` (page {} is used)", self.id.value(j)),
+                )),
+                None => {
+                    first.insert(t, i);
+                    keep[i] = true;
+                }
+            }
+        }
+        (keep, rejects)
+    }
+
+    /// Redirect map: normalised title -> normalised target.
+    fn redirects(&self, keep: &[bool]) -> HashMap<String, String> {
+        let mut m = HashMap::new();
+        for (i, _) in keep.iter().enumerate().filter(|(_, k)| **k) {
+            let target = self.redirect(i).map(normalize_title).or_else(|| wikitext::parse_redirect(self.text(i)));
+            if let Some(t) = target {
+                let from = normalize_title(self.title.value(i));
+                if !t.is_empty() && t != from {
+                    m.insert(from, t);
+                }
+            }
+        }
+        m
+    }
+}
+
+/// Facts of a page: from the memo, else parsed (and memoised).
+fn facts_for(
+    memo: &fleming_runtime::context::RecordMemo,
+    title: &str,
+    digest: &str,
+    text: &str,
+    parsed: &mut u64,
+) -> PageFacts {
+    let key = memo.key(&json!({}), format!("{title}\0{digest}").as_bytes());
+    if let Some(bytes) = memo.get(&key)
+        && let Ok(f) = postcard::from_bytes::<PageFacts>(&bytes)
+    {
+        return f;
+    }
+    *parsed += 1;
+    let f = PageFacts::of_text(text);
+    if let Ok(bytes) = postcard::to_allocvec(&f) {
+        let _ = memo.put(key, &bytes);
+    }
+    f
+}
+
+struct Settings {
+    lexicon: Arc<Lexicon>,
+    min_conf: u16,
+    state: String,
+}
+
+fn settings(ctx: &OpContext) -> anyhow::Result<Settings> {
+    let lexicon = match ctx.params.opt_path("lexicon") {
+        Some(p) => Lexicon::load(&p).with_context(|| format!("loading the lexicon {}", p.display()))?,
+        None => Lexicon::empty(),
+    };
+    let min_conf = (ctx.params.f64("min_confidence")? * 1000.0).round() as u16;
+    let state = format!("v{VERSION};min_confidence={min_conf};lexicon={}", lexicon.digest);
+    Ok(Settings { lexicon: Arc::new(lexicon), min_conf, state })
+}
+
+impl Operator for Extract {
+    fn spec(&self) -> &OpSpec {
+        &SPEC
+    }
+
+    fn run(&self, ctx: &mut OpContext) -> anyhow::Result<Outputs> {
+        let t0 = Instant::now();
+        let s = settings(ctx)?;
+        ctx.metric("lexicon_names", s.lexicon.len() as u64);
+        ctx.metric("lexicon_s", t0.elapsed().as_secs_f64());
+        let pages = Arc::new(PagesView::new(ctx.input_table("pages")?)?);
+        let incremental = ctx.params.bool("incremental")?;
+        let prev = if incremental { previous_state(ctx, &s.state)? } else { None };
+        let (ents, rels, rejects) = match prev {
+            Some(prev) => match incremental_run(ctx, &s, &pages, &prev)? {
+                Some(out) => out,
+                None => full_run(ctx, &s, &pages)?,
+            },
+            None => full_run(ctx, &s, &pages)?,
+        };
+        ctx.metric("entities", ents.num_rows() as u64);
+        ctx.metric("relations", rels.num_rows() as u64);
+        ctx.metric("total_s", t0.elapsed().as_secs_f64());
+        Ok(Outputs::new().table("entities", ents).table("relations", rels).table("rejects", rejects))
+    }
+}
+
+/// The previous run's outputs and input, when they were made with the same settings.
+struct Previous {
+    entities: RecordBatch,
+    relations: RecordBatch,
+    pages: PagesView,
+}
+
+fn previous_state(ctx: &OpContext, state: &str) -> anyhow::Result<Option<Previous>> {
+    let Some(prev) = &ctx.previous else { return Ok(None) };
+    let (Ok(Some(e)), Ok(Some(r)), Ok(Some(p))) =
+        (prev.output("entities"), prev.output("relations"), prev.input("pages", 0))
+    else {
+        return Ok(None);
+    };
+    let same = |t: &Table| t.schema.metadata().get(STATE_KEY).map(String::as_str) == Some(state);
+    if !same(&e) || !same(&r) {
+        return Ok(None);
+    }
+    Ok(Some(Previous { entities: e.concat()?, relations: r.concat()?, pages: PagesView::new(&p)? }))
+}
+
+type Built = (Table, Table, Table);
+
+fn full_run(ctx: &mut OpContext, s: &Settings, pages: &Arc<PagesView>) -> anyhow::Result<Built> {
+    let t = Instant::now();
+    let (keep, rejects) = pages.usable();
+    let keep = Arc::new(keep);
+    let redirects = Arc::new(pages.redirects(&keep));
+    let memo = ctx.memo.clone();
+    let parsed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let bytes: u64 = (0..pages.len()).filter(|&i| keep[i]).map(|i| pages.text(i).len() as u64).sum();
+    ctx.progress.set_unit("pages");
+    ctx.progress.set_total(pages.len() as u64);
+    let (p2, k2, r2, lex, parsed2, progress, cancel) = (
+        pages.clone(),
+        keep.clone(),
+        redirects.clone(),
+        s.lexicon.clone(),
+        parsed.clone(),
+        ctx.progress.clone(),
+        ctx.cancel.clone(),
+    );
+    let min_conf = s.min_conf;
+    let feed: Arc<graph::Feed> = Arc::new(move |index, peers, emit, names| {
+        let interp = Interp { lexicon: &lex, min_conf };
+        let resolve = |t: &str| r2.get(t).cloned();
+        let mut n_parsed = 0;
+        for (done, i) in (index..p2.len()).step_by(peers.max(1)).enumerate() {
+            if !k2[i] {
+                continue;
+            }
+            if done % 256 == 0 {
+                cancel.check()?;
+                progress.inc(256.min(p2.len() as u64));
+            }
+            let title = p2.title.value(i);
+            let facts = facts_for(&memo, title, &p2.digest(i), p2.text(i), &mut n_parsed);
+            for (r, d) in rules::records(&p2.page_ref(i), &facts, &interp, &resolve, names) {
+                emit(r, d);
+            }
+        }
+        parsed2.fetch_add(n_parsed, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    });
+    let out = graph::run(ctx.threads, feed)?;
+    let _ = ctx.memo.flush();
+    let graph_s = t.elapsed().as_secs_f64();
+    ctx.metric("mode", "full");
+    ctx.metric("parsed_pages", parsed.load(std::sync::atomic::Ordering::Relaxed));
+    ctx.metric("wikitext_bytes", bytes);
+    ctx.metric("graph_s", graph_s);
+    if out.negative > 0 {
+        anyhow::bail!("internal error: {} records with negative multiplicity in a full run", out.negative);
+    }
+    let t = Instant::now();
+    let titles = page_titles(pages);
+    let ents = entities_batch(&out, s, &titles, None)?;
+    let rels = relations_batch(&out, s, &titles)?;
+    ctx.metric("build_s", t.elapsed().as_secs_f64());
+    Ok((Table::new(ents.schema(), vec![ents]), Table::new(rels.schema(), vec![rels]), rejects_table(rejects)?))
+}
+
+/// Page hash -> title.
+fn page_titles(pages: &PagesView) -> HashMap<u64, String> {
+    (0..pages.len()).map(|i| (h(pages.id.value(i)), normalize_title(pages.title.value(i)))).collect()
+}
+
+fn rejects_table(rejects: Vec<(String, String, String)>) -> anyhow::Result<Table> {
+    let sch = schema(reject_columns(), "");
+    let sch = Arc::new(Schema::new(sch.fields().clone()));
+    let ids: Vec<String> = rejects.iter().map(|(p, _, r)| format!("{:016x}", h(&format!("{p}\0{r}")))).collect();
+    let batch = RecordBatch::try_new(
+        sch.clone(),
+        vec![
+            Arc::new(StringArray::from(ids)),
+            Arc::new(StringArray::from(rejects.iter().map(|r| r.0.as_str()).collect::<Vec<_>>())),
+            Arc::new(StringArray::from(rejects.iter().map(|r| r.1.as_str()).collect::<Vec<_>>())),
+            Arc::new(StringArray::from(rejects.iter().map(|r| r.2.as_str()).collect::<Vec<_>>())),
+        ],
+    )?;
+    Ok(Table::new(sch, vec![batch]))
+}
+
+fn name_of(names: &HashMap<u64, String>, k: u64) -> anyhow::Result<&str> {
+    names.get(&k).map(String::as_str).ok_or_else(|| anyhow!("internal error: no string for hash {k:016x}"))
+}
+
+/// The type of an entity from its aggregate.
+fn entity_type(name: &str, agg: &EntityAgg, infobox: Option<&str>, lexicon: &Lexicon) -> EntityType {
+    if let Some(t) = infobox.and_then(rules::infobox_type) {
+        return t;
+    }
+    if let Some(t) = lexicon.type_of(name) {
+        return t;
+    }
+    let mut best = (0i64, EntityType::Other);
+    for (i, v) in agg.votes.iter().enumerate() {
+        if *v > best.0 {
+            best = (*v, EntityType::from_index(i));
+        }
+    }
+    best.1
+}
+
+/// Entity rows (sorted by id); `only` keeps the given keys.
+fn entities_batch(
+    out: &GraphOut,
+    s: &Settings,
+    titles: &HashMap<u64, String>,
+    only: Option<&HashSet<u64>>,
+) -> anyhow::Result<RecordBatch> {
+    let _ = titles;
+    let names = &out.names;
+    let mut rows: Vec<(String, &u64, &EntityAgg)> = out
+        .entities
+        .iter()
+        .filter(|(k, _)| only.is_none_or(|o| o.contains(k)))
+        .map(|(k, a)| (entity_id(*k), k, a))
+        .collect();
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    let n = rows.len();
+    let mut id = StringBuilder::with_capacity(n, n * 16);
+    let mut name = StringBuilder::new();
+    let mut ty = StringBuilder::new();
+    let mut aliases = ListBuilder::new(StringBuilder::new());
+    let mut description = StringBuilder::new();
+    let mut degree = Int64Builder::with_capacity(n);
+    let mut frequency = Int64Builder::with_capacity(n);
+    let mut pages = ListBuilder::new(StringBuilder::new());
+    let mut page = StringBuilder::new();
+    let mut infobox = StringBuilder::new();
+    let mut alias_counts = ListBuilder::new(Int64Builder::new());
+    let mut votes = ListBuilder::new(Int64Builder::new());
+    for (eid, k, agg) in rows {
+        let nm = name_of(names, *k)?;
+        let own_box = match agg.own {
+            Some(OwnVal { infobox: b, .. }) if b != 0 => Some(name_of(names, b)?),
+            _ => None,
+        };
+        id.append_value(&eid);
+        name.append_value(nm);
+        ty.append_value(entity_type(nm, agg, own_box, &s.lexicon).as_str());
+        // Aliases: labels and redirect titles with their counts, lexicon synonyms (count 0).
+        let mut al: Vec<(String, i64)> = Vec::new();
+        for (a, c) in &agg.aliases {
+            al.push((name_of(names, *a)?.to_string(), *c));
+        }
+        for syn in s.lexicon.synonyms_of(nm) {
+            if !syn.eq_ignore_ascii_case(nm) && !al.iter().any(|(a, _)| a == syn) {
+                al.push((syn.clone(), 0));
+            }
+        }
+        al.sort();
+        for (a, c) in &al {
+            aliases.values().append_value(a);
+            alias_counts.values().append_value(*c);
+        }
+        aliases.append(true);
+        alias_counts.append(true);
+        match agg.own {
+            Some(o) => {
+                if o.description != 0 {
+                    description.append_value(name_of(names, o.description)?);
+                } else {
+                    description.append_null();
+                }
+                page.append_value(name_of(names, o.page)?);
+            }
+            None => {
+                description.append_null();
+                page.append_null();
+            }
+        }
+        infobox.append_option(own_box);
+        degree.append_value(agg.degree);
+        frequency.append_value(agg.frequency);
+        let mut ps: Vec<&str> = agg.pages.iter().map(|p| name_of(names, *p)).collect::<anyhow::Result<_>>()?;
+        ps.sort();
+        for p in ps {
+            pages.values().append_value(p);
+        }
+        pages.append(true);
+        for v in &agg.votes {
+            votes.values().append_value(*v);
+        }
+        votes.append(true);
+    }
+    let sch = schema(entity_columns(), &s.state);
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(id.finish()),
+        Arc::new(name.finish()),
+        Arc::new(ty.finish()),
+        Arc::new(aliases.finish()),
+        Arc::new(description.finish()),
+        Arc::new(degree.finish()),
+        Arc::new(frequency.finish()),
+        Arc::new(pages.finish()),
+        Arc::new(page.finish()),
+        Arc::new(infobox.finish()),
+        Arc::new(alias_counts.finish()),
+        Arc::new(votes.finish()),
+    ];
+    Ok(RecordBatch::try_new(sch, cols)?)
+}
+
+/// A relation's id.
+pub fn relation_id(s: u64, p: u8, o: u64) -> String {
+    let pred = Predicate::from_index(p).map(|p| p.as_str()).unwrap_or("?");
+    format!("{:016x}", h(&format!("{}|{pred}|{}", entity_id(s), entity_id(o))))
+}
+
+fn relations_batch(out: &GraphOut, s: &Settings, titles: &HashMap<u64, String>) -> anyhow::Result<RecordBatch> {
+    let names = &out.names;
+    let mut rows: Vec<(String, &RelKey, &Vec<SupportVal>)> =
+        out.relations.iter().filter(|((a, _, b), _)| a != b).map(|(k, v)| (relation_id(k.0, k.1, k.2), k, v)).collect();
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    let n = rows.len();
+    let mut id = StringBuilder::with_capacity(n, n * 16);
+    let mut subject = StringBuilder::new();
+    let mut predicate = StringBuilder::new();
+    let mut object = StringBuilder::new();
+    let mut ev_page = StringBuilder::new();
+    let mut ev_section = StringBuilder::new();
+    let mut ev_field = StringBuilder::new();
+    let mut conf = Float64Builder::with_capacity(n);
+    let mut parents = ListBuilder::new(StringBuilder::new());
+    let mut subject_name = StringBuilder::new();
+    let mut object_name = StringBuilder::new();
+    let mut sup_sections = ListBuilder::new(StringBuilder::new());
+    let mut sup_fields = ListBuilder::new(StringBuilder::new());
+    let mut sup_conf = ListBuilder::new(Float64Builder::new());
+    let opt = |k: u64| -> anyhow::Result<Option<&str>> { if k == 0 { Ok(None) } else { name_of(names, k).map(Some) } };
+    for (rid, (sk, p, ok), sups) in rows {
+        let Some(best) = sups.iter().fold(None::<&SupportVal>, |b, x| match b {
+            Some(b) if rules::better(b, x) => Some(b),
+            _ => Some(x),
+        }) else {
+            continue;
+        };
+        id.append_value(&rid);
+        subject.append_value(entity_id(*sk));
+        predicate.append_value(Predicate::from_index(*p).map(|p| p.as_str()).unwrap_or("?"));
+        object.append_value(entity_id(*ok));
+        let title = titles.get(&best.page).map(String::as_str).map(Ok).unwrap_or_else(|| name_of(names, best.page))?;
+        ev_page.append_value(title);
+        ev_section.append_option(opt(best.section)?);
+        ev_field.append_option(opt(best.field)?);
+        conf.append_value(best.conf as f64 / 1000.0);
+        let mut sorted: Vec<(&str, &SupportVal)> =
+            sups.iter().map(|x| Ok((name_of(names, x.page)?, x))).collect::<anyhow::Result<_>>()?;
+        sorted.sort();
+        for (pid, x) in sorted {
+            parents.values().append_value(pid);
+            match opt(x.section)? {
+                Some(v) => sup_sections.values().append_value(v),
+                None => sup_sections.values().append_null(),
+            }
+            match opt(x.field)? {
+                Some(v) => sup_fields.values().append_value(v),
+                None => sup_fields.values().append_null(),
+            }
+            sup_conf.values().append_value(x.conf as f64 / 1000.0);
+        }
+        parents.append(true);
+        sup_sections.append(true);
+        sup_fields.append(true);
+        sup_conf.append(true);
+        subject_name.append_value(name_of(names, *sk)?);
+        object_name.append_value(name_of(names, *ok)?);
+    }
+    let sch = schema(relation_columns(), &s.state);
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(id.finish()),
+        Arc::new(subject.finish()),
+        Arc::new(predicate.finish()),
+        Arc::new(object.finish()),
+        Arc::new(ev_page.finish()),
+        Arc::new(ev_section.finish()),
+        Arc::new(ev_field.finish()),
+        Arc::new(conf.finish()),
+        Arc::new(parents.finish()),
+        Arc::new(subject_name.finish()),
+        Arc::new(object_name.finish()),
+        Arc::new(sup_sections.finish()),
+        Arc::new(sup_fields.finish()),
+        Arc::new(sup_conf.finish()),
+    ];
+    Ok(RecordBatch::try_new(sch, cols)?)
+}
+
+// ---------------------------------------------------------------------------------------
+// Incremental runs.
+
+fn col_str<'a>(b: &'a RecordBatch, name: &str) -> anyhow::Result<&'a StringArray> {
+    b.column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+        .ok_or_else(|| anyhow!("previous output has no string column `{name}`"))
+}
+
+fn col_i64<'a>(b: &'a RecordBatch, name: &str) -> anyhow::Result<&'a Int64Array> {
+    b.column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
+        .ok_or_else(|| anyhow!("previous output has no integer column `{name}`"))
+}
+
+fn col_list<'a>(b: &'a RecordBatch, name: &str) -> anyhow::Result<&'a ListArray> {
+    b.column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<ListArray>())
+        .ok_or_else(|| anyhow!("previous output has no list column `{name}`"))
+}
+
+fn list_strs(l: &ListArray, i: usize) -> Vec<Option<String>> {
+    let v = l.value(i);
+    match v.as_any().downcast_ref::<StringArray>() {
+        Some(s) => (0..s.len()).map(|j| (!s.is_null(j)).then(|| s.value(j).to_string())).collect(),
+        None => Vec::new(),
+    }
+}
+
+fn list_i64(l: &ListArray, i: usize) -> Vec<i64> {
+    let v = l.value(i);
+    match v.as_any().downcast_ref::<Int64Array>() {
+        Some(s) => (0..s.len()).map(|j| s.value(j)).collect(),
+        None => Vec::new(),
+    }
+}
+
+fn list_f64(l: &ListArray, i: usize) -> Vec<f64> {
+    let v = l.value(i);
+    match v.as_any().downcast_ref::<Float64Array>() {
+        Some(s) => (0..s.len()).map(|j| s.value(j)).collect(),
+        None => Vec::new(),
+    }
+}
+
+fn parse_hex(s: &str) -> anyhow::Result<u64> {
+    u64::from_str_radix(s, 16).map_err(|_| anyhow!("previous output: `{s}` is not an entity id"))
+}
+
+/// Records of a previous entity row (its state), with the strings they use.
+fn decompose_entity(
+    b: &RecordBatch,
+    i: usize,
+    names: &mut HashMap<u64, String>,
+    out: &mut Vec<(Rec, i64)>,
+) -> anyhow::Result<()> {
+    let k = parse_hex(col_str(b, "id")?.value(i))?;
+    names.insert(k, col_str(b, "name")?.value(i).to_string());
+    let freq = col_i64(b, "frequency")?.value(i);
+    if freq != 0 {
+        out.push((Rec::Freq(k), freq));
+    }
+    for p in list_strs(col_list(b, "pages")?, i).into_iter().flatten() {
+        let ph = h(&p);
+        names.insert(ph, p);
+        out.push((Rec::Touch(k, ph), 1));
+    }
+    let aliases = list_strs(col_list(b, "aliases")?, i);
+    let counts = list_i64(col_list(b, "alias_counts")?, i);
+    for (a, c) in aliases.into_iter().zip(counts) {
+        if let Some(a) = a
+            && c > 0
+        {
+            let ah = h(&a);
+            names.insert(ah, a);
+            out.push((Rec::Alias(k, ah), c));
+        }
+    }
+    for (t, v) in list_i64(col_list(b, "type_votes")?, i).into_iter().enumerate() {
+        if v > 0 {
+            out.push((Rec::Vote(k, t as u8), v));
+        }
+    }
+    let page = col_str(b, "page")?;
+    if !page.is_null(i) {
+        let mut hash = |c: &StringArray| -> u64 {
+            if c.is_null(i) {
+                return 0;
+            }
+            let v = c.value(i).to_string();
+            let x = h(&v);
+            names.insert(x, v);
+            x
+        };
+        let own = OwnVal {
+            page: hash(page),
+            infobox: hash(col_str(b, "infobox")?),
+            description: hash(col_str(b, "description")?),
+        };
+        out.push((Rec::Own(k, own), 1));
+    }
+    Ok(())
+}
+
+/// Records of a previous relation row (its supports).
+fn decompose_relation(
+    b: &RecordBatch,
+    i: usize,
+    names: &mut HashMap<u64, String>,
+    out: &mut Vec<(Rec, i64)>,
+) -> anyhow::Result<()> {
+    let s = parse_hex(col_str(b, "subject")?.value(i))?;
+    let o = parse_hex(col_str(b, "object")?.value(i))?;
+    let p = Predicate::parse(col_str(b, "predicate")?.value(i))
+        .ok_or_else(|| anyhow!("previous output: unknown predicate"))? as u8;
+    names.insert(s, col_str(b, "subject_name")?.value(i).to_string());
+    names.insert(o, col_str(b, "object_name")?.value(i).to_string());
+    let parents = list_strs(col_list(b, "parents")?, i);
+    let sections = list_strs(col_list(b, "support_sections")?, i);
+    let fields = list_strs(col_list(b, "support_fields")?, i);
+    let confs = list_f64(col_list(b, "support_confidence")?, i);
+    for j in 0..parents.len() {
+        let mut hash = |v: Option<&Option<String>>| -> u64 {
+            match v.cloned().flatten() {
+                Some(v) => {
+                    let x = h(&v);
+                    names.insert(x, v);
+                    x
+                }
+                None => 0,
+            }
+        };
+        let sup = SupportVal {
+            page: hash(parents.get(j)),
+            section: hash(sections.get(j)),
+            field: hash(fields.get(j)),
+            conf: (confs.get(j).copied().unwrap_or(0.0) * 1000.0).round() as u16,
+        };
+        out.push((Rec::Support((s, p, o), sup), 1));
+    }
+    Ok(())
+}
+
+fn touches(r: &Rec, set: &HashSet<u64>) -> bool {
+    let (a, b) = r.keys();
+    set.contains(&a) || b.is_some_and(|b| set.contains(&b))
+}
+
+/// Updates the previous output; `None` when a full run is the better choice.
+fn incremental_run(
+    ctx: &mut OpContext,
+    s: &Settings,
+    pages: &Arc<PagesView>,
+    prev: &Previous,
+) -> anyhow::Result<Option<Built>> {
+    let t = Instant::now();
+    let (keep_new, rejects) = pages.usable();
+    let (keep_old, old_rejects) = prev.pages.usable();
+    if !rejects.iter().chain(old_rejects.iter()).all(|r| r.2 == "empty title") {
+        // Duplicate titles make "which page is the entity's own" depend on both versions.
+        return Ok(None);
+    }
+    // Changed pages.
+    let index_of = |v: &PagesView, keep: &[bool]| -> HashMap<String, (usize, String)> {
+        (0..v.len()).filter(|&i| keep[i]).map(|i| (v.id.value(i).to_string(), (i, v.digest(i)))).collect()
+    };
+    let now = index_of(pages, &keep_new);
+    let before = index_of(&prev.pages, &keep_old);
+    let mut changed_new: Vec<usize> =
+        now.iter().filter(|(id, (_, d))| before.get(*id).is_none_or(|(_, d0)| d0 != d)).map(|(_, (i, _))| *i).collect();
+    let mut changed_old: Vec<usize> =
+        before.iter().filter(|(id, (_, d))| now.get(*id).is_none_or(|(_, d1)| d1 != d)).map(|(_, (i, _))| *i).collect();
+    changed_new.sort();
+    changed_old.sort();
+    let changed = changed_new.len().max(changed_old.len());
+    ctx.metric("changed_pages", (changed_new.len() + changed_old.len()) as u64);
+    if pages.len() > 1000 && changed * 3 > pages.len() {
+        // A third of a large wiki changed: a full run is as fast.
+        return Ok(None);
+    }
+    let new_map = pages.redirects(&keep_new);
+    let old_map = prev.pages.redirects(&keep_old);
+    let new_res = |t: &str| new_map.get(t).cloned();
+    let old_res = |t: &str| old_map.get(t).cloned();
+    // Keys whose resolution changes: their entities are recomputed from all their pages.
+    let mut rset: HashSet<u64> = HashSet::new();
+    let mut note = |title: &str| {
+        let k = normalize_title(title);
+        rset.insert(h(&k));
+        rset.insert(h(&old_res(&k).unwrap_or_else(|| k.clone())));
+        rset.insert(h(&new_res(&k).unwrap_or_else(|| k.clone())));
+    };
+    for &i in &changed_new {
+        if pages.redirect(i).is_some()
+            || wikitext::parse_redirect(pages.text(i)).is_some()
+            || old_map.contains_key(&normalize_title(pages.title.value(i)))
+        {
+            note(pages.title.value(i));
+        }
+    }
+    for &i in &changed_old {
+        if prev.pages.redirect(i).is_some()
+            || wikitext::parse_redirect(prev.pages.text(i)).is_some()
+            || new_map.contains_key(&normalize_title(prev.pages.title.value(i)))
+        {
+            note(prev.pages.title.value(i));
+        }
+    }
+    let interp = Interp { lexicon: &s.lexicon, min_conf: s.min_conf };
+    let mut names: HashMap<u64, String> = HashMap::new();
+    let mut parsed = 0u64;
+    let memo = ctx.memo.clone();
+    // Delta: old records out, new records in (those not about re-resolved keys).
+    let mut recs: Vec<(Rec, i64)> = Vec::new();
+    let mut keys: HashSet<u64> = rset.clone();
+    for &i in &changed_old {
+        let f = facts_for(&memo, prev.pages.title.value(i), &prev.pages.digest(i), prev.pages.text(i), &mut parsed);
+        for (r, d) in rules::records(&prev.pages.page_ref(i), &f, &interp, &old_res, &mut names) {
+            let (a, b) = r.keys();
+            keys.insert(a);
+            keys.extend(b);
+            if !touches(&r, &rset) {
+                recs.push((r, -d));
+            }
+        }
+    }
+    for &i in &changed_new {
+        let f = facts_for(&memo, pages.title.value(i), &pages.digest(i), pages.text(i), &mut parsed);
+        for (r, d) in rules::records(&pages.page_ref(i), &f, &interp, &new_res, &mut names) {
+            let (a, b) = r.keys();
+            keys.insert(a);
+            keys.extend(b);
+            if !touches(&r, &rset) {
+                recs.push((r, d));
+            }
+        }
+    }
+    // Re-resolved keys: everything the pages touching them say about them, as it is now.
+    let pe = &prev.entities;
+    let pr = &prev.relations;
+    let ids = col_str(pe, "id")?;
+    if !rset.is_empty() {
+        let mut fallback_pages: BTreeSet<String> = BTreeSet::new();
+        for i in 0..pe.num_rows() {
+            if rset.contains(&parse_hex(ids.value(i))?) {
+                fallback_pages.extend(list_strs(col_list(pe, "pages")?, i).into_iter().flatten());
+            }
+        }
+        for &i in &changed_new {
+            fallback_pages.insert(pages.id.value(i).to_string());
+        }
+        let row_of: HashMap<&str, usize> =
+            (0..pages.len()).filter(|&i| keep_new[i]).map(|i| (pages.id.value(i), i)).collect();
+        for id in &fallback_pages {
+            let Some(&i) = row_of.get(id.as_str()) else { continue };
+            let f = facts_for(&memo, pages.title.value(i), &pages.digest(i), pages.text(i), &mut parsed);
+            for (r, d) in rules::records(&pages.page_ref(i), &f, &interp, &new_res, &mut names) {
+                if touches(&r, &rset) {
+                    let (a, b) = r.keys();
+                    keys.insert(a);
+                    keys.extend(b);
+                    recs.push((r, d));
+                }
+            }
+        }
+        ctx.metric("fallback_pages", fallback_pages.len() as u64);
+    }
+    // Relations about re-resolved keys are recomputed from the pages, so they may vanish or
+    // appear: the degrees of both their ends must be recomputed too.
+    let (subj, obj) = (col_str(pr, "subject")?, col_str(pr, "object")?);
+    if !rset.is_empty() {
+        for i in 0..pr.num_rows() {
+            let (a, b) = (parse_hex(subj.value(i))?, parse_hex(obj.value(i))?);
+            if rset.contains(&a) || rset.contains(&b) {
+                keys.insert(a);
+                keys.insert(b);
+            }
+        }
+    }
+    // Previous rows of the touched entities and relations, as records.
+    for i in 0..pe.num_rows() {
+        let k = parse_hex(ids.value(i))?;
+        if keys.contains(&k) && !rset.contains(&k) {
+            decompose_entity(pe, i, &mut names, &mut recs)?;
+        }
+    }
+    let mut replaced_rels = 0u64;
+    for i in 0..pr.num_rows() {
+        let (a, b) = (parse_hex(subj.value(i))?, parse_hex(obj.value(i))?);
+        if !(keys.contains(&a) || keys.contains(&b)) {
+            continue;
+        }
+        replaced_rels += 1;
+        if !(rset.contains(&a) || rset.contains(&b)) {
+            decompose_relation(pr, i, &mut names, &mut recs)?;
+        }
+    }
+    let prep_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let n_recs = recs.len();
+    let recs = Arc::new(recs);
+    let names_in = Arc::new(names);
+    let (r2, n2) = (recs.clone(), names_in.clone());
+    let feed: Arc<graph::Feed> = Arc::new(move |index, peers, emit, names| {
+        if index == 0 {
+            names.extend(n2.iter().map(|(k, v)| (*k, v.clone())));
+        }
+        for (r, d) in r2.iter().skip(index).step_by(peers.max(1)) {
+            emit(*r, *d);
+        }
+        Ok(())
+    });
+    let out = graph::run(ctx.threads, feed)?;
+    let graph_s = t.elapsed().as_secs_f64();
+    if out.negative > 0 {
+        tracing::warn!(
+            "extract: the previous output is inconsistent with its input ({} negative records); rebuilding",
+            out.negative
+        );
+        return Ok(None);
+    }
+    let t = Instant::now();
+    let titles = page_titles(pages);
+    let new_ents = entities_batch(&out, s, &titles, Some(&keys))?;
+    let new_rels = relations_batch(&out, s, &titles)?;
+    let drop_ent: HashSet<String> = keys.iter().map(|k| entity_id(*k)).collect();
+    let ents = splice(pe, &new_ents, |b, i| Ok(drop_ent.contains(col_str(b, "id")?.value(i))))?;
+    let rels = splice(pr, &new_rels, |b, i| {
+        let (a, c) = (parse_hex(col_str(b, "subject")?.value(i))?, parse_hex(col_str(b, "object")?.value(i))?);
+        Ok(keys.contains(&a) || keys.contains(&c))
+    })?;
+    ctx.metric("mode", "incremental");
+    ctx.metric("parsed_pages", parsed);
+    ctx.metric("touched_entities", keys.len() as u64);
+    ctx.metric("replaced_relations", replaced_rels);
+    ctx.metric("records", n_recs as u64);
+    ctx.metric("prep_s", prep_s);
+    ctx.metric("graph_s", graph_s);
+    ctx.metric("build_s", t.elapsed().as_secs_f64());
+    let _ = ctx.memo.flush();
+    Ok(Some((Table::new(ents.schema(), vec![ents]), Table::new(rels.schema(), vec![rels]), rejects_table(rejects)?)))
+}
+
+/// Previous rows minus those `drop` says, merged with new rows; both sorted by `id`.
+fn splice(
+    prev: &RecordBatch,
+    new: &RecordBatch,
+    drop: impl Fn(&RecordBatch, usize) -> anyhow::Result<bool>,
+) -> anyhow::Result<RecordBatch> {
+    let schema = new.schema();
+    let prev = RecordBatch::try_new(schema.clone(), prev.columns().to_vec())?;
+    let (pid, nid) = (col_str(&prev, "id")?, col_str(new, "id")?);
+    let mut idx: Vec<(usize, usize)> = Vec::with_capacity(prev.num_rows() + new.num_rows());
+    let (mut i, mut j) = (0, 0);
+    while i < prev.num_rows() || j < new.num_rows() {
+        if i < prev.num_rows() && drop(&prev, i)? {
+            i += 1;
+            continue;
+        }
+        let take_prev = match (i < prev.num_rows(), j < new.num_rows()) {
+            (true, true) => pid.value(i) < nid.value(j),
+            (true, false) => true,
+            _ => false,
+        };
+        if take_prev {
+            idx.push((0, i));
+            i += 1;
+        } else {
+            idx.push((1, j));
+            j += 1;
+        }
+    }
+    let cols = (0..schema.fields().len())
+        .map(|c| arrow::compute::interleave(&[prev.column(c).as_ref(), new.column(c).as_ref()], &idx))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(RecordBatch::try_new(schema, cols)?)
+}
+
+#[cfg(test)]
+pub(crate) mod tests;
