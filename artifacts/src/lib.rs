@@ -10,6 +10,7 @@ pub mod manifest;
 pub mod memo;
 #[cfg(feature = "sql")]
 pub mod sql;
+pub mod statcache;
 pub mod store;
 pub mod table;
 

@@ -96,6 +96,9 @@ pub struct RunManifest {
     /// Worker process details, for stages run by a worker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker: Option<serde_json::Value>,
+    /// Results of the stage's data checks (with a sample of failing rows).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<serde_json::Value>,
 }
 
 impl RunManifest {

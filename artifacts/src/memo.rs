@@ -89,6 +89,9 @@ pub struct SegmentProblem {
     pub offset: u64,
     /// What is wrong.
     pub message: String,
+    /// Whether the segment was closed cleanly (has an index); a torn tail on an unsealed
+    /// segment is what a crash leaves, not corruption.
+    pub sealed: bool,
 }
 
 impl MemoLog {
@@ -318,7 +321,7 @@ fn scan_segment(
     r.seek(SeekFrom::Start(0))?;
     let mut magic = [0u8; 8];
     if r.read_exact(&mut magic).is_err() || &magic != SEGMENT_MAGIC {
-        problems.push(SegmentProblem { path: path.into(), offset: 0, message: "not a memo segment".into() });
+        problems.push(SegmentProblem { path: path.into(), offset: 0, message: "not a memo segment".into(), sealed: false });
         return Ok(Vec::new());
     }
     let mut out = Vec::new();
@@ -329,8 +332,9 @@ fn scan_segment(
         if offset == total {
             break;
         }
+        let sealed = index_path(path).exists();
         let bad = |msg: &str, problems: &mut Vec<SegmentProblem>| {
-            problems.push(SegmentProblem { path: path.into(), offset, message: msg.into() })
+            problems.push(SegmentProblem { path: path.into(), offset, message: msg.into(), sealed })
         };
         if r.read_exact(&mut header).is_err() {
             bad("truncated entry header", problems);
@@ -404,6 +408,45 @@ fn read_index(segment: &Path, file: &File) -> Option<Vec<(Digest, u64, u32)>> {
             })
             .collect(),
     )
+}
+
+/// The good entries of a segment (up to the first bad one), with their values.
+pub fn read_segment(path: &Path) -> io::Result<Vec<(Digest, Vec<u8>)>> {
+    let file = File::open(path)?;
+    let entries = scan_segment(&file, path, &mut Vec::new())?;
+    let mut out = Vec::with_capacity(entries.len());
+    for (key, offset, len) in entries {
+        let mut buf = vec![0u8; len as usize];
+        file.read_exact_at(&mut buf, offset + HEADER_LEN as u64)?;
+        out.push((key, buf));
+    }
+    Ok(out)
+}
+
+/// Writes entries as a new sealed segment (with its index) in `dir`, atomically.
+pub fn write_segment(dir: &Path, entries: &[(Digest, Vec<u8>)]) -> io::Result<PathBuf> {
+    let name = unique_name("compacted");
+    let tmp = dir.join(format!("{name}.seg.tmp"));
+    let path = dir.join(format!("{name}.seg"));
+    let mut out = BufWriter::new(OpenOptions::new().write(true).create_new(true).open(&tmp)?);
+    out.write_all(SEGMENT_MAGIC)?;
+    let mut len = SEGMENT_MAGIC.len() as u64;
+    let mut index = Vec::with_capacity(entries.len());
+    for (key, value) in entries {
+        out.write_all(&(value.len() as u32).to_le_bytes())?;
+        out.write_all(&key.0)?;
+        out.write_all(value)?;
+        out.write_all(&checksum(key, value))?;
+        index.push((*key, len, value.len() as u32));
+        len += (HEADER_LEN + value.len() + CHECK_LEN) as u64;
+    }
+    let file = out.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    drop(file);
+    write_index(&path, &index, len, dir)?;
+    fs::rename(&tmp, &path)?;
+    fsutil::sync_dir(dir)?;
+    Ok(path)
 }
 
 /// Checks every entry of every segment in `dir` against its checksum (for `fleming verify`).

@@ -62,13 +62,22 @@ pub fn query(tables: &[(String, Table)], sql: &str) -> Result<Table, SqlError> {
 }
 
 /// Names of the tables a query reads, or a syntax error (checked before anything runs).
+/// Parses without a session, so validating thousands of stages stays fast.
 pub fn referenced_tables(sql: &str) -> Result<Vec<String>, SqlError> {
-    let ctx = session();
-    let state = ctx.state();
-    let dialect = state.config().options().sql_parser.dialect;
-    let stmt = state.sql_to_statement(sql, &dialect)?;
-    let refs = state.resolve_table_references(&stmt)?;
-    let mut names: Vec<String> = refs.iter().map(|r| r.table().to_string()).collect();
+    use datafusion::sql::parser::DFParser;
+    use datafusion::sql::sqlparser::dialect::GenericDialect;
+    let statements = DFParser::parse_sql_with_dialect(sql, &GenericDialect {})?;
+    if statements.len() != 1 {
+        return Err(SqlError::DataFusion(DataFusionError::Plan(format!(
+            "expected one SQL statement, found {}",
+            statements.len()
+        ))));
+    }
+    let mut names = Vec::new();
+    for st in &statements {
+        let (refs, _ctes) = datafusion::sql::resolve::resolve_table_references(st, true)?;
+        names.extend(refs.iter().map(|r| r.table().to_string()));
+    }
     names.sort();
     names.dedup();
     Ok(names)

@@ -8,6 +8,7 @@
 //!   objects/ab/<62 hex>.tree/     directories (models), hashed as trees
 //!   cache/ab/<62 hex>.json        stage key -> outputs (the cache entry)
 //!   refs/<pipeline>/<stage>.json  what each stage of a pipeline currently points at
+//!   checks/ab/<62 hex>.json       data-check results by (stage key, check definition)
 //!   runs/<run id>.json            one manifest per executed stage
 //!   memo/<op>/*.seg               record memo segments
 //!   work/<stage key>/             durable per-stage work and checkpoint directories
@@ -97,7 +98,7 @@ pub struct Store {
 }
 
 const SUBDIRS: &[&str] =
-    &["objects", "cache", "refs", "runs", "memo", "work", "locks", "tmp", "quarantine"];
+    &["objects", "cache", "refs", "runs", "memo", "work", "locks", "tmp", "quarantine", "checks"];
 
 impl Store {
     /// Opens (creating if needed) the store at `root`, and removes temporary files left by

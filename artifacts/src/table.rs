@@ -209,6 +209,42 @@ pub fn table_from_columns(
     Ok(Table::from_batch(batch))
 }
 
+/// The first `limit` rows of a table as JSON objects (for messages, samples and diffs).
+pub fn to_json_rows(table: &Table, limit: usize) -> Result<Vec<serde_json::Value>, TableError> {
+    let mut out = Vec::new();
+    for batch in &table.batches {
+        if out.len() >= limit {
+            break;
+        }
+        let take = (limit - out.len()).min(batch.num_rows());
+        let mut buf = Vec::new();
+        {
+            let mut w = arrow::json::LineDelimitedWriter::new(&mut buf);
+            w.write(&batch.slice(0, take))?;
+            w.finish()?;
+        }
+        for line in buf.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            out.push(serde_json::from_slice(line).map_err(|e| arrow::error::ArrowError::JsonError(e.to_string()))?);
+        }
+    }
+    Ok(out)
+}
+
+/// A table from JSON objects, with column types inferred (for inline test data).
+pub fn from_json_rows(rows: &[serde_json::Value]) -> Result<Table, TableError> {
+    if rows.is_empty() {
+        return Ok(Table::empty(empty_schema()));
+    }
+    let schema = Arc::new(arrow::json::reader::infer_json_schema_from_iterator(rows.iter().map(Ok))?);
+    let mut decoder = arrow::json::ReaderBuilder::new(schema.clone())
+        .with_coerce_primitive(true)
+        .with_batch_size(rows.len())
+        .build_decoder()?;
+    decoder.serialize(rows)?;
+    let batches = decoder.flush()?.into_iter().collect();
+    Ok(Table::new(schema, batches))
+}
+
 /// An empty schema (no columns).
 pub fn empty_schema() -> SchemaRef {
     Arc::new(Schema::empty())

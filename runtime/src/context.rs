@@ -57,17 +57,19 @@ pub struct RecordMemo {
     backend: MemoBackend,
     scope: Digest,
     stats: Arc<Mutex<MemoStats>>,
+    /// Keys this stage read or wrote: what `fleming gc` keeps.
+    used: Arc<Mutex<std::collections::HashSet<Digest>>>,
 }
 
 impl RecordMemo {
     /// A memo on disk, scoped to `op` at `version`.
     pub fn on_disk(log: MemoLog, op: &str, version: u32) -> Self {
-        RecordMemo { backend: MemoBackend::Disk(log), scope: Self::scope_of(op, version), stats: Arc::default() }
+        RecordMemo { backend: MemoBackend::Disk(log), scope: Self::scope_of(op, version), stats: Arc::default(), used: Arc::default() }
     }
 
     /// A memo in memory (the harness).
     pub fn in_memory(op: &str, version: u32) -> Self {
-        RecordMemo { backend: MemoBackend::Memory(Arc::default()), scope: Self::scope_of(op, version), stats: Arc::default() }
+        RecordMemo { backend: MemoBackend::Memory(Arc::default()), scope: Self::scope_of(op, version), stats: Arc::default(), used: Arc::default() }
     }
 
     fn scope_of(op: &str, version: u32) -> Digest {
@@ -90,6 +92,11 @@ impl RecordMemo {
         if let Ok(mut s) = self.stats.lock() {
             if v.is_some() { s.hits += 1 } else { s.misses += 1 }
         }
+        if v.is_some()
+            && let Ok(mut u) = self.used.lock()
+        {
+            u.insert(*key);
+        }
         v
     }
 
@@ -103,6 +110,9 @@ impl RecordMemo {
         }
         if let Ok(mut s) = self.stats.lock() {
             s.puts += 1;
+        }
+        if let Ok(mut u) = self.used.lock() {
+            u.insert(key);
         }
         Ok(())
     }
@@ -123,6 +133,13 @@ impl RecordMemo {
             MemoBackend::Disk(log) => log.flush().context("flushing the record memo"),
             MemoBackend::Memory(_) => Ok(()),
         }
+    }
+
+    /// The keys read or written through this handle (and its clones), sorted.
+    pub fn used_keys(&self) -> Vec<Digest> {
+        let mut v: Vec<Digest> = self.used.lock().map(|u| u.iter().copied().collect()).unwrap_or_default();
+        v.sort();
+        v
     }
 
     /// Hits, misses and puts through this memo handle (and its clones).

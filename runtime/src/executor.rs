@@ -17,11 +17,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, anyhow, bail};
 use chrono::Utc;
 use fleming_artifacts::manifest::{FileRecord, InputRecord, RunStatus, new_run_id};
-use fleming_artifacts::store::digest_tree;
-use fleming_artifacts::{ArtifactKind, ArtifactRef, Digest, MemoLog, RunManifest, Store, digest_file};
+use fleming_artifacts::statcache::StatCache;
+use fleming_artifacts::{ArtifactKind, ArtifactRef, Digest, MemoLog, RunManifest, Store};
 use serde_json::{Map, Value};
 
 use crate::cancel::{CancelToken, Cancelled};
+use crate::checks::{CheckResult, evaluate};
 use crate::context::{Input, InputValue, OpContext, PreviousRun, RecordMemo};
 use crate::dispatch::launcher::{GpuPool, find_worker, run_job};
 use crate::dispatch::{Device, Job, JobInput, PROTOCOL_VERSION};
@@ -59,11 +60,21 @@ pub struct RunOptions {
     pub keep_going: bool,
     /// Only say what would run, and why.
     pub dry_run: bool,
+    /// Do not evaluate data checks (emergencies only).
+    pub skip_checks: bool,
 }
 
 impl Default for RunOptions {
     fn default() -> Self {
-        RunOptions { jobs: 1, workers: 1, selection: Selection::All, force: false, keep_going: false, dry_run: false }
+        RunOptions {
+            jobs: 1,
+            workers: 1,
+            selection: Selection::All,
+            force: false,
+            keep_going: false,
+            dry_run: false,
+            skip_checks: false,
+        }
     }
 }
 
@@ -127,6 +138,8 @@ pub struct StageReport {
     pub run_id: Option<String>,
     /// Warnings (e.g. source changed without a version bump).
     pub warnings: Vec<String>,
+    /// Results of the stage's data checks.
+    pub checks: Vec<CheckResult>,
 }
 
 impl StageReport {
@@ -142,12 +155,18 @@ impl StageReport {
             duration: Duration::ZERO,
             run_id: None,
             warnings: Vec::new(),
+            checks: Vec::new(),
         }
     }
 
     /// Whether downstream stages can use its outputs.
     pub fn usable(&self) -> bool {
         matches!(self.outcome, Outcome::Cached | Outcome::Ran)
+    }
+
+    /// The first failing `error` check, which blocks downstream stages.
+    pub fn blocking_check(&self) -> Option<&CheckResult> {
+        self.checks.iter().find(|c| c.blocks())
     }
 }
 
@@ -164,7 +183,9 @@ impl RunReport {
     /// No stage failed or was cancelled, and nothing was skipped because of a failure.
     pub fn ok(&self) -> bool {
         !self.cancelled
-            && self.stages.iter().all(|s| !matches!(s.outcome, Outcome::Failed | Outcome::Cancelled | Outcome::Skipped))
+            && self.stages.iter().all(|s| {
+                !matches!(s.outcome, Outcome::Failed | Outcome::Cancelled | Outcome::Skipped) && s.blocking_check().is_none()
+            })
     }
 
     /// Stages with a given outcome.
@@ -176,6 +197,8 @@ impl RunReport {
 /// A decided stage that has to run.
 #[derive(Clone)]
 struct Pending {
+    /// Run even if a valid cache entry appears (--force).
+    forced: bool,
     parts: KeyParts,
     key: Digest,
     files: BTreeMap<String, FileRecord>,
@@ -196,12 +219,21 @@ pub struct Executor<'a> {
     cancel: CancelToken,
     gpus: Arc<GpuPool>,
     memos: Mutex<BTreeMap<String, MemoLog>>,
+    stat: StatCache,
 }
 
 impl<'a> Executor<'a> {
     /// An executor for one pipeline and store.
     pub fn new(pipeline: &'a Pipeline, store: &'a Store, progress: Arc<dyn ProgressSink>, cancel: CancelToken) -> Self {
-        Executor { pipeline, store, progress, cancel, gpus: Arc::new(GpuPool::detect()), memos: Mutex::new(BTreeMap::new()) }
+        Executor {
+            pipeline,
+            store,
+            progress,
+            cancel,
+            gpus: Arc::new(GpuPool::detect()),
+            memos: Mutex::new(BTreeMap::new()),
+            stat: StatCache::open(store),
+        }
     }
 
     /// Uses a given GPU pool (tests).
@@ -297,8 +329,11 @@ impl<'a> Executor<'a> {
                             continue;
                         }
                         if pending[i].is_none() {
-                            match self.decide(i, &reports, opts.force && selected[i]) {
-                                Ok(Decision::Cached(r)) => {
+                            match self.decide(i, &reports, opts.force && selected[i], opts.dry_run) {
+                                Ok(Decision::Cached(mut r)) => {
+                                    if !opts.skip_checks {
+                                        r.checks = self.run_checks(stage, &r, false, !opts.dry_run);
+                                    }
                                     reports[i] = Some(r);
                                     progressed = true;
                                     continue;
@@ -340,8 +375,9 @@ impl<'a> Executor<'a> {
                             let upstream: Vec<Option<StageReport>> =
                                 stage.upstream.iter().map(|&u| reports[u].clone()).collect();
                             let this = &*self;
+                            let skip_checks = opts.skip_checks;
                             scope.spawn(move || {
-                                let report = this.execute(i, p, &upstream, worker_threads);
+                                let report = this.execute(i, p, &upstream, worker_threads, skip_checks);
                                 let _ = tx.send((i, report));
                             });
                         }
@@ -369,6 +405,9 @@ impl<'a> Executor<'a> {
             Ok(())
         })?;
         self.close_memos();
+        if let Err(e) = self.stat.save() {
+            self.log(&format!("warning: cannot save the stat cache: {e}"));
+        }
         self.progress.finish();
         let stages = reports
             .into_iter()
@@ -390,6 +429,13 @@ impl<'a> Executor<'a> {
         for &u in &stage.upstream {
             let up = reports[u].as_ref()?;
             let name = &up.stage;
+            if let Some(c) = up.blocking_check() {
+                return Some(StageReport::new(
+                    stage,
+                    Outcome::Skipped,
+                    format!("blocked: check `{}` of `{name}` {}", c.name, if c.status == crate::checks::CheckStatus::Error { "could not run" } else { "failed" }),
+                ));
+            }
             let (outcome, reason) = match up.outcome {
                 Outcome::Cached | Outcome::Ran => continue,
                 Outcome::Failed => (Outcome::Skipped, format!("upstream `{name}` failed")),
@@ -410,7 +456,7 @@ impl<'a> Executor<'a> {
 
     /// Computes the key of stage `i` (its upstream must be usable) and decides whether it is
     /// cached.
-    fn decide(&self, i: usize, reports: &[Option<StageReport>], force: bool) -> anyhow::Result<Decision> {
+    fn decide(&self, i: usize, reports: &[Option<StageReport>], force: bool, dry_run: bool) -> anyhow::Result<Decision> {
         let stage = &self.pipeline.stages[i];
         let spec = stage.op.spec();
         let (parts, files) = self.key_parts(stage, reports)?;
@@ -418,7 +464,7 @@ impl<'a> Executor<'a> {
         let previous = StageRef::load(self.store, &self.pipeline.name, &stage.name)?;
         let mut warnings = Vec::new();
         if force {
-            return Ok(Decision::Run(Pending { parts, key, files, reason: "forced (--force)".into(), warnings }));
+            return Ok(Decision::Run(Pending { forced: true, parts, key, files, reason: "forced (--force)".into(), warnings }));
         }
         let mut missing_reason = None;
         if let Some(entry) = CacheEntry::load(self.store, &key)? {
@@ -428,18 +474,15 @@ impl<'a> Executor<'a> {
                     spec.name, stage.name, spec.version
                 ));
             }
-            let present = entry.outputs.values().all(|o| self.store.has(o));
-            if !present {
-                missing_reason = Some("its cached outputs are missing from the store (deleted, or quarantined by `fleming verify`)".to_string());
-            } else if !self.effects_hold(stage, &entry)? {
-                missing_reason = Some("its effects outside the store are gone or changed (e.g. an exported file)".to_string());
+            if let Some(why) = self.unusable(stage, &entry)? {
+                missing_reason = Some(why);
             } else {
                 let note = match &previous {
                     Some(p) if p.key == key => "cached".to_string(),
                     Some(_) => "cached (same inputs and params as an earlier run)".to_string(),
                     None => "cached (computed earlier under another pipeline or stage name)".to_string(),
                 };
-                if previous.as_ref().is_none_or(|p| p.key != key) {
+                if !dry_run && previous.as_ref().is_none_or(|p| p.key != key) {
                     self.set_ref(stage, &parts, key, &entry.outputs, &entry.run_id)?;
                 }
                 let mut r = StageReport::new(stage, Outcome::Cached, note);
@@ -455,7 +498,20 @@ impl<'a> Executor<'a> {
             (None, None) => "new: never ran".to_string(),
             (Some(p), None) => why_changed(&p.parts, &parts),
         };
-        Ok(Decision::Run(Pending { parts, key, files, reason, warnings }))
+        Ok(Decision::Run(Pending { forced: false, parts, key, files, reason, warnings }))
+    }
+
+    /// Why a cache entry cannot be reused (objects gone, effects gone), or `None` if it can.
+    fn unusable(&self, stage: &Stage, entry: &CacheEntry) -> anyhow::Result<Option<String>> {
+        if !entry.outputs.values().all(|o| self.store.has(o)) {
+            return Ok(Some(
+                "its cached outputs are missing from the store (deleted, or quarantined by `fleming verify`)".into(),
+            ));
+        }
+        if !self.effects_hold(stage, entry)? {
+            return Ok(Some("its effects outside the store are gone or changed (e.g. an exported file)".into()));
+        }
+        Ok(None)
     }
 
     fn effects_hold(&self, stage: &Stage, entry: &CacheEntry) -> anyhow::Result<bool> {
@@ -465,7 +521,8 @@ impl<'a> Executor<'a> {
                 _ => Ok(None),
             }
         };
-        stage.op.effects_hold(&EffectsCtx { params: &stage.params, read_output: &read })
+        let digest = |p: &Path| -> anyhow::Result<Digest> { Ok(self.stat.digest(p)?.0) };
+        stage.op.effects_hold(&EffectsCtx { params: &stage.params, read_output: &read, digest: &digest })
     }
 
     /// The key parts of a stage whose upstream outputs are known.
@@ -495,7 +552,7 @@ impl<'a> Executor<'a> {
         for (segs, path) in input_paths(&spec.params, stage.params.values()) {
             let name = crate::params::display_path(&segs);
             let abs = stage.params.resolve_path(&path);
-            let (digest, bytes) = digest_path(&abs).with_context(|| {
+            let (digest, bytes) = self.stat.digest(&abs).with_context(|| {
                 format!("stage `{}`: parameter `{name}` names {}", stage.name, abs.display())
             })?;
             file_digests.insert(name.clone(), digest);
@@ -576,7 +633,14 @@ impl<'a> Executor<'a> {
     }
 
     /// Runs one stage under its key lock and commits its outputs.
-    fn execute(&self, i: usize, p: Pending, upstream: &[Option<StageReport>], threads: usize) -> StageReport {
+    fn execute(
+        &self,
+        i: usize,
+        p: Pending,
+        upstream: &[Option<StageReport>],
+        threads: usize,
+        skip_checks: bool,
+    ) -> StageReport {
         let stage = &self.pipeline.stages[i];
         let spec = stage.op.spec();
         let started = Instant::now();
@@ -600,8 +664,9 @@ impl<'a> Executor<'a> {
                 return report;
             }
         };
-        if let Ok(Some(entry)) = CacheEntry::load(self.store, &p.key)
-            && entry.outputs.values().all(|o| self.store.has(o))
+        if !p.forced
+            && let Ok(Some(entry)) = CacheEntry::load(self.store, &p.key)
+            && matches!(self.unusable(stage, &entry), Ok(None))
         {
             let _ = self.set_ref(stage, &p.parts, p.key, &entry.outputs, &entry.run_id);
             report.outcome = Outcome::Cached;
@@ -634,6 +699,9 @@ impl<'a> Executor<'a> {
         report.error = error.clone();
         report.duration = started.elapsed();
         report.run_id = Some(run_id.clone());
+        if status == RunStatus::Succeeded && !skip_checks {
+            report.checks = self.run_checks(stage, &report, true, true);
+        }
         let manifest = RunManifest {
             run_id: run_id.clone(),
             pipeline: self.pipeline.name.clone(),
@@ -672,6 +740,7 @@ impl<'a> Executor<'a> {
             status,
             error,
             worker: worker_info,
+            checks: report.checks.iter().filter_map(|c| serde_json::to_value(c).ok()).collect(),
         };
         let commit = (|| -> anyhow::Result<()> {
             manifest.save(self.store)?;
@@ -707,6 +776,47 @@ impl<'a> Executor<'a> {
         report
     }
 
+    /// Evaluates the stage's checks on its outputs, reusing stored results for the same
+    /// stage key and check definition unless `fresh` (the stage just ran). Without
+    /// `compute` (dry runs, status), only stored results are returned.
+    fn run_checks(&self, stage: &Stage, report: &StageReport, fresh: bool, compute: bool) -> Vec<CheckResult> {
+        let Some(key) = report.key else { return Vec::new() };
+        let default_port = stage.op.spec().default_output().map(|o| o.name).unwrap_or("table");
+        let mut tables: Option<BTreeMap<String, fleming_artifacts::Table>> = None;
+        let mut out = Vec::new();
+        for check in &stage.checks {
+            if !fresh
+                && let Ok(Some(r)) = CheckResult::load(self.store, &key, check)
+            {
+                out.push(r);
+                continue;
+            }
+            if !compute {
+                continue;
+            }
+            if tables.is_none() {
+                let mut t = BTreeMap::new();
+                for (port, a) in &report.outputs {
+                    if a.kind == ArtifactKind::Table {
+                        match self.store.read_table(a) {
+                            Ok(table) => {
+                                t.insert(port.clone(), table);
+                            }
+                            Err(e) => self.log(&format!("warning: {}: cannot read output `{port}` for checks: {e}", stage.name)),
+                        }
+                    }
+                }
+                tables = Some(t);
+            }
+            let r = evaluate(&stage.name, key, check, tables.as_ref().unwrap_or(&BTreeMap::new()), default_port);
+            if let Err(e) = r.save(self.store) {
+                self.log(&format!("warning: {}: cannot store the result of check `{}`: {e}", stage.name, check.name));
+            }
+            out.push(r);
+        }
+        out
+    }
+
     fn lock_key(&self, stage: &Stage, key: &Digest) -> anyhow::Result<Option<fleming_artifacts::FileLock>> {
         if let Some(l) = self.store.try_lock_key(key)? {
             return Ok(Some(l));
@@ -737,6 +847,7 @@ impl<'a> Executor<'a> {
     ) -> anyhow::Result<BTreeMap<String, ArtifactRef>> {
         let spec = stage.op.spec();
         let work_dir = self.store.work_dir(&p.key)?;
+        let used_memo: Option<(&str, Vec<Digest>)>;
         let mut loaded: BTreeMap<String, Vec<(String, ArtifactRef)>> = BTreeMap::new();
         for (port, refs) in &stage.inputs {
             for r in refs {
@@ -797,6 +908,7 @@ impl<'a> Executor<'a> {
                 // Keep finished records whatever happened.
                 let flushed = memo.flush();
                 let stats = memo.stats();
+                used_memo = Some((spec.name, memo.used_keys()));
                 metrics.extend(ctx.take_metrics());
                 metrics.insert("memo_hits".into(), stats.hits.into());
                 metrics.insert("memo_misses".into(), stats.misses.into());
@@ -898,6 +1010,11 @@ impl<'a> Executor<'a> {
             }
         };
         let committed = self.commit_outputs(outputs)?;
+        if let Some((op, keys)) = used_memo
+            && !keys.is_empty()
+        {
+            crate::maintenance::record_used_memo(self.store, op, &p.key, &keys)?;
+        }
         let _ = std::fs::remove_dir_all(&work_dir);
         Ok(committed)
     }
@@ -982,16 +1099,6 @@ pub fn why_changed(old: &KeyParts, new: &KeyParts) -> String {
         "not in the cache".to_string()
     } else {
         why.join("; ")
-    }
-}
-
-/// Content digest of a file, or tree digest of a directory.
-pub fn digest_path(path: &Path) -> anyhow::Result<(Digest, u64)> {
-    let meta = std::fs::metadata(path).with_context(|| format!("{} does not exist or cannot be read", path.display()))?;
-    if meta.is_dir() {
-        Ok(digest_tree(path)?)
-    } else {
-        Ok((digest_file(path).with_context(|| format!("reading {}", path.display()))?, meta.len()))
     }
 }
 

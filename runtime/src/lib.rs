@@ -7,13 +7,17 @@
 //! [`op::Registry`].
 
 pub mod cancel;
+pub mod checks;
 pub mod context;
 pub mod diagnostic;
 pub mod dispatch;
 pub mod executor;
 pub mod harness;
 pub mod keys;
+pub mod lineage;
+pub mod maintenance;
 pub mod op;
+pub mod optest;
 pub mod params;
 pub mod progress;
 pub mod spec;

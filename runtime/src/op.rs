@@ -342,6 +342,8 @@ pub struct EffectsCtx<'a> {
     pub params: &'a Params,
     /// Reads an output table of the cached run.
     pub read_output: &'a dyn Fn(&str) -> anyhow::Result<Option<Table>>,
+    /// Content digest of a file, through the store's stat cache (no rehash if unchanged).
+    pub digest: &'a dyn Fn(&std::path::Path) -> anyhow::Result<fleming_artifacts::Digest>,
 }
 
 /// An operator implementation.

@@ -1,6 +1,13 @@
 //! Command-line interface.
 
+mod checks;
+mod inspect;
+mod lineage;
+mod query;
 mod run;
+mod serve;
+mod store;
+mod test;
 
 use std::path::{Path, PathBuf};
 
@@ -41,6 +48,28 @@ pub enum Command {
         /// The pipeline file.
         pipeline: PathBuf,
     },
+    /// Each stage cached or stale, and why.
+    Status(inspect::StatusArgs),
+    /// The pipeline's graph (text, Graphviz dot, or Mermaid).
+    Dag(inspect::DagArgs),
+    /// Where a stage's outputs, or one record, came from (or went, with --down).
+    Lineage(lineage::LineageArgs),
+    /// Print a stage's output: rows or schema.
+    Show(inspect::ShowArgs),
+    /// SQL over every stage's outputs, the run manifests (`runs`) and check results (`checks`).
+    Query(query::QueryArgs),
+    /// The operator catalogue: parameters, types, defaults, ports.
+    Ops(inspect::OpsArgs),
+    /// Remove what no current stage needs (objects, old runs, unused memo entries).
+    Gc(store::StoreArgs),
+    /// Rehash every object and memo segment; quarantine corrupt ones (exit 1 if any).
+    Verify(store::StoreArgs),
+    /// Show the latest result of every data check (exit 1 if an `error` check fails).
+    Checks(checks::ChecksArgs),
+    /// Run operator test cases from YAML files (default: tests/ops).
+    Test(test::TestArgs),
+    /// Serve a model over an OpenAI-compatible API (runs the torch worker).
+    Serve(serve::ServeArgs),
 }
 
 /// Entry point; returns the process exit status.
@@ -54,10 +83,21 @@ pub fn main() -> i32 {
         }
     };
     init_tracing(cli.quiet);
-    let registry = fleming_operators::registry();
+    let registry = std::sync::Arc::new(fleming_operators::registry());
     let result = match &cli.command {
-        Command::Run(args) => run::run(&cli, args, &registry),
-        Command::Validate { pipeline } => validate(pipeline, &registry),
+        Command::Run(args) => run::run(&cli, args, registry.as_ref()),
+        Command::Validate { pipeline } => validate(pipeline, registry.as_ref()),
+        Command::Checks(args) => checks::run(&cli, args, registry.as_ref()),
+        Command::Status(args) => inspect::status(&cli, args, registry.as_ref()),
+        Command::Dag(args) => inspect::dag(args, registry.as_ref()),
+        Command::Lineage(args) => lineage::lineage(&cli, args, registry.as_ref()),
+        Command::Show(args) => inspect::show(&cli, args, registry.as_ref()),
+        Command::Query(args) => query::query(&cli, args, registry.as_ref()),
+        Command::Ops(args) => inspect::ops(args, registry.as_ref()),
+        Command::Gc(args) => store::run_gc(&cli, args, registry.as_ref()),
+        Command::Verify(args) => store::run_verify(&cli, args, registry.as_ref()),
+        Command::Test(args) => test::run(args, registry),
+        Command::Serve(args) => serve::serve(args),
     };
     match result {
         Ok(code) => code,

@@ -37,6 +37,9 @@ pub struct RunArgs {
     /// Show what would run, and why, without running anything.
     #[arg(long, short = 'n')]
     pub dry_run: bool,
+    /// Do not evaluate data checks (emergencies only: downstream stages run on unchecked data).
+    #[arg(long)]
+    pub skip_checks: bool,
 }
 
 /// Runs `fleming run`; returns the exit status.
@@ -76,11 +79,18 @@ pub fn run(cli: &Cli, args: &RunArgs, registry: &dyn Registry) -> anyhow::Result
         force: args.force,
         keep_going: args.keep_going,
         dry_run: args.dry_run,
+        skip_checks: args.skip_checks,
     };
+    if args.skip_checks {
+        eprintln!("WARNING: --skip-checks: data checks are NOT evaluated in this run; stages downstream of a failing check will run anyway.");
+    }
     let progress = auto_sink(cli.quiet || args.dry_run);
     let executor = Executor::new(&pipeline, &store, progress, cancel.clone());
     let report = executor.run(&opts)?;
     print_report(&report, args.dry_run, started.elapsed().as_secs_f64(), cli.quiet);
+    if args.skip_checks {
+        eprintln!("WARNING: checks were skipped (--skip-checks).");
+    }
     Ok(if report.cancelled {
         EXIT_INTERRUPTED
     } else if args.dry_run || report.ok() {
@@ -113,6 +123,9 @@ fn print_report(report: &RunReport, dry_run: bool, secs: f64, quiet: bool) {
                 s.outcome.label(),
                 s.reason
             );
+            for c in &s.checks {
+                println!("{:<w_stage$}    {}", "", super::checks::check_line(c));
+            }
         }
     }
     for s in &shown {
@@ -121,6 +134,12 @@ fn print_report(report: &RunReport, dry_run: bool, secs: f64, quiet: bool) {
         }
     }
     let count = |o: Outcome| report.stages.iter().filter(|s| s.outcome == o).count();
+    let failing_checks: Vec<String> = report
+        .stages
+        .iter()
+        .flat_map(|s| s.checks.iter().filter(|c| c.status != fleming_runtime::checks::CheckStatus::Passed))
+        .map(|c| format!("{}.{}", c.stage, c.name))
+        .collect();
     if dry_run {
         println!("{} would run, {} cached", count(Outcome::WouldRun), count(Outcome::Cached));
     } else if !quiet || !report.ok() {
@@ -130,6 +149,9 @@ fn print_report(report: &RunReport, dry_run: bool, secs: f64, quiet: bool) {
             if n > 0 {
                 parts.push(format!("{n} {name}"));
             }
+        }
+        if !failing_checks.is_empty() {
+            parts.push(format!("{} check(s) not passing: {}", failing_checks.len(), failing_checks.join(", ")));
         }
         println!("{} in {secs:.2}s", parts.join(", "));
     }

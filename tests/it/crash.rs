@@ -90,7 +90,7 @@ fn data_dependent_schema_is_checked_at_run_time() {
     let r = p.fleming(&["run", "pipeline.yaml"]);
     assert_eq!(r.code, 1);
     assert!(
-        r.stderr.contains("pipeline.yaml:5:13: input `extra` cannot read `raw.table`: column `value` (Utf8) is missing"),
+        r.stderr.contains("pipeline.yaml:5:34: input `extra` cannot read `raw.table`: column `value` (Utf8) is missing"),
         "{}",
         r.stderr
     );

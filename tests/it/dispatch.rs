@@ -38,7 +38,7 @@ fn worker_stage_runs_commits_and_caches() {
 #[test]
 fn gpus_are_assigned_from_the_pool() {
     let p = project(
-        "  a: { op: test-worker, inputs: { table: raw }, resources: { gpu: 2 } }\n  b: { op: test-worker, inputs: { table: raw }, resources: { gpu: 1 }, params: { sleep_ms: 1 } }\n  c: { op: test-worker, inputs: { table: raw }, resources: { gpu: 3 }, params: { sleep_ms: 2 } }\n",
+        "  a: { op: test-worker, inputs: { table: raw }, resources: { gpu: 2 } }\n  b: { op: test-worker, inputs: { table: raw }, resources: { gpu: 1 }, params: { tag: b } }\n  c: { op: test-worker, inputs: { table: raw }, resources: { gpu: 3 }, params: { tag: c } }\n",
     );
     let r = p.command(&["run", "pipeline.yaml", "--keep-going"]).env("FLEMING_GPUS", "3,5").output().expect("run");
     let stdout = String::from_utf8_lossy(&r.stdout);

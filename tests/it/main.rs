@@ -4,8 +4,10 @@
 mod support;
 
 mod caching;
+mod checks;
 mod concurrency;
 mod crash;
 mod dispatch;
+mod inspect;
 mod quickstart;
 mod validation;

@@ -53,7 +53,7 @@ fn unknown_input_port_of_op() {
     let e = invalid(
         "stages:\n  raw: { op: load, params: { path: data/rows.jsonl } }\n  out:\n    op: export\n    inputs: { tabel: raw }\n    params: { path: o.jsonl }\n",
     );
-    assert!(first_line(&e).starts_with("pipeline.yaml:5:15: error: operator `export` has no input `tabel`"), "{e}");
+    assert!(e.contains("pipeline.yaml:5:15: error: operator `export` has no input `tabel`"), "{e}");
     assert!(e.contains("did you mean `table`?"));
     assert!(e.contains("stage `out` does not connect required input `table`"), "{e}");
 }
@@ -85,7 +85,7 @@ fn missing_unknown_and_mistyped_params() {
     assert!(e.contains("pipeline.yaml:4:15: error: stage `a`: unknown parameter `pth`"), "{e}");
     assert!(e.contains("did you mean `path`?"), "{e}");
     assert!(e.contains("error: stage `a`: missing required parameter `path` (path (read; content-hashed))"), "{e}");
-    assert!(e.contains("pipeline.yaml:4:42: error: stage `a`: parameter `header` must be boolean, found a string"), "{e}");
+    assert!(e.contains("pipeline.yaml:4:45: error: stage `a`: parameter `header` must be boolean, found a string"), "{e}");
     assert!(e.contains("error: stage `a`: parameter `format` must be one of auto, jsonl, json, csv, tsv, parquet, found `jsn`"), "{e}");
     assert!(e.contains("4 errors in pipeline.yaml"), "{e}");
 }
@@ -99,10 +99,10 @@ fn schema_mismatch_between_declared_ports() {
         "stages:\n  raw: { op: load, params: { path: data/rows.jsonl } }\n  t: { op: test-slow, inputs: { table: raw, extra: raw.rejects } }\n  bad: { op: sql, inputs: { x: raw }, resources: { gpu: 1 }, params: { query: select 1 } }\n",
     );
     assert!(
-        e.contains("pipeline.yaml:3:53: error: input `extra` of stage `t` cannot read `raw.rejects`: column `value` (Utf8) is missing"),
+        e.contains("pipeline.yaml:3:52: error: input `extra` of stage `t` cannot read `raw.rejects`: column `value` (Utf8) is missing"),
         "{e}"
     );
-    assert!(e.contains("pipeline.yaml:4:55: error: operator `sql` runs on the CPU; `resources.gpu` applies to GPU operators only"), "{e}");
+    assert!(e.contains("pipeline.yaml:4:57: error: operator `sql` runs on the CPU; `resources.gpu` applies to GPU operators only"), "{e}");
 }
 
 #[test]
@@ -148,7 +148,10 @@ fn yaml_bombs_and_deep_nesting_are_refused_quickly() {
     assert!(e.contains("error"), "{e}");
     let deep = format!("stages: {}{}\n", "[".repeat(5000), "]".repeat(5000));
     let e = invalid(&deep);
-    assert!(e.contains("nesting deeper than 64 levels"), "{e}");
+    assert!(e.contains("error: YAML syntax error: recursion limit exceeded"), "{e}");
+    let deep = format!("stages: {}{}\n", "[".repeat(100), "]".repeat(100));
+    let e = invalid(&deep);
+    assert!(e.contains("nesting deeper than 64 levels is not accepted"), "{e}");
     let long = format!("stages:\n  a: {{ op: load, params: {{ path: \"{}\" }} }}\n", "x".repeat(2_000_000));
     let e = invalid(&long);
     assert!(e.contains("does not exist"), "{}", &e[..200.min(e.len())]);

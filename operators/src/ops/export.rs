@@ -152,7 +152,7 @@ impl Operator for Export {
             return Ok(false);
         }
         let dest = ctx.params.path("path")?;
-        match digest_file(&dest) {
+        match (ctx.digest)(&dest) {
             Ok(d) => Ok(d.hex() == digests.value(0)),
             Err(_) => Ok(false),
         }

@@ -107,6 +107,7 @@ static WORKER: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
             "What the worker does",
         ),
         ParamSpec::with_default("sleep_ms", ParamType::Int, json!(0), "Sleep before finishing").not_in_key(),
+        ParamSpec::with_default("tag", ParamType::Str, json!(""), "Distinguishes otherwise identical stages"),
     ],
     inputs: InputPorts::Fixed(vec![PortSpec::table("table", "rows to copy")]),
     outputs: vec![PortSpec::table("table", "the rows, with a `device` column")],

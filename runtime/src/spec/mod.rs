@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
+use crate::checks::{CheckKind, CheckSpec, Severity};
 use crate::diagnostic::{Diagnostic, Pos, SourceText, SpecErrors, suggestion};
 use crate::op::{InputPorts, Operator, PortKind, Registry, ValidateCtx, schema_problems};
 use crate::params::{Params, ResolveCtx};
@@ -96,6 +97,8 @@ pub struct Stage {
     pub resources: Resources,
     /// Free text.
     pub description: Option<String>,
+    /// Data checks on the stage's outputs.
+    pub checks: Vec<CheckSpec>,
     /// Upstream stage indices (deduplicated, sorted).
     pub upstream: Vec<usize>,
 }
@@ -447,6 +450,8 @@ impl Validator<'_> {
             self.error(pos, "`stages` is empty");
         }
         let names: Vec<String> = stages_map.keys().cloned().collect();
+        let index_of: std::collections::HashMap<&str, usize> =
+            names.iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
         let mut sections: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
         sections.insert("llm", llm.keys().map(|s| s.as_str()).collect());
 
@@ -466,7 +471,7 @@ impl Validator<'_> {
             let Some(sm) = self.expect_object(&stages_map[sname], &spath, &format!("stage `{sname}`")).cloned() else {
                 continue;
             };
-            self.check_keys(&sm, &spath, &["op", "inputs", "params", "resources", "description"], "stage");
+            self.check_keys(&sm, &spath, &["op", "inputs", "params", "resources", "description", "checks"], "stage");
             let op = match sm.get("op") {
                 Some(Value::String(op_name)) => match registry.get(op_name) {
                     Some(op) => Some(op),
@@ -528,6 +533,7 @@ impl Validator<'_> {
             }
             let resources = self.resources(sm.get("resources"), &key(&spath, "resources"), op.as_deref());
             let description = sm.get("description").and_then(|d| d.as_str()).map(str::to_string);
+            let checks = self.checks(sm.get("checks"), &key(&spath, "checks"), op.as_deref());
             let params = match &op {
                 Some(op) => {
                     let ppath = key(&spath, "params");
@@ -573,12 +579,12 @@ impl Validator<'_> {
                 None => None,
             };
             raws.push(Raw { op: op.clone(), inputs });
-            stages.push((sname.clone(), op, params, resources, description));
+            stages.push((sname.clone(), op, params, resources, description, checks));
         }
 
         // Second pass: connect inputs.
         let mut built = Vec::new();
-        for (i, (sname, op, params, resources, description)) in stages.into_iter().enumerate() {
+        for (i, (sname, op, params, resources, description, checks)) in stages.into_iter().enumerate() {
             let spath = key(&stages_path, &sname);
             let raw = &raws[i];
             let mut inputs: BTreeMap<String, Vec<OutputRef>> = BTreeMap::new();
@@ -624,7 +630,7 @@ impl Validator<'_> {
                         Some((s, p)) => (s.to_string(), Some(p.to_string())),
                         None => (text.clone(), None),
                     };
-                    let Some(ui) = names.iter().position(|n| *n == up) else {
+                    let Some(&ui) = index_of.get(up.as_str()) else {
                         let pos = self.at(rpath);
                         let others: Vec<&str> = names.iter().filter(|n| **n != sname).map(|s| s.as_str()).collect();
                         self.error_help(pos, format!("stage `{sname}` reads from `{up}`, which is not a stage"), suggestion(&up, others.iter().copied()));
@@ -704,7 +710,7 @@ impl Validator<'_> {
             upstream.sort();
             upstream.dedup();
             if let (Some(op), Some(params)) = (op, params) {
-                built.push(Stage { name: sname, op, inputs, params, resources, description, upstream });
+                built.push(Stage { name: sname, op, inputs, params, resources, description, checks, upstream });
             }
         }
         if !self.errors.is_empty() {
@@ -724,6 +730,209 @@ impl Validator<'_> {
             source: source.clone(),
             positions: Positions::default(),
         })
+    }
+
+    fn string_list(&mut self, v: &Value, path: &[Seg], what: &str) -> Option<Vec<String>> {
+        match v {
+            Value::String(s) if !s.is_empty() => Some(vec![s.clone()]),
+            Value::Array(items) if !items.is_empty() && items.iter().all(|i| i.as_str().is_some_and(|s| !s.is_empty())) => {
+                Some(items.iter().filter_map(|i| i.as_str().map(str::to_string)).collect())
+            }
+            _ => {
+                let pos = self.at(path);
+                self.error(pos, format!("{what} must be a column name or a list of column names"));
+                None
+            }
+        }
+    }
+
+    fn checks(&mut self, v: Option<&Value>, path: &[Seg], op: Option<&dyn Operator>) -> Vec<CheckSpec> {
+        const KINDS: &[&str] = &["sql", "row_count", "not_null", "unique", "accepted_values", "range"];
+        let mut out: Vec<CheckSpec> = Vec::new();
+        let Some(v) = v else { return out };
+        let Value::Array(items) = v else {
+            let pos = self.at(path);
+            self.error_help(pos, "`checks` must be a list", "e.g. `checks: [{ name: ids_unique, unique: id }]`");
+            return out;
+        };
+        for (i, item) in items.iter().enumerate() {
+            let mut cpath = path.to_vec();
+            cpath.push(Seg::Index(i));
+            let Some(m) = self.expect_object(item, &cpath, "a check").cloned() else { continue };
+            let mut allowed = vec!["name", "severity", "port", "description"];
+            allowed.extend_from_slice(KINDS);
+            self.check_keys(&m, &cpath, &allowed, "check");
+            let name = match m.get("name") {
+                Some(Value::String(n)) if !n.is_empty() => n.clone(),
+                _ => {
+                    let pos = self.at(&cpath);
+                    self.error(pos, "a check needs a `name`");
+                    continue;
+                }
+            };
+            if out.iter().any(|c| c.name == name) {
+                let pos = self.at(&key(&cpath, "name"));
+                self.error(pos, format!("two checks are named `{name}`"));
+            }
+            let severity = match m.get("severity").map(|s| s.as_str()) {
+                None | Some(Some("error")) => Severity::Error,
+                Some(Some("warn")) => Severity::Warn,
+                _ => {
+                    let pos = self.at(&key(&cpath, "severity"));
+                    self.error(pos, "`severity` is `error` (blocks downstream stages) or `warn`");
+                    Severity::Error
+                }
+            };
+            let spec = op.map(|o| o.spec());
+            let port = match m.get("port") {
+                None => None,
+                Some(Value::String(p)) => {
+                    if let Some(spec) = spec
+                        && spec.output(p).is_none()
+                    {
+                        let pos = self.at(&key(&cpath, "port"));
+                        self.error_help(
+                            pos,
+                            format!("operator `{}` has no output `{p}`", spec.name),
+                            suggestion(p, spec.outputs.iter().map(|o| o.name)),
+                        );
+                    }
+                    Some(p.clone())
+                }
+                Some(_) => {
+                    let pos = self.at(&key(&cpath, "port"));
+                    self.error(pos, "`port` must be an output name");
+                    None
+                }
+            };
+            let kinds: Vec<&str> = KINDS.iter().copied().filter(|k| m.contains_key(*k)).collect();
+            if kinds.len() != 1 {
+                let pos = self.at_key(&cpath).or_else(|| self.at(&cpath));
+                self.error_help(
+                    pos,
+                    format!("check `{name}` must have exactly one of {}", KINDS.join(", ")),
+                    if kinds.is_empty() { "e.g. `not_null: [question, answer]`".to_string() } else { format!("found {}", kinds.join(" and ")) },
+                );
+                continue;
+            }
+            let kpath = key(&cpath, kinds[0]);
+            let kv = &m[kinds[0]];
+            let num = |this: &mut Self, obj: &Map<String, Value>, f: &str, whole: bool| -> Option<f64> {
+                let x = obj.get(f)?;
+                match x.as_f64() {
+                    Some(n) if !whole || (n >= 0.0 && n.fract() == 0.0) => Some(n),
+                    _ => {
+                        let pos = this.at(&key(&kpath, f));
+                        this.error(pos, format!("`{f}` must be {}", if whole { "a whole number ≥ 0" } else { "a number" }));
+                        None
+                    }
+                }
+            };
+            let kind = match kinds[0] {
+                "sql" => match kv.as_str() {
+                    Some(q) if !q.trim().is_empty() => {
+                        let outputs: Vec<String> = spec.map(|s| s.outputs.iter().map(|o| o.name.to_string()).collect()).unwrap_or_default();
+                        match fleming_artifacts::sql::referenced_tables(q) {
+                            Err(e) => {
+                                let pos = self.at(&kpath);
+                                self.error(pos, format!("check `{name}`: SQL error: {e}"));
+                            }
+                            Ok(tables) => {
+                                for t in tables.iter().filter(|t| *t != "table" && !outputs.contains(t)) {
+                                    let pos = self.at(&kpath);
+                                    self.error_help(
+                                        pos,
+                                        format!("check `{name}` reads `{t}`, which is not an output of the stage"),
+                                        format!("the checked output is `table`; every output is also a table of its name ({})", outputs.join(", ")),
+                                    );
+                                }
+                            }
+                        }
+                        Some(CheckKind::Sql(q.to_string()))
+                    }
+                    _ => {
+                        let pos = self.at(&kpath);
+                        self.error(pos, "`sql` must be a query returning the failing rows");
+                        None
+                    }
+                },
+                "not_null" => self.string_list(kv, &kpath, "`not_null`").map(CheckKind::NotNull),
+                "unique" => self.string_list(kv, &kpath, "`unique`").map(CheckKind::Unique),
+                "row_count" => match kv.as_object() {
+                    Some(o) => {
+                        self.check_keys(o, &kpath, &["min", "max"], "row_count");
+                        let (min, max) = (num(self, o, "min", true), num(self, o, "max", true));
+                        if min.is_none() && max.is_none() {
+                            let pos = self.at(&kpath);
+                            self.error(pos, "`row_count` needs `min`, `max` or both");
+                        }
+                        Some(CheckKind::RowCount { min: min.map(|x| x as u64), max: max.map(|x| x as u64) })
+                    }
+                    None => {
+                        let pos = self.at(&kpath);
+                        self.error(pos, "`row_count` is `{ min: N, max: M }`");
+                        None
+                    }
+                },
+                "range" => match kv.as_object() {
+                    Some(o) => {
+                        self.check_keys(o, &kpath, &["column", "min", "max"], "range");
+                        let column = o.get("column").and_then(|c| c.as_str()).map(str::to_string);
+                        let (min, max) = (num(self, o, "min", false), num(self, o, "max", false));
+                        if column.is_none() || (min.is_none() && max.is_none()) {
+                            let pos = self.at(&kpath);
+                            self.error(pos, "`range` is `{ column: c, min: x, max: y }` (min, max or both)");
+                        }
+                        column.map(|column| CheckKind::Range { column, min, max })
+                    }
+                    None => {
+                        let pos = self.at(&kpath);
+                        self.error(pos, "`range` is `{ column: c, min: x, max: y }`");
+                        None
+                    }
+                },
+                _ => match kv.as_object() {
+                    Some(o) => {
+                        self.check_keys(o, &kpath, &["column", "values"], "accepted_values");
+                        let column = o.get("column").and_then(|c| c.as_str()).map(str::to_string);
+                        let values = o.get("values").and_then(|v| v.as_array()).filter(|v| !v.is_empty()).cloned();
+                        if column.is_none() || values.is_none() {
+                            let pos = self.at(&kpath);
+                            self.error(pos, "`accepted_values` is `{ column: c, values: [a, b] }`");
+                        }
+                        column.zip(values).map(|(column, values)| CheckKind::AcceptedValues { column, values })
+                    }
+                    None => {
+                        let pos = self.at(&kpath);
+                        self.error(pos, "`accepted_values` is `{ column: c, values: [a, b] }`");
+                        None
+                    }
+                },
+            };
+            // Columns of outputs that declare them are checked now.
+            if let (Some(kind), Some(spec)) = (&kind, spec) {
+                let port_name = port.clone().or_else(|| spec.default_output().map(|o| o.name.to_string()));
+                let declared = port_name.as_deref().and_then(|p| spec.output(p)).and_then(|p| p.schema());
+                if let Some(schema) = declared {
+                    let cols: Vec<&String> = match kind {
+                        CheckKind::NotNull(c) | CheckKind::Unique(c) => c.iter().collect(),
+                        CheckKind::AcceptedValues { column, .. } | CheckKind::Range { column, .. } => vec![column],
+                        _ => Vec::new(),
+                    };
+                    for c in cols {
+                        if schema.field_with_name(c).is_err() {
+                            let pos = self.at(&kpath);
+                            let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+                            self.error_help(pos, format!("check `{name}`: the output has no column `{c}`"), suggestion(c, names.iter().copied()));
+                        }
+                    }
+                }
+            }
+            if let Some(kind) = kind {
+                out.push(CheckSpec { name, kind, severity, port });
+            }
+        }
+        out
     }
 
     fn resources(&mut self, v: Option<&Value>, path: &[Seg], op: Option<&dyn Operator>) -> Resources {
@@ -966,7 +1175,7 @@ mod fuzz {
         assert_eq!(p.stages[1].upstream, vec![0]);
         let bad = "stages:\n  a: { op: echo, params: { n: x } }\n";
         let e = parse_text(bad).unwrap_err();
-        assert_eq!(e.diagnostics[0].pos, Some(Pos { line: 2, col: 32 }));
+        assert_eq!(e.diagnostics[0].pos, Some(Pos { line: 2, col: 31 }));
     }
 
     #[test]
