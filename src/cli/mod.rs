@@ -1,6 +1,7 @@
 //! Command-line interface.
 
 mod checks;
+pub mod fixtures;
 mod inspect;
 mod lineage;
 mod query;
@@ -70,6 +71,8 @@ pub enum Command {
     Test(test::TestArgs),
     /// Serve a model over an OpenAI-compatible API (runs the torch worker).
     Serve(serve::ServeArgs),
+    /// Developer tools: generate test and benchmark fixtures (`fixtures wiki`).
+    Fixtures(fixtures::FixturesArgs),
 }
 
 /// Entry point; returns the process exit status.
@@ -98,6 +101,7 @@ pub fn main() -> i32 {
         Command::Verify(args) => store::run_verify(&cli, args, registry.as_ref()),
         Command::Test(args) => test::run(args, registry),
         Command::Serve(args) => serve::serve(args),
+        Command::Fixtures(args) => fixtures::run(args),
     };
     match result {
         Ok(code) => code,

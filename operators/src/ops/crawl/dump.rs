@@ -430,6 +430,15 @@ impl<R: BufRead> Iterator for DumpReader<R> {
     }
 }
 
+/// Compresses `data` with bzip2 into `out` (fixtures and benchmarks).
+pub fn write_bz2(data: &[u8], out: impl std::io::Write) -> io::Result<()> {
+    use std::io::Write as _;
+    let mut e = bzip2::write::BzEncoder::new(out, bzip2::Compression::best());
+    e.write_all(data)?;
+    e.finish()?;
+    Ok(())
+}
+
 /// Reads every page of an XML string (tests and small exports).
 pub fn read_str(xml: &str) -> anyhow::Result<Vec<DumpPage>> {
     let mut out = Vec::new();
