@@ -38,7 +38,8 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 fn noop() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let rows: String = (0..10_000).map(|i| format!("{{\"id\": \"r{i}\", \"x\": {i}, \"t\": \"text {i}\"}}\n")).collect();
+    let rows: String =
+        (0..10_000).map(|i| format!("{{\"id\": \"r{i}\", \"x\": {i}, \"t\": \"text {i}\"}}\n")).collect();
     std::fs::write(dir.path().join("rows.jsonl"), rows).expect("write");
     std::fs::write(dir.path().join("more.csv"), "id,y\na,1\nb,2\n").expect("write");
     let yaml = r#"
@@ -63,7 +64,11 @@ stages:
     let times: Vec<Duration> = (0..21).map(|_| run(dir.path(), &["run", "-q", "p.yaml"])).collect();
     let m = median(times.clone());
     let max = times.iter().max().copied().unwrap_or_default();
-    println!("noop: cached no-op `fleming run` of 10 stages: median {:.1} ms, max {:.1} ms (target < 100 ms)", ms(m), ms(max));
+    println!(
+        "noop: cached no-op `fleming run` of 10 stages: median {:.1} ms, max {:.1} ms (target < 100 ms)",
+        ms(m),
+        ms(max)
+    );
 }
 
 fn ms(d: Duration) -> f64 {
@@ -72,7 +77,8 @@ fn ms(d: Duration) -> f64 {
 
 fn status() {
     let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("seed.jsonl"), "{\"id\": \"a\", \"x\": 1}\n{\"id\": \"b\", \"x\": 2}\n").expect("write");
+    std::fs::write(dir.path().join("seed.jsonl"), "{\"id\": \"a\", \"x\": 1}\n{\"id\": \"b\", \"x\": 2}\n")
+        .expect("write");
     let mut yaml = String::from("name: bench10k\nstages:\n  s0: { op: load, params: { path: seed.jsonl } }\n");
     // A wide and deep DAG: each stage reads one of the previous 100.
     for i in 1..10_000 {
@@ -96,7 +102,8 @@ fn digest() {
     use arrow::array::{ArrayRef, Int64Array, StringArray};
     use fleming_artifacts::{Store, Table};
     use std::sync::Arc;
-    let b3sum = which("b3sum").unwrap_or_else(|| panic!("the digest benchmark compares with `b3sum`; install it: cargo install b3sum"));
+    let b3sum = which("b3sum")
+        .unwrap_or_else(|| panic!("the digest benchmark compares with `b3sum`; install it: cargo install b3sum"));
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(&dir.path().join("store")).expect("store");
     // ~1 GB of poorly compressible rows.
@@ -111,7 +118,8 @@ fn digest() {
     let rows_per_batch = 8192usize;
     let mut total = 0usize;
     while total < 1_000_000_000 {
-        let ids: ArrayRef = Arc::new(StringArray::from_iter_values((0..rows_per_batch).map(|_| format!("{:016x}", next()))));
+        let ids: ArrayRef =
+            Arc::new(StringArray::from_iter_values((0..rows_per_batch).map(|_| format!("{:016x}", next()))));
         let text: ArrayRef = Arc::new(StringArray::from_iter_values(
             (0..rows_per_batch).map(|_| (0..12).map(|_| format!("{:016x}", next())).collect::<String>()),
         ));
@@ -126,7 +134,11 @@ fn digest() {
     let put = start.elapsed();
     let path = store.object_path(aref.kind, &aref.digest);
     let gb = aref.bytes as f64 / 1e9;
-    println!("digest: table object is {:.2} GB; writing it (encode + hash + fsync) took {:.1} s", gb, put.as_secs_f64());
+    println!(
+        "digest: table object is {:.2} GB; writing it (encode + hash + fsync) took {:.1} s",
+        gb,
+        put.as_secs_f64()
+    );
     // Warm the page cache, then alternate the two, best of 5 each.
     let _ = std::fs::read(&path);
     let mut ours = Vec::new();

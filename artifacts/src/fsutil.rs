@@ -13,10 +13,7 @@ static NONCE: AtomicU64 = AtomicU64::new(0);
 /// run tell leftovers of dead processes from files a live run is still writing.
 pub fn unique_name(label: &str) -> String {
     let n = NONCE.fetch_add(1, Ordering::Relaxed);
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     format!("{}-{:x}{:x}-{}", std::process::id(), n, t, sanitize(label))
 }
 
@@ -51,9 +48,7 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 
 /// Writes `bytes` to `dest` atomically, with a temporary file in `tmp_dir` (same filesystem).
 pub fn write_atomic(dest: &Path, tmp_dir: &Path, bytes: &[u8]) -> io::Result<()> {
-    let tmp = tmp_dir.join(unique_name(
-        dest.file_name().and_then(|s| s.to_str()).unwrap_or("file"),
-    ));
+    let tmp = tmp_dir.join(unique_name(dest.file_name().and_then(|s| s.to_str()).unwrap_or("file")));
     let result = (|| {
         let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
         f.write_all(bytes)?;
@@ -80,11 +75,7 @@ pub fn rename_durable(from: &Path, to: &Path) -> io::Result<()> {
 }
 
 /// Writes JSON atomically (pretty-printed so that people can read store files).
-pub fn write_json_atomic<T: serde::Serialize>(
-    dest: &Path,
-    tmp_dir: &Path,
-    value: &T,
-) -> io::Result<()> {
+pub fn write_json_atomic<T: serde::Serialize>(dest: &Path, tmp_dir: &Path, value: &T) -> io::Result<()> {
     let mut bytes = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
     bytes.push(b'\n');
     write_atomic(dest, tmp_dir, &bytes)

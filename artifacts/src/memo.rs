@@ -311,17 +311,18 @@ fn checksum(key: &Digest, payload: &[u8]) -> [u8; CHECK_LEN] {
 
 /// Reads a segment entry by entry, verifying checksums. Stops at the first bad entry (a
 /// torn tail after a crash, or corruption), which it reports in `problems`.
-fn scan_segment(
-    file: &File,
-    path: &Path,
-    problems: &mut Vec<SegmentProblem>,
-) -> io::Result<Vec<(Digest, u64, u32)>> {
+fn scan_segment(file: &File, path: &Path, problems: &mut Vec<SegmentProblem>) -> io::Result<Vec<(Digest, u64, u32)>> {
     let total = file.metadata()?.len();
     let mut r = BufReader::with_capacity(1 << 20, file);
     r.seek(SeekFrom::Start(0))?;
     let mut magic = [0u8; 8];
     if r.read_exact(&mut magic).is_err() || &magic != SEGMENT_MAGIC {
-        problems.push(SegmentProblem { path: path.into(), offset: 0, message: "not a memo segment".into(), sealed: false });
+        problems.push(SegmentProblem {
+            path: path.into(),
+            offset: 0,
+            message: "not a memo segment".into(),
+            sealed: false,
+        });
         return Ok(Vec::new());
     }
     let mut out = Vec::new();
@@ -504,7 +505,11 @@ mod tests {
         }
         m.flush().unwrap();
         // Simulate a crash: no close (no index), and a half-written entry at the end.
-        let seg = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).find(|p| p.extension().unwrap() == "seg").unwrap();
+        let seg = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().unwrap() == "seg")
+            .unwrap();
         std::mem::forget(m);
         let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
         f.write_all(&[7, 0, 0, 0, 1, 2, 3]).unwrap();

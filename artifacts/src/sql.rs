@@ -24,10 +24,7 @@ pub enum SqlError {
 
 /// A DataFusion session with fleming's settings (one partition: deterministic order).
 pub fn session() -> SessionContext {
-    let config = SessionConfig::new()
-        .with_target_partitions(1)
-        .with_information_schema(true)
-        .with_batch_size(8192);
+    let config = SessionConfig::new().with_target_partitions(1).with_information_schema(true).with_batch_size(8192);
     SessionContext::new_with_config(config)
 }
 
@@ -40,10 +37,7 @@ pub fn register(ctx: &SessionContext, name: &str, table: &Table) -> Result<(), S
 
 /// Runs `f` on a fresh single-threaded async runtime (DataFusion is async).
 pub fn block_on<F: std::future::Future>(f: F) -> Result<F::Output, SqlError> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(SqlError::Runtime)?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(SqlError::Runtime)?;
     Ok(rt.block_on(f))
 }
 

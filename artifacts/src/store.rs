@@ -97,8 +97,7 @@ pub struct Store {
     root: PathBuf,
 }
 
-const SUBDIRS: &[&str] =
-    &["objects", "cache", "refs", "runs", "memo", "work", "locks", "tmp", "quarantine", "checks"];
+const SUBDIRS: &[&str] = &["objects", "cache", "refs", "runs", "memo", "work", "locks", "tmp", "quarantine", "checks"];
 
 impl Store {
     /// Opens (creating if needed) the store at `root`, and removes temporary files left by
@@ -121,8 +120,7 @@ impl Store {
                 for d in SUBDIRS {
                     fs::create_dir_all(root.join(d)).at(&root.join(d))?;
                 }
-                fsutil::write_atomic(&marker, &root.join("tmp"), format!("{STORE_FORMAT}\n").as_bytes())
-                    .at(&marker)?;
+                fsutil::write_atomic(&marker, &root.join("tmp"), format!("{STORE_FORMAT}\n").as_bytes()).at(&marker)?;
             }
             Err(e) => return Err(StoreError::Io { path: marker, source: e }),
         }

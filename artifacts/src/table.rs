@@ -89,9 +89,7 @@ impl Table {
     /// Reads a Parquet file.
     pub fn read_parquet(path: &Path) -> Result<Table, TableError> {
         let file = File::open(path)?;
-        let reader = ParquetRecordBatchReaderBuilder::try_new(file)?
-            .with_batch_size(CANONICAL_BATCH_ROWS)
-            .build()?;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file)?.with_batch_size(CANONICAL_BATCH_ROWS).build()?;
         let schema = reader.schema();
         let batches = reader.collect::<Result<Vec<_>, _>>()?;
         Ok(Table { schema, batches })
@@ -202,9 +200,7 @@ impl SchemaSummary {
 }
 
 /// Convenience: a table from a single batch built from named columns.
-pub fn table_from_columns(
-    columns: Vec<(&str, arrow::array::ArrayRef)>,
-) -> Result<Table, TableError> {
+pub fn table_from_columns(columns: Vec<(&str, arrow::array::ArrayRef)>) -> Result<Table, TableError> {
     let batch = RecordBatch::try_from_iter(columns.into_iter().map(|(n, a)| (n.to_string(), a)))?;
     Ok(Table::from_batch(batch))
 }
@@ -265,10 +261,8 @@ mod tests {
     fn digest_ignores_batching() {
         let t = sample(20_000);
         let whole = t.concat().unwrap();
-        let split = Table::new(
-            t.schema.clone(),
-            vec![whole.slice(0, 7), whole.slice(7, 10_000), whole.slice(10_007, 9_993)],
-        );
+        let split =
+            Table::new(t.schema.clone(), vec![whole.slice(0, 7), whole.slice(7, 10_000), whole.slice(10_007, 9_993)]);
         assert_eq!(t.digest().unwrap(), split.digest().unwrap());
         assert_ne!(t.digest().unwrap(), sample(19_999).digest().unwrap());
     }

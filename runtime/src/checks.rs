@@ -104,7 +104,9 @@ impl CheckSpec {
             ),
             CheckKind::Unique(cols) => {
                 let list = cols.iter().map(|c| q(c)).collect::<Vec<_>>().join(", ");
-                format!("select {list}, count(*) as occurrences from \"table\" group by {list} having count(*) > 1 order by {list}")
+                format!(
+                    "select {list}, count(*) as occurrences from \"table\" group by {list} having count(*) > 1 order by {list}"
+                )
             }
             CheckKind::AcceptedValues { column, values } => format!(
                 "select * from \"table\" where {} is not null and {} not in ({})",

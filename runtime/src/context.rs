@@ -64,12 +64,22 @@ pub struct RecordMemo {
 impl RecordMemo {
     /// A memo on disk, scoped to `op` at `version`.
     pub fn on_disk(log: MemoLog, op: &str, version: u32) -> Self {
-        RecordMemo { backend: MemoBackend::Disk(log), scope: Self::scope_of(op, version), stats: Arc::default(), used: Arc::default() }
+        RecordMemo {
+            backend: MemoBackend::Disk(log),
+            scope: Self::scope_of(op, version),
+            stats: Arc::default(),
+            used: Arc::default(),
+        }
     }
 
     /// A memo in memory (the harness).
     pub fn in_memory(op: &str, version: u32) -> Self {
-        RecordMemo { backend: MemoBackend::Memory(Arc::default()), scope: Self::scope_of(op, version), stats: Arc::default(), used: Arc::default() }
+        RecordMemo {
+            backend: MemoBackend::Memory(Arc::default()),
+            scope: Self::scope_of(op, version),
+            stats: Arc::default(),
+            used: Arc::default(),
+        }
     }
 
     fn scope_of(op: &str, version: u32) -> Digest {
@@ -148,6 +158,9 @@ impl RecordMemo {
     }
 }
 
+/// Reads a table from the store by digest (`None`: the object is gone).
+pub type TableReader = Arc<dyn Fn(&Digest) -> anyhow::Result<Option<Table>> + Send + Sync>;
+
 /// The last successful run of the same stage (same pipeline and stage name), for
 /// incremental operators: its parameters, input digests and outputs.
 #[derive(Clone)]
@@ -161,7 +174,7 @@ pub struct PreviousRun {
     /// Its outputs by port.
     pub outputs: BTreeMap<String, ArtifactRef>,
     /// Reads a table from the store by reference (None: the object is gone).
-    pub reader: Arc<dyn Fn(&Digest) -> anyhow::Result<Option<Table>> + Send + Sync>,
+    pub reader: TableReader,
 }
 
 impl PreviousRun {
@@ -222,7 +235,19 @@ impl OpContext {
         threads: usize,
         llm: Map<String, Value>,
     ) -> Self {
-        OpContext { stage, params, inputs, progress, memo, previous, work_dir, cancel, threads, llm, metrics: Map::new() }
+        OpContext {
+            stage,
+            params,
+            inputs,
+            progress,
+            memo,
+            previous,
+            work_dir,
+            cancel,
+            threads,
+            llm,
+            metrics: Map::new(),
+        }
     }
 
     /// The single table connected to `port`.

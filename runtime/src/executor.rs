@@ -184,7 +184,8 @@ impl RunReport {
     pub fn ok(&self) -> bool {
         !self.cancelled
             && self.stages.iter().all(|s| {
-                !matches!(s.outcome, Outcome::Failed | Outcome::Cancelled | Outcome::Skipped) && s.blocking_check().is_none()
+                !matches!(s.outcome, Outcome::Failed | Outcome::Cancelled | Outcome::Skipped)
+                    && s.blocking_check().is_none()
             })
     }
 
@@ -371,7 +372,8 @@ impl<'a> Executor<'a> {
                             started[i] = true;
                             running += 1;
                             let tx = tx.clone();
-                            let worker_threads = stage.resources.threads.map(|t| t as usize).unwrap_or(opts.workers).max(1);
+                            let worker_threads =
+                                stage.resources.threads.map(|t| t as usize).unwrap_or(opts.workers).max(1);
                             let upstream: Vec<Option<StageReport>> =
                                 stage.upstream.iter().map(|&u| reports[u].clone()).collect();
                             let this = &*self;
@@ -433,7 +435,11 @@ impl<'a> Executor<'a> {
                 return Some(StageReport::new(
                     stage,
                     Outcome::Skipped,
-                    format!("blocked: check `{}` of `{name}` {}", c.name, if c.status == crate::checks::CheckStatus::Error { "could not run" } else { "failed" }),
+                    format!(
+                        "blocked: check `{}` of `{name}` {}",
+                        c.name,
+                        if c.status == crate::checks::CheckStatus::Error { "could not run" } else { "failed" }
+                    ),
                 ));
             }
             let (outcome, reason) = match up.outcome {
@@ -441,7 +447,12 @@ impl<'a> Executor<'a> {
                 Outcome::Failed => (Outcome::Skipped, format!("upstream `{name}` failed")),
                 Outcome::Cancelled => (Outcome::Skipped, format!("upstream `{name}` was cancelled")),
                 Outcome::Skipped | Outcome::NotSelected => (Outcome::Skipped, format!("upstream `{name}` did not run")),
-                Outcome::WouldRun => (Outcome::WouldRun, format!("upstream `{name}` will run (this stage may still be cached if its output does not change)")),
+                Outcome::WouldRun => (
+                    Outcome::WouldRun,
+                    format!(
+                        "upstream `{name}` will run (this stage may still be cached if its output does not change)"
+                    ),
+                ),
                 Outcome::Stale if selected[i] && !dry_run => (
                     Outcome::Skipped,
                     format!("upstream `{name}` is stale and not selected (use --until {} to run it too)", stage.name),
@@ -456,7 +467,13 @@ impl<'a> Executor<'a> {
 
     /// Computes the key of stage `i` (its upstream must be usable) and decides whether it is
     /// cached.
-    fn decide(&self, i: usize, reports: &[Option<StageReport>], force: bool, dry_run: bool) -> anyhow::Result<Decision> {
+    fn decide(
+        &self,
+        i: usize,
+        reports: &[Option<StageReport>],
+        force: bool,
+        dry_run: bool,
+    ) -> anyhow::Result<Decision> {
         let stage = &self.pipeline.stages[i];
         let spec = stage.op.spec();
         let (parts, files) = self.key_parts(stage, reports)?;
@@ -464,7 +481,14 @@ impl<'a> Executor<'a> {
         let previous = StageRef::load(self.store, &self.pipeline.name, &stage.name)?;
         let mut warnings = Vec::new();
         if force {
-            return Ok(Decision::Run(Pending { forced: true, parts, key, files, reason: "forced (--force)".into(), warnings }));
+            return Ok(Decision::Run(Pending {
+                forced: true,
+                parts,
+                key,
+                files,
+                reason: "forced (--force)".into(),
+                warnings,
+            }));
         }
         let mut missing_reason = None;
         if let Some(entry) = CacheEntry::load(self.store, &key)? {
@@ -536,9 +560,8 @@ impl<'a> Executor<'a> {
         for (port, refs) in &stage.inputs {
             let mut ds = Vec::new();
             for r in refs {
-                let up = reports[r.stage_index]
-                    .as_ref()
-                    .ok_or_else(|| anyhow!("upstream `{}` not evaluated", r.stage))?;
+                let up =
+                    reports[r.stage_index].as_ref().ok_or_else(|| anyhow!("upstream `{}` not evaluated", r.stage))?;
                 let a = up
                     .outputs
                     .get(&r.port)
@@ -552,18 +575,16 @@ impl<'a> Executor<'a> {
         for (segs, path) in input_paths(&spec.params, stage.params.values()) {
             let name = crate::params::display_path(&segs);
             let abs = stage.params.resolve_path(&path);
-            let (digest, bytes) = self.stat.digest(&abs).with_context(|| {
-                format!("stage `{}`: parameter `{name}` names {}", stage.name, abs.display())
-            })?;
+            let (digest, bytes) = self
+                .stat
+                .digest(&abs)
+                .with_context(|| format!("stage `{}`: parameter `{name}` names {}", stage.name, abs.display()))?;
             file_digests.insert(name.clone(), digest);
             files.insert(name, FileRecord { path, digest, bytes });
         }
         let mut params = stage.params.key_json(&spec.params);
         self.substitute_section_refs(spec, &mut params);
-        Ok((
-            KeyParts { op: spec.name.to_string(), version: spec.version, params, inputs, files: file_digests },
-            files,
-        ))
+        Ok((KeyParts { op: spec.name.to_string(), version: spec.version, params, inputs, files: file_digests }, files))
     }
 
     /// Replaces `llm:` entry names in key params by what of the entry can change outputs,
@@ -785,9 +806,7 @@ impl<'a> Executor<'a> {
         let mut tables: Option<BTreeMap<String, fleming_artifacts::Table>> = None;
         let mut out = Vec::new();
         for check in &stage.checks {
-            if !fresh
-                && let Ok(Some(r)) = CheckResult::load(self.store, &key, check)
-            {
+            if !fresh && let Ok(Some(r)) = CheckResult::load(self.store, &key, check) {
                 out.push(r);
                 continue;
             }
@@ -802,7 +821,8 @@ impl<'a> Executor<'a> {
                             Ok(table) => {
                                 t.insert(port.clone(), table);
                             }
-                            Err(e) => self.log(&format!("warning: {}: cannot read output `{port}` for checks: {e}", stage.name)),
+                            Err(e) => self
+                                .log(&format!("warning: {}: cannot read output `{port}` for checks: {e}", stage.name)),
                         }
                     }
                 }
@@ -864,11 +884,19 @@ impl<'a> Executor<'a> {
         for (port, items) in &loaded {
             if let Some(crate::op::PortSpec { kind: PortKind::Table(Some(need)), .. }) = spec.input(port) {
                 for (from, a) in items {
-                    let schema = fleming_artifacts::Table::read_parquet_schema(&self.store.object_path(a.kind, &a.digest))?;
+                    let schema =
+                        fleming_artifacts::Table::read_parquet_schema(&self.store.object_path(a.kind, &a.digest))?;
                     let problems = schema_problems(need, &schema);
                     if !problems.is_empty() {
-                        let pos = self.pipeline.positions.value(&crate::spec::positions::path(&["stages", &stage.name, "inputs", port]));
-                        let at = pos.map(|p| format!("{}:{}:{}: ", self.pipeline.file.display(), p.line, p.col)).unwrap_or_default();
+                        let pos = self.pipeline.positions.value(&crate::spec::positions::path(&[
+                            "stages",
+                            &stage.name,
+                            "inputs",
+                            port,
+                        ]));
+                        let at = pos
+                            .map(|p| format!("{}:{}:{}: ", self.pipeline.file.display(), p.line, p.col))
+                            .unwrap_or_default();
                         bail!("{at}input `{port}` cannot read `{from}`: {}", problems.join("; "));
                     }
                 }
@@ -986,7 +1014,11 @@ impl<'a> Executor<'a> {
                         PortKind::Table(_) => {
                             let f = out_dir.join(format!("{}.parquet", port.name));
                             if !f.is_file() {
-                                bail!("the worker reported success but did not write output `{}` ({})", port.name, f.display());
+                                bail!(
+                                    "the worker reported success but did not write output `{}` ({})",
+                                    port.name,
+                                    f.display()
+                                );
                             }
                             let t = fleming_artifacts::Table::read_parquet(&f)
                                 .with_context(|| format!("reading worker output `{}`", port.name))?;
@@ -995,7 +1027,11 @@ impl<'a> Executor<'a> {
                         PortKind::Model => {
                             let d = out_dir.join(port.name);
                             if !d.is_dir() {
-                                bail!("the worker reported success but did not write output `{}` ({})", port.name, d.display());
+                                bail!(
+                                    "the worker reported success but did not write output `{}` ({})",
+                                    port.name,
+                                    d.display()
+                                );
                             }
                             outputs = outputs.model(port.name, d);
                         }
@@ -1083,8 +1119,7 @@ pub fn why_changed(old: &KeyParts, new: &KeyParts) -> String {
         let (a, b) = (old.inputs.get(port), new.inputs.get(port));
         if a != b {
             let show = |d: Option<&Vec<Digest>>| {
-                d.map(|v| v.iter().map(|x| x.short(8)).collect::<Vec<_>>().join(","))
-                    .unwrap_or_else(|| "none".into())
+                d.map(|v| v.iter().map(|x| x.short(8)).collect::<Vec<_>>().join(",")).unwrap_or_else(|| "none".into())
             };
             why.push(format!("input `{port}` changed ({} -> {})", show(a), show(b)));
         }
@@ -1095,11 +1130,7 @@ pub fn why_changed(old: &KeyParts, new: &KeyParts) -> String {
             why.push(format!("file of `{name}` changed"));
         }
     }
-    if why.is_empty() {
-        "not in the cache".to_string()
-    } else {
-        why.join("; ")
-    }
+    if why.is_empty() { "not in the cache".to_string() } else { why.join("; ") }
 }
 
 fn llm_json(p: &Pipeline) -> Map<String, Value> {

@@ -164,7 +164,13 @@ impl Harness {
             let d = t.digest()?;
             out_refs.insert(
                 port,
-                ArtifactRef { kind: ArtifactKind::Table, digest: d, rows: Some(t.num_rows() as u64), bytes: 0, schema: Some(t.schema_summary()) },
+                ArtifactRef {
+                    kind: ArtifactKind::Table,
+                    digest: d,
+                    rows: Some(t.num_rows() as u64),
+                    bytes: 0,
+                    schema: Some(t.schema_summary()),
+                },
             );
             tables.insert(d, t);
         }
@@ -205,7 +211,11 @@ impl Harness {
                 "invalid parameters for `{}`:\n{}",
                 spec.name,
                 errs.iter()
-                    .map(|e| format!("  - {}{}", e.message, e.help.as_ref().map(|h| format!(" ({h})")).unwrap_or_default()))
+                    .map(|e| format!(
+                        "  - {}{}",
+                        e.message,
+                        e.help.as_ref().map(|h| format!(" ({h})")).unwrap_or_default()
+                    ))
                     .collect::<Vec<_>>()
                     .join("\n")
             )
@@ -230,7 +240,13 @@ impl Harness {
                 spec.name,
                 issues
                     .iter()
-                    .map(|i| format!("  - {}: {}", display_path(&i.param.iter().map(|k| crate::spec::positions::Seg::Key(k.clone())).collect::<Vec<_>>()), i.message))
+                    .map(|i| format!(
+                        "  - {}: {}",
+                        display_path(
+                            &i.param.iter().map(|k| crate::spec::positions::Seg::Key(k.clone())).collect::<Vec<_>>()
+                        ),
+                        i.message
+                    ))
                     .collect::<Vec<_>>()
                     .join("\n")
             );

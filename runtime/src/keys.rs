@@ -78,7 +78,9 @@ fn write_canonical(v: &Value, out: &mut String) {
                 if f.fract() == 0.0 && f.abs() < 9.0e15 {
                     out.push_str(&(f as i64).to_string());
                 } else {
-                    out.push_str(&serde_json::Number::from_f64(f).map(|n| n.to_string()).unwrap_or_else(|| "null".into()));
+                    out.push_str(
+                        &serde_json::Number::from_f64(f).map(|n| n.to_string()).unwrap_or_else(|| "null".into()),
+                    );
                 }
             }
         }
@@ -148,7 +150,13 @@ mod tests {
     #[test]
     fn canonical_is_order_and_number_insensitive() {
         assert_eq!(canonical_json(&json!({"b": 1.0, "a": [1, 2.5]})), r#"{"a":[1,2.5],"b":1}"#);
-        let a = KeyParts { op: "x".into(), version: 1, params: json!({"a": 1, "b": 2}), inputs: BTreeMap::new(), files: BTreeMap::new() };
+        let a = KeyParts {
+            op: "x".into(),
+            version: 1,
+            params: json!({"a": 1, "b": 2}),
+            inputs: BTreeMap::new(),
+            files: BTreeMap::new(),
+        };
         let mut b = a.clone();
         b.params = json!({"b": 2.0, "a": 1});
         assert_eq!(a.key(), b.key());

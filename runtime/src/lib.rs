@@ -27,7 +27,7 @@ pub use cancel::CancelToken;
 pub use context::OpContext;
 pub use diagnostic::SpecErrors;
 pub use harness::Harness;
-pub use op::{Operator, OpSpec, Outputs, ParamSpec, ParamType, PortSpec, Registry};
+pub use op::{OpSpec, Operator, Outputs, ParamSpec, ParamType, PortSpec, Registry};
 pub use spec::Pipeline;
 
 /// Version of fleming recorded in manifests.

@@ -72,7 +72,10 @@ fn node(p: &Pipeline, store: &Store, index: usize) -> anyhow::Result<StageNode> 
         version: spec.version,
         params_digest,
         key: r.as_ref().map(|r| r.key.hex()),
-        outputs: r.as_ref().map(|r| r.outputs.iter().map(|(k, a)| (k.clone(), a.digest.hex())).collect()).unwrap_or_default(),
+        outputs: r
+            .as_ref()
+            .map(|r| r.outputs.iter().map(|(k, a)| (k.clone(), a.digest.hex())).collect())
+            .unwrap_or_default(),
         rows: r
             .as_ref()
             .map(|r| r.outputs.iter().filter_map(|(k, a)| a.rows.map(|n| (k.clone(), n))).collect())
@@ -93,8 +96,14 @@ pub fn upstream(p: &Pipeline, store: &Store, index: usize) -> anyhow::Result<Sta
     let current = StageRef::load(store, &p.name, &p.stages[index].name)?;
     for (port, refs) in &p.stages[index].inputs {
         for (i, r) in refs.iter().enumerate() {
-            let digest = current.as_ref().and_then(|c| c.parts.inputs.get(port)).and_then(|d| d.get(i)).map(|d| d.hex());
-            n.edges.push(Edge { port: port.clone(), from: r.to_string(), digest, node: upstream(p, store, r.stage_index)? });
+            let digest =
+                current.as_ref().and_then(|c| c.parts.inputs.get(port)).and_then(|d| d.get(i)).map(|d| d.hex());
+            n.edges.push(Edge {
+                port: port.clone(),
+                from: r.to_string(),
+                digest,
+                node: upstream(p, store, r.stage_index)?,
+            });
         }
     }
     Ok(n)
@@ -139,7 +148,13 @@ pub fn render_tree(n: &StageNode, down: bool) -> String {
 }
 
 fn render(n: &StageNode, prefix: &str, last: bool, root: bool, down: bool, edge: Option<&Edge>, out: &mut String) {
-    let branch = if root { "" } else if last { "└─ " } else { "├─ " };
+    let branch = if root {
+        ""
+    } else if last {
+        "└─ "
+    } else {
+        "├─ "
+    };
     let via = match edge {
         Some(e) if down => format!("→ {}.{} ", n.stage, e.port),
         Some(e) => format!("{} ← ", e.port),
@@ -163,7 +178,16 @@ fn render(n: &StageNode, prefix: &str, last: bool, root: bool, down: bool, edge:
         "{prefix}{branch}{via}{} [{} v{}] {key} params {}{when}\n",
         n.stage, n.op, n.version, n.params_digest
     ));
-    let child_prefix = format!("{prefix}{}", if root { "" } else if last { "   " } else { "│  " });
+    let child_prefix = format!(
+        "{prefix}{}",
+        if root {
+            ""
+        } else if last {
+            "   "
+        } else {
+            "│  "
+        }
+    );
     if !outputs.is_empty() {
         out.push_str(&format!("{child_prefix}   outputs: {outputs}\n"));
     }
@@ -258,7 +282,9 @@ fn fields_of(t: &Table, row: usize) -> BTreeMap<String, Value> {
     for k in names {
         if let Some(v) = m.get(&k) {
             let v = match v {
-                Value::String(s) if s.chars().count() > 80 => Value::String(format!("{}…", s.chars().take(79).collect::<String>())),
+                Value::String(s) if s.chars().count() > 80 => {
+                    Value::String(format!("{}…", s.chars().take(79).collect::<String>()))
+                }
                 other => other.clone(),
             };
             out.insert(k, v);
@@ -274,7 +300,13 @@ fn default_port(p: &Pipeline, stage: usize) -> String {
 /// Where record `id` of `stage` (default output) came from, back to source rows. Records
 /// with a `parents` column link to those ids in the stage's inputs; records without one
 /// link to the same id in the inputs (pass-through stages like `sql`).
-pub fn record_upstream(p: &Pipeline, store: &Store, stage: usize, port: Option<&str>, id: &str) -> anyhow::Result<RecordNode> {
+pub fn record_upstream(
+    p: &Pipeline,
+    store: &Store,
+    stage: usize,
+    port: Option<&str>,
+    id: &str,
+) -> anyhow::Result<RecordNode> {
     let mut tables = Tables { p, store, cache: HashMap::new() };
     let port = port.map(str::to_string).unwrap_or_else(|| default_port(p, stage));
     let Some(node) = record_up(&mut tables, stage, &port, id, 0)? else {
@@ -283,7 +315,13 @@ pub fn record_upstream(p: &Pipeline, store: &Store, stage: usize, port: Option<&
     Ok(node)
 }
 
-fn record_up(t: &mut Tables<'_>, stage: usize, port: &str, id: &str, depth: usize) -> anyhow::Result<Option<RecordNode>> {
+fn record_up(
+    t: &mut Tables<'_>,
+    stage: usize,
+    port: &str,
+    id: &str,
+    depth: usize,
+) -> anyhow::Result<Option<RecordNode>> {
     let Some((table, _)) = t.output(stage, port)? else { return Ok(None) };
     let Some(ids) = string_col(&table, "id")? else { return Ok(None) };
     let Some(row) = ids.iter().position(|x| x.as_deref() == Some(id)) else { return Ok(None) };
@@ -311,33 +349,51 @@ fn record_up(t: &mut Tables<'_>, stage: usize, port: &str, id: &str, depth: usiz
 }
 
 /// Every record that came from record `id` of `stage`, in every downstream stage.
-pub fn record_downstream(p: &Pipeline, store: &Store, stage: usize, port: Option<&str>, id: &str) -> anyhow::Result<RecordNode> {
+pub fn record_downstream(
+    p: &Pipeline,
+    store: &Store,
+    stage: usize,
+    port: Option<&str>,
+    id: &str,
+) -> anyhow::Result<RecordNode> {
     let mut tables = Tables { p, store, cache: HashMap::new() };
     let port = port.map(str::to_string).unwrap_or_else(|| default_port(p, stage));
     let Some((table, _)) = tables.output(stage, &port)? else {
         bail!("{}.{port} has no current output (has the stage run?)", p.stages[stage].name);
     };
     let ids = string_col(&table, "id")?.ok_or_else(|| anyhow!("{}.{port} has no `id` column", p.stages[stage].name))?;
-    let row = ids.iter().position(|x| x.as_deref() == Some(id)).ok_or_else(|| {
-        anyhow!("no record with id `{id}` in {}.{port}", p.stages[stage].name)
-    })?;
-    let mut root = RecordNode { stage: p.stages[stage].name.clone(), port: port.clone(), id: id.to_string(), fields: fields_of(&table, row), links: Vec::new() };
+    let row = ids
+        .iter()
+        .position(|x| x.as_deref() == Some(id))
+        .ok_or_else(|| anyhow!("no record with id `{id}` in {}.{port}", p.stages[stage].name))?;
+    let mut root = RecordNode {
+        stage: p.stages[stage].name.clone(),
+        port: port.clone(),
+        id: id.to_string(),
+        fields: fields_of(&table, row),
+        links: Vec::new(),
+    };
     record_down(&mut tables, stage, &port, &mut root, 0)?;
     Ok(root)
 }
 
-fn record_down(t: &mut Tables<'_>, stage: usize, port: &str, node: &mut RecordNode, depth: usize) -> anyhow::Result<()> {
+fn record_down(
+    t: &mut Tables<'_>,
+    stage: usize,
+    port: &str,
+    node: &mut RecordNode,
+    depth: usize,
+) -> anyhow::Result<()> {
     if depth > 64 {
         return Ok(());
     }
-    let readers: Vec<usize> = t
-        .p
-        .stages
-        .iter()
-        .enumerate()
-        .filter(|(_, s)| s.inputs.values().flatten().any(|r| r.stage_index == stage && r.port == port))
-        .map(|(j, _)| j)
-        .collect();
+    let readers: Vec<usize> =
+        t.p.stages
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.inputs.values().flatten().any(|r| r.stage_index == stage && r.port == port))
+            .map(|(j, _)| j)
+            .collect();
     for j in readers {
         for out_port in t.p.stages[j].op.spec().outputs.iter().map(|o| o.name.to_string()).collect::<Vec<_>>() {
             let Some((table, _)) = t.output(j, &out_port)? else { continue };
@@ -374,10 +430,27 @@ pub fn render_records(n: &RecordNode, down: bool) -> String {
 }
 
 fn render_record(n: &RecordNode, prefix: &str, last: bool, root: bool, down: bool, out: &mut String) {
-    let branch = if root { "" } else if last { if down { "└→ " } else { "└← " } } else if down { "├→ " } else { "├← " };
+    let branch = if root {
+        ""
+    } else if last {
+        if down { "└→ " } else { "└← " }
+    } else if down {
+        "├→ "
+    } else {
+        "├← "
+    };
     let fields = n.fields.iter().map(|(k, v)| format!("{k}={}", canonical_json(v))).collect::<Vec<_>>().join("  ");
     out.push_str(&format!("{prefix}{branch}{}.{} {}  {fields}\n", n.stage, n.port, n.id));
-    let child_prefix = format!("{prefix}{}", if root { "" } else if last { "   " } else { "│  " });
+    let child_prefix = format!(
+        "{prefix}{}",
+        if root {
+            ""
+        } else if last {
+            "   "
+        } else {
+            "│  "
+        }
+    );
     for (i, c) in n.links.iter().enumerate() {
         render_record(c, &child_prefix, i + 1 == n.links.len(), false, down, out);
     }

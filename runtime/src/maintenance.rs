@@ -201,9 +201,10 @@ pub fn gc(store: &Store, opts: &GcOptions) -> anyhow::Result<GcReport> {
         .map(|rd| {
             rd.flatten()
                 .filter(|e| {
-                    e.file_name().to_string_lossy().parse::<Digest>().is_ok_and(|k| {
-                        CacheEntry::load(store, &k).ok().flatten().is_some()
-                    })
+                    e.file_name()
+                        .to_string_lossy()
+                        .parse::<Digest>()
+                        .is_ok_and(|k| CacheEntry::load(store, &k).ok().flatten().is_some())
                 })
                 .map(|e| e.path())
                 .collect()
@@ -227,7 +228,8 @@ pub fn gc(store: &Store, opts: &GcOptions) -> anyhow::Result<GcReport> {
     }
     for c in &drop_checks {
         let path = store.dir("checks");
-        let d = Digest::of_parts("fleming-check-result-v1", [c.stage_key.0.as_slice(), c.check_digest.0.as_slice()]).hex();
+        let d =
+            Digest::of_parts("fleming-check-result-v1", [c.stage_key.0.as_slice(), c.check_digest.0.as_slice()]).hex();
         remove(&path.join(&d[..2]).join(format!("{}.json", &d[2..])));
     }
     for w in &finished_work {
@@ -237,16 +239,26 @@ pub fn gc(store: &Store, opts: &GcOptions) -> anyhow::Result<GcReport> {
     Ok(report)
 }
 
-/// A planned rewrite of the memo segments of each operator.
+/// A planned rewrite of one operator's memo: the segments to replace, the entries to
+/// keep, and the used-key files of stage keys no longer kept.
+struct MemoRewrite {
+    dir: PathBuf,
+    old_segments: Vec<PathBuf>,
+    keep: Vec<(Digest, Vec<u8>)>,
+    stale_used: Vec<PathBuf>,
+}
+
+/// The memo rewrites of all operators.
 struct MemoPlan {
-    ops: Vec<(PathBuf, Vec<PathBuf>, Vec<(Digest, Vec<u8>)>, Vec<PathBuf>)>,
+    ops: Vec<MemoRewrite>,
 }
 
 impl MemoPlan {
     fn apply(self) -> anyhow::Result<()> {
-        for (dir, old_segments, keep, stale_used) in self.ops {
+        for MemoRewrite { dir, old_segments, keep, stale_used } in self.ops {
             if !keep.is_empty() {
-                fleming_artifacts::memo::write_segment(&dir, &keep).with_context(|| format!("compacting {}", dir.display()))?;
+                fleming_artifacts::memo::write_segment(&dir, &keep)
+                    .with_context(|| format!("compacting {}", dir.display()))?;
             }
             for s in old_segments {
                 remove(&s.with_extension("idx"));
@@ -260,7 +272,12 @@ impl MemoPlan {
     }
 }
 
-fn compact_memos(store: &Store, kept_keys: &HashSet<Digest>, opts: &GcOptions, report: &mut GcReport) -> anyhow::Result<MemoPlan> {
+fn compact_memos(
+    store: &Store,
+    kept_keys: &HashSet<Digest>,
+    opts: &GcOptions,
+    report: &mut GcReport,
+) -> anyhow::Result<MemoPlan> {
     let mut plan = MemoPlan { ops: Vec::new() };
     let Ok(ops) = fs::read_dir(store.dir("memo")) else { return Ok(plan) };
     let cutoff = SystemTime::now() - opts.memo_grace;
@@ -288,7 +305,8 @@ fn compact_memos(store: &Store, kept_keys: &HashSet<Digest>, opts: &GcOptions, r
         let mut segments = Vec::new();
         let mut keep = Vec::new();
         let mut changed = false;
-        for seg in fs::read_dir(&dir)?.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "seg")) {
+        for seg in fs::read_dir(&dir)?.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        {
             let recent = seg.metadata().and_then(|m| m.modified()).map(|t| t > cutoff).unwrap_or(true);
             if recent {
                 continue;
@@ -307,9 +325,9 @@ fn compact_memos(store: &Store, kept_keys: &HashSet<Digest>, opts: &GcOptions, r
             segments.push(seg);
         }
         if changed || segments.len() > 1 {
-            plan.ops.push((dir, segments, keep, stale_used));
+            plan.ops.push(MemoRewrite { dir, old_segments: segments, keep, stale_used });
         } else if !stale_used.is_empty() {
-            plan.ops.push((dir, Vec::new(), Vec::new(), stale_used));
+            plan.ops.push(MemoRewrite { dir, old_segments: Vec::new(), keep: Vec::new(), stale_used });
         }
     }
     Ok(plan)
@@ -374,7 +392,11 @@ pub fn verify(store: &Store) -> anyhow::Result<VerifyReport> {
         }
         report.corrupt.push((
             path.display().to_string(),
-            format!("{message} at byte {offset}; {} good entries salvaged; moved to {}", salvaged.len(), dest.display()),
+            format!(
+                "{message} at byte {offset}; {} good entries salvaged; moved to {}",
+                salvaged.len(),
+                dest.display()
+            ),
         ));
     }
     // Cache entries and refs that cannot be read are removed (they will be recomputed).

@@ -418,7 +418,10 @@ pub fn types_compatible(a: &DataType, b: &DataType) -> bool {
         }
         (Struct(xs), Struct(ys)) => {
             xs.len() == ys.len()
-                && xs.iter().zip(ys.iter()).all(|(x, y)| x.name() == y.name() && types_compatible(x.data_type(), y.data_type()))
+                && xs
+                    .iter()
+                    .zip(ys.iter())
+                    .all(|(x, y)| x.name() == y.name() && types_compatible(x.data_type(), y.data_type()))
         }
         _ => a == b,
     }
@@ -456,7 +459,12 @@ pub fn check_outputs(spec: &OpSpec, outputs: &Outputs) -> anyhow::Result<()> {
             (Some(OutputValue::Table(_)), PortKind::Table(None)) => {}
             (Some(OutputValue::Model(p)), PortKind::Model) => {
                 if !p.is_dir() {
-                    anyhow::bail!("operator `{}` output `{}`: {} is not a directory", spec.name, port.name, p.display());
+                    anyhow::bail!(
+                        "operator `{}` output `{}`: {} is not a directory",
+                        spec.name,
+                        port.name,
+                        p.display()
+                    );
                 }
             }
             (Some(_), _) => anyhow::bail!("operator `{}` output `{}` is of the wrong kind", spec.name, port.name),

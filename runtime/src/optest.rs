@@ -114,16 +114,24 @@ fn read_file(path: &Path) -> anyhow::Result<Vec<Case>> {
         }
     }
     let default_op = top.get("op").and_then(|o| o.as_str());
-    let cases = top.get("cases").and_then(|c| c.as_array()).ok_or_else(|| anyhow!("{}: `cases:` must be a list", path.display()))?;
+    let cases = top
+        .get("cases")
+        .and_then(|c| c.as_array())
+        .ok_or_else(|| anyhow!("{}: `cases:` must be a list", path.display()))?;
     let mut out = Vec::new();
     for (i, c) in cases.iter().enumerate() {
         let m = c.as_object().ok_or_else(|| anyhow!("{}: case {} is not a mapping", path.display(), i + 1))?;
         for k in m.keys() {
             if !["name", "op", "params", "inputs", "expect"].contains(&k.as_str()) {
-                bail!("{}: case {}: unknown field `{k}` (expected name, op, params, inputs, expect)", path.display(), i + 1);
+                bail!(
+                    "{}: case {}: unknown field `{k}` (expected name, op, params, inputs, expect)",
+                    path.display(),
+                    i + 1
+                );
             }
         }
-        let name = m.get("name").and_then(|n| n.as_str()).map(str::to_string).unwrap_or_else(|| format!("case {}", i + 1));
+        let name =
+            m.get("name").and_then(|n| n.as_str()).map(str::to_string).unwrap_or_else(|| format!("case {}", i + 1));
         let op = m
             .get("op")
             .and_then(|o| o.as_str())
@@ -137,7 +145,9 @@ fn read_file(path: &Path) -> anyhow::Result<Vec<Case>> {
         };
         let mut inputs = BTreeMap::new();
         if let Some(iv) = m.get("inputs") {
-            let im = iv.as_object().ok_or_else(|| anyhow!("{}: case `{name}`: `inputs` must be a mapping", path.display()))?;
+            let im = iv
+                .as_object()
+                .ok_or_else(|| anyhow!("{}: case `{name}`: `inputs` must be a mapping", path.display()))?;
             for (port, v) in im {
                 // A port takes one table (a list of rows or {file}) or a list of tables ({tables: [...]}).
                 let tables = match v {
@@ -205,12 +215,20 @@ fn read_input(case: &Case, v: &Value) -> anyhow::Result<Table> {
             match ext.as_str() {
                 "parquet" => Ok(Table::read_parquet(&path)?),
                 "json" => {
-                    let v: Value = serde_json::from_slice(&std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?)?;
-                    Ok(from_json_rows(v.as_array().ok_or_else(|| anyhow!("{}: expected a JSON array", path.display()))?)?)
+                    let v: Value = serde_json::from_slice(
+                        &std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
+                    )?;
+                    Ok(from_json_rows(
+                        v.as_array().ok_or_else(|| anyhow!("{}: expected a JSON array", path.display()))?,
+                    )?)
                 }
                 _ => {
                     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-                    let rows = text.lines().filter(|l| !l.trim().is_empty()).map(serde_json::from_str).collect::<Result<Vec<Value>, _>>()?;
+                    let rows = text
+                        .lines()
+                        .filter(|l| !l.trim().is_empty())
+                        .map(serde_json::from_str)
+                        .collect::<Result<Vec<Value>, _>>()?;
                     Ok(from_json_rows(&rows)?)
                 }
             }
@@ -234,7 +252,9 @@ fn check_case(case: &Case, registry: &dyn Registry) -> anyhow::Result<()> {
     })?;
     let scratch = tempfile::tempdir()?;
     let tmp = scratch.path().to_string_lossy().to_string();
-    let mut h = Harness::new(op.clone()).base_dir(&base_dir(case)).params(interpolate_tmp(&Value::Object(case.params.clone()), &tmp));
+    let mut h = Harness::new(op.clone())
+        .base_dir(&base_dir(case))
+        .params(interpolate_tmp(&Value::Object(case.params.clone()), &tmp));
     for (port, tables) in &case.inputs {
         for t in tables {
             h = h.input(port, read_input(case, t).with_context(|| format!("input `{port}`"))?);
@@ -245,7 +265,11 @@ fn check_case(case: &Case, registry: &dyn Registry) -> anyhow::Result<()> {
     match (result, expected_error) {
         (Err(e), Some(want)) => {
             let got = format!("{e:#}");
-            if got.contains(want) { Ok(()) } else { bail!("failed as expected, but the error does not contain {want:?}:\n  {got}") }
+            if got.contains(want) {
+                Ok(())
+            } else {
+                bail!("failed as expected, but the error does not contain {want:?}:\n  {got}")
+            }
         }
         (Err(e), None) => bail!("the operator failed: {e:#}"),
         (Ok(_), Some(want)) => bail!("expected an error containing {want:?}, but the operator succeeded"),
@@ -253,8 +277,12 @@ fn check_case(case: &Case, registry: &dyn Registry) -> anyhow::Result<()> {
             let default_port = op.spec().default_output().map(|p| p.name.to_string()).unwrap_or_default();
             let mut problems = Vec::new();
             let mut per_port: Vec<(String, Map<String, Value>)> = Vec::new();
-            let direct: Map<String, Value> =
-                case.expect.iter().filter(|(k, _)| *k != "outputs" && *k != "output").map(|(k, v)| (k.clone(), v.clone())).collect();
+            let direct: Map<String, Value> = case
+                .expect
+                .iter()
+                .filter(|(k, _)| *k != "outputs" && *k != "output")
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
             if !direct.is_empty() {
                 let port = case.expect.get("output").and_then(|o| o.as_str()).unwrap_or(&default_port).to_string();
                 per_port.push((port, direct));
@@ -349,7 +377,9 @@ fn values_equal(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
         (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(p, q)| values_equal(p, q)),
-        (Value::Object(x), Value::Object(_)) => x.iter().all(|(k, v)| values_equal(v, b.get(k).unwrap_or(&Value::Null))),
+        (Value::Object(x), Value::Object(_)) => {
+            x.iter().all(|(k, v)| values_equal(v, b.get(k).unwrap_or(&Value::Null)))
+        }
         _ => canonical_json(a) == canonical_json(b),
     }
 }
@@ -370,9 +400,12 @@ fn diff_rows(want: &[Value], got: &[Value], ordered: bool) -> Option<String> {
         for i in 0..want.len().max(got.len()) {
             match (want.get(i), got.get(i)) {
                 (Some(w), Some(g)) if row_matches(w, g) => {}
-                (Some(w), Some(g)) => {
-                    lines.push(format!("  row {}:\n    - expected {}\n    + actual   {}", i + 1, show(w), show(&project(g, w))))
-                }
+                (Some(w), Some(g)) => lines.push(format!(
+                    "  row {}:\n    - expected {}\n    + actual   {}",
+                    i + 1,
+                    show(w),
+                    show(&project(g, w))
+                )),
                 (Some(w), None) => lines.push(format!("  row {}: missing\n    - expected {}", i + 1, show(w))),
                 (None, Some(g)) => lines.push(format!("  row {}: unexpected\n    + actual   {}", i + 1, show(g))),
                 (None, None) => {}

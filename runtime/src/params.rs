@@ -52,11 +52,7 @@ impl Params {
     ) -> Result<Params, Vec<ParamError>> {
         let mut errors = Vec::new();
         let values = resolve_object(specs, given, &[], ctx, &mut errors);
-        if errors.is_empty() {
-            Ok(Params { values, base_dir: base_dir.to_path_buf() })
-        } else {
-            Err(errors)
-        }
+        if errors.is_empty() { Ok(Params { values, base_dir: base_dir.to_path_buf() }) } else { Err(errors) }
     }
 
     /// Parameters from already-resolved values (e.g. a worker reading its job).
@@ -343,9 +339,7 @@ fn check(
         ParamType::Int => match v.as_i64() {
             Some(i) => bounds(i as f64, errors).then(|| Value::from(i)),
             None => match v.as_f64() {
-                Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => {
-                    bounds(f, errors).then(|| Value::from(f as i64))
-                }
+                Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => bounds(f, errors).then(|| Value::from(f as i64)),
                 _ => mismatch(errors),
             },
         },
@@ -383,7 +377,9 @@ fn check(
                     errors.push(ParamError {
                         path: path.to_vec(),
                         at_key: false,
-                        message: format!("parameter `{name}` names `{s}`, which is not an entry of the `{section}:` section"),
+                        message: format!(
+                            "parameter `{name}` names `{s}`, which is not an entry of the `{section}:` section"
+                        ),
                         help: Some(if names.is_empty() {
                             format!("add a top-level `{section}:` section with an entry `{s}`")
                         } else {
@@ -470,10 +466,8 @@ mod tests {
 
     #[test]
     fn errors_are_all_reported() {
-        let given = json!({"rows": 0, "format": "jsnl", "pth": "x", "source": {"dmp": "x"}})
-            .as_object()
-            .unwrap()
-            .clone();
+        let given =
+            json!({"rows": 0, "format": "jsnl", "pth": "x", "source": {"dmp": "x"}}).as_object().unwrap().clone();
         let errs = Params::resolve(&specs(), &given, Path::new("/"), &ResolveCtx::default()).unwrap_err();
         let msgs: Vec<String> = errs.iter().map(|e| e.message.clone()).collect();
         assert!(msgs.iter().any(|m| m.contains("unknown parameter `pth`")), "{msgs:?}");
@@ -491,6 +485,9 @@ mod tests {
         let p = Params::resolve(&specs(), &given, Path::new("/"), &ResolveCtx::default()).unwrap();
         let paths: Vec<(String, String)> =
             input_paths(&specs(), p.values()).into_iter().map(|(k, v)| (display_path(&k), v)).collect();
-        assert_eq!(paths, vec![("path".to_string(), "a.csv".to_string()), ("source.dump".to_string(), "d.xml".to_string())]);
+        assert_eq!(
+            paths,
+            vec![("path".to_string(), "a.csv".to_string()), ("source.dump".to_string(), "d.xml".to_string())]
+        );
     }
 }

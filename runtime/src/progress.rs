@@ -133,8 +133,10 @@ impl Bars {
         let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(8));
         let overall = multi.add(ProgressBar::new(0));
         overall.set_style(
-            ProgressStyle::with_template("{prefix:>14.bold} {wide_bar:.cyan/blue} {pos}/{len} stages  {elapsed_precise}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            ProgressStyle::with_template(
+                "{prefix:>14.bold} {wide_bar:.cyan/blue} {pos}/{len} stages  {elapsed_precise}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         overall.set_prefix("pipeline");
         Bars { multi, overall }
@@ -150,7 +152,7 @@ impl Default for Bars {
 impl ProgressSink for Bars {
     fn stage(&self, stage: &str, op: &str) -> Progress {
         let bar = self.multi.insert_before(&self.overall, ProgressBar::no_length());
-        bar.set_prefix(format!("{stage}"));
+        bar.set_prefix(stage.to_string());
         let unit = Arc::new(Mutex::new(String::from("rows")));
         let b = BarStage { bar, unit, op: op.to_string() };
         b.restyle(false);
@@ -179,7 +181,10 @@ impl BarStage {
     fn restyle(&self, known_total: bool) {
         let unit = self.unit.lock().map(|u| u.clone()).unwrap_or_default();
         let template = if known_total {
-            format!("{{prefix:>14.bold}} [{}] {{bar:30.green/white}} {{pos}}/{{len}} {unit} {{per_sec}} eta {{eta}} {{msg}}", self.op)
+            format!(
+                "{{prefix:>14.bold}} [{}] {{bar:30.green/white}} {{pos}}/{{len}} {unit} {{per_sec}} eta {{eta}} {{msg}}",
+                self.op
+            )
         } else {
             format!("{{prefix:>14.bold}} [{}] {{spinner}} {{pos}} {unit} {{per_sec}} {{elapsed}} {{msg}}", self.op)
         };

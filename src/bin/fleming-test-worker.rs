@@ -55,7 +55,11 @@ fn work(s: &WorkerSession) -> anyhow::Result<()> {
     std::thread::sleep(sleep);
     if mode != "no-output" {
         let batch = input.concat()?;
-        let device = format!("{}:{}", s.job.device.kind, s.job.device.gpus.iter().map(|g| g.to_string()).collect::<Vec<_>>().join(","));
+        let device = format!(
+            "{}:{}",
+            s.job.device.kind,
+            s.job.device.gpus.iter().map(|g| g.to_string()).collect::<Vec<_>>().join(",")
+        );
         let mut fields: Vec<Field> = batch.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
         fields.push(Field::new("device", DataType::Utf8, false));
         let mut cols = batch.columns().to_vec();

@@ -4,11 +4,11 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 use fleming_artifacts::ArtifactKind;
+use fleming_runtime::CancelToken;
 use fleming_runtime::executor::{Executor, Outcome, RunOptions};
 use fleming_runtime::op::{Execution, InputPorts, ParamDefault, PortKind, Registry};
 use fleming_runtime::progress::SilentSink;
 use fleming_runtime::state::StageRef;
-use fleming_runtime::CancelToken;
 
 use super::{Cli, EXIT_INVALID, load_pipeline, open_store};
 
@@ -97,7 +97,11 @@ pub fn dag(args: &DagArgs, registry: &dyn Registry) -> anyhow::Result<i32> {
         DagFormat::Text => {
             for i in p.topo_order() {
                 let s = &p.stages[i];
-                let from: Vec<String> = s.inputs.iter().flat_map(|(port, refs)| refs.iter().map(move |r| format!("{port} ← {r}"))).collect();
+                let from: Vec<String> = s
+                    .inputs
+                    .iter()
+                    .flat_map(|(port, refs)| refs.iter().map(move |r| format!("{port} ← {r}")))
+                    .collect();
                 let gpu = if s.resources.gpu > 0 { format!(" gpu:{}", s.resources.gpu) } else { String::new() };
                 if from.is_empty() {
                     println!("{} [{}]{gpu}", s.name, s.op.spec().name);
@@ -109,7 +113,11 @@ pub fn dag(args: &DagArgs, registry: &dyn Registry) -> anyhow::Result<i32> {
         DagFormat::Dot => {
             println!("digraph \"{}\" {{\n  rankdir=LR;\n  node [shape=box, fontname=\"Helvetica\"];", p.name);
             for s in &p.stages {
-                let shape = if s.op.spec().execution == Execution::Worker { ", style=filled, fillcolor=\"#ffe0b0\"" } else { "" };
+                let shape = if s.op.spec().execution == Execution::Worker {
+                    ", style=filled, fillcolor=\"#ffe0b0\""
+                } else {
+                    ""
+                };
                 println!("  \"{}\" [label=\"{}\\n[{}]\"{shape}];", s.name, s.name, s.op.spec().name);
             }
             for (a, b, label) in &edges {
@@ -185,7 +193,12 @@ pub fn show(cli: &Cli, args: &ShowArgs, registry: &dyn Registry) -> anyhow::Resu
         return Ok(super::EXIT_FAILED);
     };
     let path = store.object_path(a.kind, &a.digest);
-    println!("{stage_name}.{port}: {} {} ({} bytes)", if a.kind == ArtifactKind::Table { "table" } else { "model" }, a.digest, a.bytes);
+    println!(
+        "{stage_name}.{port}: {} {} ({} bytes)",
+        if a.kind == ArtifactKind::Table { "table" } else { "model" },
+        a.digest,
+        a.bytes
+    );
     println!("  {}", path.display());
     if a.kind == ArtifactKind::Tree {
         for f in fleming_artifacts::store::walk_files(&path)? {
@@ -260,7 +273,10 @@ pub fn ops(args: &OpsArgs, registry: &dyn Registry) -> anyhow::Result<i32> {
         InputPorts::Fixed(ports) if ports.is_empty() => println!("  (none)"),
         InputPorts::Fixed(ports) => {
             for port in ports {
-                let flags = [port.many.then_some("list"), port.optional.then_some("optional")].into_iter().flatten().collect::<Vec<_>>();
+                let flags = [port.many.then_some("list"), port.optional.then_some("optional")]
+                    .into_iter()
+                    .flatten()
+                    .collect::<Vec<_>>();
                 let flags = if flags.is_empty() { String::new() } else { format!(" ({})", flags.join(", ")) };
                 println!("  {}{flags}: {}  {}", port.name, port_kind(&port.kind), port.doc);
             }
@@ -302,7 +318,10 @@ fn port_kind(k: &PortKind) -> String {
         PortKind::Model => "model".into(),
         PortKind::Table(None) => "table".into(),
         PortKind::Table(Some(cols)) => {
-            format!("table [{}]", cols.iter().map(|c| format!("{}: {}", c.name, c.data_type)).collect::<Vec<_>>().join(", "))
+            format!(
+                "table [{}]",
+                cols.iter().map(|c| format!("{}: {}", c.name, c.data_type)).collect::<Vec<_>>().join(", ")
+            )
         }
     }
 }

@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use fleming_runtime::lineage::{downstream, record_downstream, record_upstream, render_records, render_tree, stage_of_artifact, upstream};
+use fleming_runtime::lineage::{
+    downstream, record_downstream, record_upstream, render_records, render_tree, stage_of_artifact, upstream,
+};
 use fleming_runtime::op::Registry;
 
 use super::{Cli, EXIT_INVALID, load_pipeline, open_store};

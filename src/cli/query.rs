@@ -63,7 +63,9 @@ fn json_text(v: &impl serde::Serialize) -> String {
 /// The `runs` table: one row per manifest.
 pub fn runs_table(store: &Store) -> anyhow::Result<Table> {
     let (ms, _) = RunManifest::load_all(store)?;
-    let s = |f: &dyn Fn(&RunManifest) -> String| -> ArrayRef { Arc::new(StringArray::from(ms.iter().map(f).collect::<Vec<_>>())) };
+    let s = |f: &dyn Fn(&RunManifest) -> String| -> ArrayRef {
+        Arc::new(StringArray::from(ms.iter().map(f).collect::<Vec<_>>()))
+    };
     let rows: ArrayRef = Arc::new(Int64Array::from(
         ms.iter().map(|m| m.outputs.values().filter_map(|o| o.rows).sum::<u64>() as i64).collect::<Vec<_>>(),
     ));
@@ -78,28 +80,46 @@ pub fn runs_table(store: &Store) -> anyhow::Result<Table> {
         ("reason", s(&|m| m.reason.clone())),
         ("started_at", s(&|m| m.started_at.to_rfc3339())),
         ("finished_at", s(&|m| m.finished_at.to_rfc3339())),
-        ("duration_ms", Arc::new(Int64Array::from(ms.iter().map(|m| m.duration_ms as i64).collect::<Vec<_>>())) as ArrayRef),
+        (
+            "duration_ms",
+            Arc::new(Int64Array::from(ms.iter().map(|m| m.duration_ms as i64).collect::<Vec<_>>())) as ArrayRef,
+        ),
         ("rows_out", rows),
         ("host", s(&|m| m.host.clone())),
         ("tool_version", s(&|m| m.tool_version.clone())),
         ("error", s(&|m| m.error.clone().unwrap_or_default())),
         ("params", s(&|m| json_text(&m.params))),
         ("metrics", s(&|m| json_text(&m.metrics))),
-        ("outputs", s(&|m| json_text(&m.outputs.iter().map(|(k, o)| (k.clone(), o.digest.hex())).collect::<std::collections::BTreeMap<_, _>>()))),
+        (
+            "outputs",
+            s(&|m| {
+                json_text(
+                    &m.outputs
+                        .iter()
+                        .map(|(k, o)| (k.clone(), o.digest.hex()))
+                        .collect::<std::collections::BTreeMap<_, _>>(),
+                )
+            }),
+        ),
     ])?)
 }
 
 /// The `checks` table: one row per stored check result.
 pub fn checks_table(store: &Store) -> anyhow::Result<Table> {
     let cs = CheckResult::load_all(store);
-    let s = |f: &dyn Fn(&CheckResult) -> String| -> ArrayRef { Arc::new(StringArray::from(cs.iter().map(f).collect::<Vec<_>>())) };
+    let s = |f: &dyn Fn(&CheckResult) -> String| -> ArrayRef {
+        Arc::new(StringArray::from(cs.iter().map(f).collect::<Vec<_>>()))
+    };
     Ok(table_from_columns(vec![
         ("id", s(&|c| format!("{}-{}", c.stage_key.short(12), c.check_digest.short(12)))),
         ("stage", s(&|c| c.stage.clone())),
         ("check", s(&|c| c.name.clone())),
         ("severity", s(&|c| json_text(&c.severity).trim_matches('"').to_string())),
         ("status", s(&|c| json_text(&c.status).trim_matches('"').to_string())),
-        ("failing_rows", Arc::new(Int64Array::from(cs.iter().map(|c| c.failing_rows as i64).collect::<Vec<_>>())) as ArrayRef),
+        (
+            "failing_rows",
+            Arc::new(Int64Array::from(cs.iter().map(|c| c.failing_rows as i64).collect::<Vec<_>>())) as ArrayRef,
+        ),
         ("stage_key", s(&|c| c.stage_key.hex())),
         ("evaluated_at", s(&|c| c.evaluated_at.to_rfc3339())),
         ("query", s(&|c| c.query.clone())),

@@ -82,7 +82,9 @@ pub fn run(cli: &Cli, args: &RunArgs, registry: &dyn Registry) -> anyhow::Result
         skip_checks: args.skip_checks,
     };
     if args.skip_checks {
-        eprintln!("WARNING: --skip-checks: data checks are NOT evaluated in this run; stages downstream of a failing check will run anyway.");
+        eprintln!(
+            "WARNING: --skip-checks: data checks are NOT evaluated in this run; stages downstream of a failing check will run anyway."
+        );
     }
     let progress = auto_sink(cli.quiet || args.dry_run);
     let executor = Executor::new(&pipeline, &store, progress, cancel.clone());
@@ -144,7 +146,12 @@ fn print_report(report: &RunReport, dry_run: bool, secs: f64, quiet: bool) {
         println!("{} would run, {} cached", count(Outcome::WouldRun), count(Outcome::Cached));
     } else if !quiet || !report.ok() {
         let mut parts = vec![format!("{} ran", count(Outcome::Ran)), format!("{} cached", count(Outcome::Cached))];
-        for (o, name) in [(Outcome::Failed, "failed"), (Outcome::Skipped, "skipped"), (Outcome::Stale, "stale"), (Outcome::Cancelled, "cancelled")] {
+        for (o, name) in [
+            (Outcome::Failed, "failed"),
+            (Outcome::Skipped, "skipped"),
+            (Outcome::Stale, "stale"),
+            (Outcome::Cancelled, "cancelled"),
+        ] {
             let n = count(o);
             if n > 0 {
                 parts.push(format!("{n} {name}"));

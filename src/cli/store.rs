@@ -88,7 +88,11 @@ pub fn run_verify(cli: &Cli, args: &StoreArgs, registry: &dyn Registry) -> anyho
         r.objects,
         r.memo_entries,
         r.corrupt.len(),
-        if r.torn_tails > 0 { format!(" ({} memo segments end in a torn write from a crash; harmless)", r.torn_tails) } else { String::new() }
+        if r.torn_tails > 0 {
+            format!(" ({} memo segments end in a torn write from a crash; harmless)", r.torn_tails)
+        } else {
+            String::new()
+        }
     );
     if !r.corrupt.is_empty() {
         println!("quarantined objects will be recomputed by the next run");

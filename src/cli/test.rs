@@ -37,7 +37,10 @@ pub fn run(args: &TestArgs, registry: Arc<dyn Registry>) -> anyhow::Result<i32> 
     if let Some(op) = &args.op {
         cases.retain(|c| &c.op == op);
         if cases.is_empty() {
-            eprintln!("error: no cases for operator `{op}` in {}", paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
+            eprintln!(
+                "error: no cases for operator `{op}` in {}",
+                paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+            );
             return Ok(EXIT_INVALID);
         }
     }

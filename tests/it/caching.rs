@@ -56,7 +56,11 @@ fn param_change_reruns_that_stage_and_dependents_only() {
     let p = project();
     p.run_ok(&[]);
     let r = p.command(&["run", "pipeline.yaml"]).env("MIN_X", "7").output().expect("run");
-    let r = crate::support::Ran { code: r.status.code().unwrap_or(-1), stdout: String::from_utf8_lossy(&r.stdout).into(), stderr: String::from_utf8_lossy(&r.stderr).into() };
+    let r = crate::support::Ran {
+        code: r.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&r.stdout).into(),
+        stderr: String::from_utf8_lossy(&r.stderr).into(),
+    };
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(r.outcome("raw"), "cached");
     assert_eq!(r.outcome("other"), "cached");
@@ -158,7 +162,8 @@ fn determinism_across_job_counts() {
     }
     // Keys are portable: a second clone elsewhere computes the same stage keys.
     let keys = |p: &Project| -> Vec<String> {
-        let mut k: Vec<String> = p.manifests().iter().map(|m| m["key"].as_str().unwrap_or_default().to_string()).collect();
+        let mut k: Vec<String> =
+            p.manifests().iter().map(|m| m["key"].as_str().unwrap_or_default().to_string()).collect();
         k.sort();
         k
     };

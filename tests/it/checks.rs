@@ -38,7 +38,11 @@ fn failing_error_check_blocks_downstream() {
     assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
     assert_eq!(r.outcome("raw"), "ran");
     assert!(r.stdout.contains("✓ check `ids_unique` passed"), "{}", r.stdout);
-    assert!(r.stdout.contains("✗ check `small_x` (error) FAILED: 2 failing row(s), e.g. {\"id\":\"r0003\",\"x\":3}"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("✗ check `small_x` (error) FAILED: 2 failing row(s), e.g. {\"id\":\"r0003\",\"x\":3}"),
+        "{}",
+        r.stdout
+    );
     assert_eq!(r.outcome("after"), "skipped");
     assert!(r.line("after").contains("blocked: check `small_x` of `raw` failed"), "{}", r.line("after"));
     let m = &p.manifests_of("raw")[0];
@@ -57,7 +61,13 @@ fn failing_error_check_blocks_downstream() {
     assert!(lines[3].starts_with("raw    enough_rows  warn      passed  0        "), "{}", c.stdout);
     assert!(c.stdout.contains("    {\"id\":\"r0003\",\"x\":3}"), "{}", c.stdout);
     // Results are a table in `fleming query`.
-    let q = p.fleming(&["query", "pipeline.yaml", "select \"check\", status from checks order by \"check\"", "--format", "csv"]);
+    let q = p.fleming(&[
+        "query",
+        "pipeline.yaml",
+        "select \"check\", status from checks order by \"check\"",
+        "--format",
+        "csv",
+    ]);
     assert_eq!(q.stdout, "check,status\nenough_rows,passed\nids_unique,passed\nsmall_x,failed\n");
 }
 
@@ -75,7 +85,13 @@ fn check_results_are_cached_and_reevaluated_when_the_check_changes() {
     let p = project("      - { name: small_x, sql: \"select * from \\\"table\\\" where x > 10\" }\n");
     p.run_ok(&[]);
     let evaluated = |p: &Project| -> String {
-        let q = p.fleming(&["query", "pipeline.yaml", "select evaluated_at from checks order by evaluated_at desc limit 1", "--format", "csv"]);
+        let q = p.fleming(&[
+            "query",
+            "pipeline.yaml",
+            "select evaluated_at from checks order by evaluated_at desc limit 1",
+            "--format",
+            "csv",
+        ]);
         q.stdout.lines().nth(1).unwrap_or_default().to_string()
     };
     let first = evaluated(&p);
@@ -99,7 +115,9 @@ fn check_results_are_cached_and_reevaluated_when_the_check_changes() {
 
 #[test]
 fn check_definitions_are_validated() {
-    let p = project("      - { name: a, unique: id, not_null: [x] }\n      - { name: b, range: { column: x } }\n      - { name: c, sql: \"select * from nope\" }\n      - { name: d, port: rejects, not_null: [nope] }\n");
+    let p = project(
+        "      - { name: a, unique: id, not_null: [x] }\n      - { name: b, range: { column: x } }\n      - { name: c, sql: \"select * from nope\" }\n      - { name: d, port: rejects, not_null: [nope] }\n",
+    );
     let r = p.fleming(&["validate", "pipeline.yaml"]);
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("pipeline.yaml:8:9: error: check `a` must have exactly one of sql, row_count, not_null, unique, accepted_values, range"), "{}", r.stderr);

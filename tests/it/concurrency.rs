@@ -15,8 +15,18 @@ stages:
   n: { op: sql, inputs: { t: slow }, params: { query: "select count(*) as n from t" } }
 "#,
     );
-    let a = p.command(&["run", "pipeline.yaml"]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().expect("a");
-    let b = p.command(&["run", "pipeline.yaml"]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().expect("b");
+    let a = p
+        .command(&["run", "pipeline.yaml"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("a");
+    let b = p
+        .command(&["run", "pipeline.yaml"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("b");
     let a = a.wait_with_output().expect("a");
     let b = b.wait_with_output().expect("b");
     for o in [&a, &b] {

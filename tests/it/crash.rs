@@ -20,13 +20,23 @@ stages:
 /// Bytes of committed memo segments of an operator.
 fn memo_bytes(store: &Path, op: &str) -> u64 {
     std::fs::read_dir(store.join("memo").join(op))
-        .map(|rd| rd.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "seg")).map(|e| e.metadata().map(|m| m.len()).unwrap_or(0)).sum())
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "seg"))
+                .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+                .sum()
+        })
         .unwrap_or(0)
 }
 
 /// Starts a run, waits until at least `entries` memo entries are on disk, then signals it.
 fn interrupt_mid_stage(p: &Project, signal: i32) -> std::process::Output {
-    let child = p.command(&["run", "pipeline.yaml", "-j", "1"]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().expect("spawn");
+    let child = p
+        .command(&["run", "pipeline.yaml", "-j", "1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
     let pid = child.id() as i32;
     // One entry is 4 + 32 + ~10 + 16 bytes; wait for roughly ten committed entries.
     let start = Instant::now();
@@ -90,7 +100,8 @@ fn data_dependent_schema_is_checked_at_run_time() {
     let r = p.fleming(&["run", "pipeline.yaml"]);
     assert_eq!(r.code, 1);
     assert!(
-        r.stderr.contains("pipeline.yaml:5:34: input `extra` cannot read `raw.table`: column `value` (Utf8) is missing"),
+        r.stderr
+            .contains("pipeline.yaml:5:34: input `extra` cannot read `raw.table`: column `value` (Utf8) is missing"),
         "{}",
         r.stderr
     );

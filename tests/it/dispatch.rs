@@ -14,7 +14,10 @@ fn device_column(p: &Project, stage: &str) -> String {
     let d = p.output_digest("gpu", stage, "table");
     let path = p.store().join("objects").join(&d[..2]).join(format!("{}.parquet", &d[2..]));
     let file = std::fs::File::open(&path).expect("object");
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).expect("parquet").build().expect("reader");
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .expect("parquet")
+        .build()
+        .expect("reader");
     let batch = reader.into_iter().next().expect("batch").expect("batch");
     let col = batch.column_by_name("device").expect("device column");
     let col = col.as_any().downcast_ref::<arrow::array::StringArray>().expect("strings");
@@ -80,7 +83,11 @@ fn worker_errors_are_reported() {
 #[test]
 fn missing_worker_is_a_clear_error() {
     let p = project("  w: { op: test-worker, inputs: { table: raw } }\n");
-    let r = p.command(&["run", "pipeline.yaml"]).env("FLEMING_WORKER", "/nonexistent/fleming-worker").output().expect("run");
+    let r = p
+        .command(&["run", "pipeline.yaml"])
+        .env("FLEMING_WORKER", "/nonexistent/fleming-worker")
+        .output()
+        .expect("run");
     let stderr = String::from_utf8_lossy(&r.stderr);
     assert_eq!(r.status.code(), Some(1));
     assert!(stderr.contains("FLEMING_WORKER=/nonexistent/fleming-worker does not name a file"), "{stderr}");
@@ -89,7 +96,12 @@ fn missing_worker_is_a_clear_error() {
 #[test]
 fn ctrl_c_stops_a_hanging_worker() {
     let p = project("  w: { op: test-worker, inputs: { table: raw }, params: { mode: hang } }\n");
-    let child = p.command(&["run", "pipeline.yaml"]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().expect("spawn");
+    let child = p
+        .command(&["run", "pipeline.yaml"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
     let start = std::time::Instant::now();
     while !p.store().join("work").read_dir().map(|mut d| d.next().is_some()).unwrap_or(false) {
         assert!(start.elapsed().as_secs() < 30);

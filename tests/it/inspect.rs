@@ -74,7 +74,12 @@ fn lineage_of_stages_and_records() {
     p.run_ok(&[]);
     let r = p.fleming(&["lineage", "pipeline.yaml", "out"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    let names: Vec<&str> = r.stdout.lines().filter(|l| l.contains(" [")).map(|l| l.trim_start_matches(|c: char| !c.is_alphanumeric())).collect();
+    let names: Vec<&str> = r
+        .stdout
+        .lines()
+        .filter(|l| l.contains(" ["))
+        .map(|l| l.trim_start_matches(|c: char| !c.is_alphanumeric()))
+        .collect();
     assert!(names[0].starts_with("out [export v1] key "), "{}", r.stdout);
     assert!(r.stdout.contains("table ← picked [sql v1]"), "{}", r.stdout);
     assert!(r.stdout.contains("d ← doubled [sql v1]"), "{}", r.stdout);
@@ -93,10 +98,7 @@ fn lineage_of_stages_and_records() {
     // Record lineage across three stages, up and down.
     let r = p.fleming(&["lineage", "pipeline.yaml", "picked", "--record", "p-d-r0003"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert_eq!(
-        r.stdout,
-        "picked.table p-d-r0003  x=6\n└← doubled.table d-r0003  x=6\n   └← raw.table r0003  x=3\n"
-    );
+    assert_eq!(r.stdout, "picked.table p-d-r0003  x=6\n└← doubled.table d-r0003  x=6\n   └← raw.table r0003  x=3\n");
     let r = p.fleming(&["lineage", "pipeline.yaml", "raw", "--record", "r0002", "--down"]);
     assert_eq!(r.stdout, "raw.table r0002  x=2\n└→ doubled.table d-r0002  x=4\n   └→ picked.table p-d-r0002  x=4\n");
     let r = p.fleming(&["lineage", "pipeline.yaml", "picked", "--record", "nope"]);
@@ -115,7 +117,13 @@ fn show_and_query() {
     assert!(!r.stdout.contains("p-d-r0003"), "{}", r.stdout);
     let r = p.fleming(&["show", "pipeline.yaml", "raw.rejects", "--schema"]);
     assert!(r.stdout.contains("  line                     Int64 not null"), "{}", r.stdout);
-    let r = p.fleming(&["query", "pipeline.yaml", "select d.id, r.x from doubled d join raw_table r on d.parents[1] = r.id order by d.id", "--format", "csv"]);
+    let r = p.fleming(&[
+        "query",
+        "pipeline.yaml",
+        "select d.id, r.x from doubled d join raw_table r on d.parents[1] = r.id order by d.id",
+        "--format",
+        "csv",
+    ]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(r.stdout, "id,x\nd-r0000,0\nd-r0001,1\nd-r0002,2\nd-r0003,3\n");
     let r = p.fleming(&["query", "pipeline.yaml", "select stage, status from runs order by stage", "--format", "json"]);
@@ -126,7 +134,15 @@ fn show_and_query() {
     let r = p.fleming(&["query", "pipeline.yaml", "select count(*) as n from picked"]);
     assert!(r.stdout.contains("| n |") && r.stdout.contains("| 2 |"), "{}", r.stdout);
     let out = p.path().join("q.parquet");
-    let r = p.fleming(&["query", "pipeline.yaml", "select * from picked", "--format", "parquet", "-o", out.to_str().expect("path")]);
+    let r = p.fleming(&[
+        "query",
+        "pipeline.yaml",
+        "select * from picked",
+        "--format",
+        "parquet",
+        "-o",
+        out.to_str().expect("path"),
+    ]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let f = std::fs::File::open(&out).expect("parquet");
     let rows: usize = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
@@ -145,11 +161,23 @@ fn show_and_query() {
 fn ops_catalogue() {
     let p = Project::new();
     let r = p.fleming(&["ops"]);
-    assert!(r.stdout.lines().any(|l| l.starts_with("load ") && l.contains("v1  Read a JSONL, JSON, CSV or Parquet file into a table")), "{}", r.stdout);
+    assert!(
+        r.stdout
+            .lines()
+            .any(|l| l.starts_with("load ") && l.contains("v1  Read a JSONL, JSON, CSV or Parquet file into a table")),
+        "{}",
+        r.stdout
+    );
     assert!(r.stdout.lines().any(|l| l.starts_with("sft ") && l.ends_with("(GPU worker)")), "{}", r.stdout);
     let r = p.fleming(&["ops", "load"]);
     assert!(r.stdout.starts_with("load v1 — Read a JSONL, JSON, CSV or Parquet file into a table\n"), "{}", r.stdout);
-    assert!(r.stdout.contains("  path (path (read; content-hashed), required)\n      File to read, relative to the pipeline file\n"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains(
+            "  path (path (read; content-hashed), required)\n      File to read, relative to the pipeline file\n"
+        ),
+        "{}",
+        r.stdout
+    );
     assert!(r.stdout.contains("  format (one of auto|jsonl|json|csv|tsv|parquet, default \"auto\")"), "{}", r.stdout);
     assert!(r.stdout.contains("  rejects: table [id: Utf8, line: Int64, reason: Utf8, raw: Utf8]"), "{}", r.stdout);
     let r = p.fleming(&["ops", "lod"]);

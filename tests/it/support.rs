@@ -118,7 +118,9 @@ impl Project {
     pub fn manifests(&self) -> Vec<Value> {
         let dir = self.store().join("runs");
         let mut paths: Vec<PathBuf> = match std::fs::read_dir(&dir) {
-            Ok(rd) => rd.map(|e| e.expect("entry").path()).filter(|p| p.extension().is_some_and(|x| x == "json")).collect(),
+            Ok(rd) => {
+                rd.map(|e| e.expect("entry").path()).filter(|p| p.extension().is_some_and(|x| x == "json")).collect()
+            }
             Err(_) => return Vec::new(),
         };
         paths.sort();
@@ -133,7 +135,8 @@ impl Project {
     /// The current output digest of a stage port (from its ref).
     pub fn output_digest(&self, pipeline: &str, stage: &str, port: &str) -> String {
         let p = self.store().join("refs").join(pipeline).join(format!("{stage}.json"));
-        let v: Value = serde_json::from_slice(&std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).expect("json");
+        let v: Value = serde_json::from_slice(&std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
+            .expect("json");
         v["outputs"][port]["digest"].as_str().expect("digest").to_string()
     }
 }

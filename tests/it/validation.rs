@@ -60,7 +60,9 @@ fn unknown_input_port_of_op() {
 
 #[test]
 fn duplicate_keys() {
-    let e = invalid("stages:\n  a: { op: load, params: { path: data/rows.jsonl } }\n  a: { op: load, params: { path: data/rows.jsonl } }\n");
+    let e = invalid(
+        "stages:\n  a: { op: load, params: { path: data/rows.jsonl } }\n  a: { op: load, params: { path: data/rows.jsonl } }\n",
+    );
     assert_eq!(first_line(&e), "pipeline.yaml:3:3: error: duplicate key `a`");
     assert!(e.contains("`a` is already set at line 2, column 3"), "{e}");
 }
@@ -73,7 +75,9 @@ fn cycles_are_printed() {
     assert!(e.contains("error: the stages form a cycle: "), "{e}");
     let cycle = e.lines().find(|l| l.contains("cycle")).unwrap_or_default();
     assert!(
-        cycle.ends_with("a -> b -> c -> a") || cycle.ends_with("b -> c -> a -> b") || cycle.ends_with("c -> a -> b -> c"),
+        cycle.ends_with("a -> b -> c -> a")
+            || cycle.ends_with("b -> c -> a -> b")
+            || cycle.ends_with("c -> a -> b -> c"),
         "{cycle}"
     );
     assert!(first_line(&e).starts_with("pipeline.yaml:"), "{e}");
@@ -81,12 +85,21 @@ fn cycles_are_printed() {
 
 #[test]
 fn missing_unknown_and_mistyped_params() {
-    let e = invalid("stages:\n  a:\n    op: load\n    params: { pth: data/rows.jsonl, header: yes-please, format: jsn }\n");
+    let e =
+        invalid("stages:\n  a:\n    op: load\n    params: { pth: data/rows.jsonl, header: yes-please, format: jsn }\n");
     assert!(e.contains("pipeline.yaml:4:15: error: stage `a`: unknown parameter `pth`"), "{e}");
     assert!(e.contains("did you mean `path`?"), "{e}");
     assert!(e.contains("error: stage `a`: missing required parameter `path` (path (read; content-hashed))"), "{e}");
-    assert!(e.contains("pipeline.yaml:4:45: error: stage `a`: parameter `header` must be boolean, found a string"), "{e}");
-    assert!(e.contains("error: stage `a`: parameter `format` must be one of auto, jsonl, json, csv, tsv, parquet, found `jsn`"), "{e}");
+    assert!(
+        e.contains("pipeline.yaml:4:45: error: stage `a`: parameter `header` must be boolean, found a string"),
+        "{e}"
+    );
+    assert!(
+        e.contains(
+            "error: stage `a`: parameter `format` must be one of auto, jsonl, json, csv, tsv, parquet, found `jsn`"
+        ),
+        "{e}"
+    );
     assert!(e.contains("4 errors in pipeline.yaml"), "{e}");
 }
 
@@ -102,13 +115,23 @@ fn schema_mismatch_between_declared_ports() {
         e.contains("pipeline.yaml:3:52: error: input `extra` of stage `t` cannot read `raw.rejects`: column `value` (Utf8) is missing"),
         "{e}"
     );
-    assert!(e.contains("pipeline.yaml:4:57: error: operator `sql` runs on the CPU; `resources.gpu` applies to GPU operators only"), "{e}");
+    assert!(
+        e.contains(
+            "pipeline.yaml:4:57: error: operator `sql` runs on the CPU; `resources.gpu` applies to GPU operators only"
+        ),
+        "{e}"
+    );
 }
 
 #[test]
 fn sql_errors_are_found_before_running() {
-    let e = invalid("stages:\n  raw: { op: load, params: { path: data/rows.jsonl } }\n  q: { op: sql, inputs: { t: raw }, params: { query: \"select * from tt\" } }\n");
-    assert!(e.contains("pipeline.yaml:3:54: error: stage `q`: the query reads `tt` which is not an input (inputs: `t`)"), "{e}");
+    let e = invalid(
+        "stages:\n  raw: { op: load, params: { path: data/rows.jsonl } }\n  q: { op: sql, inputs: { t: raw }, params: { query: \"select * from tt\" } }\n",
+    );
+    assert!(
+        e.contains("pipeline.yaml:3:54: error: stage `q`: the query reads `tt` which is not an input (inputs: `t`)"),
+        "{e}"
+    );
 }
 
 #[test]

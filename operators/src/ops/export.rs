@@ -13,7 +13,9 @@ use arrow::array::{Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use fleming_artifacts::{Table, digest_file, fsutil};
 use fleming_runtime::context::OpContext;
-use fleming_runtime::op::{ColumnSpec, EffectsCtx, Execution, InputPorts, OpSpec, Operator, Outputs, ParamSpec, ParamType, PortSpec};
+use fleming_runtime::op::{
+    ColumnSpec, EffectsCtx, Execution, InputPorts, OpSpec, Operator, Outputs, ParamSpec, ParamType, PortSpec,
+};
 use serde_json::json;
 
 static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
@@ -145,7 +147,8 @@ impl Operator for Export {
     fn effects_hold(&self, ctx: &EffectsCtx<'_>) -> anyhow::Result<bool> {
         let Some(receipt) = (ctx.read_output)("receipt")? else { return Ok(false) };
         let batch = receipt.concat()?;
-        let Some(digests) = batch.column_by_name("digest").and_then(|c| c.as_any().downcast_ref::<StringArray>()) else {
+        let Some(digests) = batch.column_by_name("digest").and_then(|c| c.as_any().downcast_ref::<StringArray>())
+        else {
             return Ok(false);
         };
         if digests.is_empty() {
@@ -171,8 +174,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let id: ArrayRef = Arc::new(StringArray::from(vec!["a", "b"]));
         let t = table_from_columns(vec![("id", id)]).unwrap();
-        for (name, expect) in [("o.parquet", None), ("o.jsonl", Some("{\"id\":\"a\"}\n{\"id\":\"b\"}\n")), ("o.csv", Some("id\na\nb\n"))] {
-            let out = Harness::new(Arc::new(Export)).base_dir(dir.path()).param("path", name).input("table", t.clone()).run().unwrap();
+        for (name, expect) in
+            [("o.parquet", None), ("o.jsonl", Some("{\"id\":\"a\"}\n{\"id\":\"b\"}\n")), ("o.csv", Some("id\na\nb\n"))]
+        {
+            let out = Harness::new(Arc::new(Export))
+                .base_dir(dir.path())
+                .param("path", name)
+                .input("table", t.clone())
+                .run()
+                .unwrap();
             assert_eq!(out.table("receipt").unwrap().num_rows(), 1);
             let written = std::fs::read(dir.path().join(name)).unwrap();
             if let Some(e) = expect {
@@ -181,7 +191,10 @@ mod tests {
                 assert_eq!(Table::read_parquet(&dir.path().join(name)).unwrap().num_rows(), 2);
             }
         }
-        let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with('.')).collect();
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with('.'))
+            .collect();
         assert!(leftovers.is_empty());
     }
 }

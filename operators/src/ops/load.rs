@@ -11,13 +11,17 @@ use std::path::Path;
 use std::sync::{Arc, LazyLock};
 
 use anyhow::{Context, anyhow, bail};
-use arrow::array::{Array, ArrayRef, BooleanBuilder, Float64Builder, Int64Array, Int64Builder, RecordBatch, StringArray, StringBuilder};
+use arrow::array::{
+    Array, ArrayRef, BooleanBuilder, Float64Builder, Int64Array, Int64Builder, RecordBatch, StringArray, StringBuilder,
+};
 use arrow::compute::{cast, filter_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::row::{RowConverter, SortField};
 use fleming_artifacts::Table;
 use fleming_runtime::context::OpContext;
-use fleming_runtime::op::{ColumnSpec, Execution, InputPorts, OpSpec, Operator, Outputs, ParamSpec, ParamType, PortSpec};
+use fleming_runtime::op::{
+    ColumnSpec, Execution, InputPorts, OpSpec, Operator, Outputs, ParamSpec, ParamType, PortSpec,
+};
 use serde_json::{Map, Value, json};
 
 static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
@@ -41,7 +45,12 @@ static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
             json!("auto"),
             "Column holding each row's id (cast to string); `auto`: the `id` column if any, else an id derived from the row's content",
         ),
-        ParamSpec::with_default("header", ParamType::Bool, json!(true), "CSV/TSV: the first line names the columns (else c0, c1, ...)"),
+        ParamSpec::with_default(
+            "header",
+            ParamType::Bool,
+            json!(true),
+            "CSV/TSV: the first line names the columns (else c0, c1, ...)",
+        ),
     ],
     inputs: InputPorts::Fixed(vec![]),
     outputs: vec![
@@ -122,11 +131,16 @@ fn read_text(path: &Path) -> anyhow::Result<String> {
     } else {
         std::io::BufReader::new(file).read_to_end(&mut bytes)?;
     }
-    String::from_utf8(bytes).map_err(|e| anyhow!("{} is not UTF-8 text (bad byte at offset {})", path.display(), e.utf8_error().valid_up_to()))
+    String::from_utf8(bytes).map_err(|e| {
+        anyhow!("{} is not UTF-8 text (bad byte at offset {})", path.display(), e.utf8_error().valid_up_to())
+    })
 }
 
 /// JSON records -> table, rejecting records that do not fit the inferred schema.
-fn json_rows_to_table(rows: Vec<(i64, Map<String, Value>)>, rejects: &mut Vec<Reject>) -> anyhow::Result<(Table, Vec<i64>)> {
+fn json_rows_to_table(
+    rows: Vec<(i64, Map<String, Value>)>,
+    rejects: &mut Vec<Reject>,
+) -> anyhow::Result<(Table, Vec<i64>)> {
     if rows.is_empty() {
         return Ok((Table::empty(Arc::new(Schema::empty())), Vec::new()));
     }
@@ -157,7 +171,11 @@ fn json_rows_to_table(rows: Vec<(i64, Map<String, Value>)>, rejects: &mut Vec<Re
                     match decode(std::slice::from_ref(v)) {
                         Ok(_) => good.push(v.clone()),
                         Err(e) => {
-                            rejects.push(Reject { line: rows[idx].0, reason: format!("does not fit the column types: {e}"), raw: truncate(&v.to_string()) });
+                            rejects.push(Reject {
+                                line: rows[idx].0,
+                                reason: format!("does not fit the column types: {e}"),
+                                raw: truncate(&v.to_string()),
+                            });
                             lines[idx] = -1;
                         }
                     }
@@ -215,7 +233,11 @@ fn read_jsonl(text: &str, rejects: &mut Vec<Reject>) -> anyhow::Result<(Table, V
         }
         match serde_json::from_str::<Value>(line) {
             Ok(Value::Object(m)) => rows.push((n, m)),
-            Ok(other) => rejects.push(Reject { line: n, reason: format!("not a JSON object (found {})", kind(&other)), raw: truncate(line) }),
+            Ok(other) => rejects.push(Reject {
+                line: n,
+                reason: format!("not a JSON object (found {})", kind(&other)),
+                raw: truncate(line),
+            }),
             Err(e) => rejects.push(Reject { line: n, reason: format!("malformed JSON: {e}"), raw: truncate(line) }),
         }
     }
@@ -241,7 +263,11 @@ fn read_json(text: &str, rejects: &mut Vec<Reject>) -> anyhow::Result<(Table, Ve
             for (i, it) in items.into_iter().enumerate() {
                 match it {
                     Value::Object(m) => rows.push((i as i64 + 1, m)),
-                    other => rejects.push(Reject { line: i as i64 + 1, reason: format!("record is not an object (found {})", kind(&other)), raw: truncate(&other.to_string()) }),
+                    other => rejects.push(Reject {
+                        line: i as i64 + 1,
+                        reason: format!("record is not an object (found {})", kind(&other)),
+                        raw: truncate(&other.to_string()),
+                    }),
                 }
             }
         }
@@ -270,11 +296,8 @@ enum CsvType {
 }
 
 fn read_csv(text: &str, delimiter: u8, header: bool, rejects: &mut Vec<Reject>) -> anyhow::Result<(Table, Vec<i64>)> {
-    let mut reader = csv::ReaderBuilder::new()
-        .delimiter(delimiter)
-        .has_headers(false)
-        .flexible(true)
-        .from_reader(text.as_bytes());
+    let mut reader =
+        csv::ReaderBuilder::new().delimiter(delimiter).has_headers(false).flexible(true).from_reader(text.as_bytes());
     let mut records = Vec::new();
     let mut names: Vec<String> = Vec::new();
     for (i, rec) in reader.records().enumerate() {
@@ -292,7 +315,11 @@ fn read_csv(text: &str, delimiter: u8, header: bool, rejects: &mut Vec<Reject>) 
                 }
                 if r.len() != names.len() {
                     let raw = r.iter().collect::<Vec<_>>().join(&(delimiter as char).to_string());
-                    rejects.push(Reject { line, reason: format!("expected {} fields, found {}", names.len(), r.len()), raw: truncate(&raw) });
+                    rejects.push(Reject {
+                        line,
+                        reason: format!("expected {} fields, found {}", names.len(), r.len()),
+                        raw: truncate(&raw),
+                    });
                     continue;
                 }
                 records.push((line, r.iter().map(str::to_string).collect::<Vec<String>>()));
@@ -341,7 +368,9 @@ fn read_csv(text: &str, delimiter: u8, header: bool, rejects: &mut Vec<Reject>) 
             }
             CsvType::Bool => {
                 let mut b = BooleanBuilder::with_capacity(cells.len());
-                cells.iter().for_each(|c| b.append_option(if c.is_empty() { None } else { Some(c.eq_ignore_ascii_case("true")) }));
+                cells.iter().for_each(|c| {
+                    b.append_option(if c.is_empty() { None } else { Some(c.eq_ignore_ascii_case("true")) })
+                });
                 (DataType::Boolean, Arc::new(b.finish()))
             }
             CsvType::Str => {
@@ -378,7 +407,9 @@ fn with_ids(table: Table, lines: &[i64], id_param: &str, rejects: &mut Vec<Rejec
         && schema.index_of("id").is_ok()
     {
         let _ = i;
-        bail!("`id: {id_param}`: the table already has an `id` column; use `id: id`, or rename one of them with a `sql` stage");
+        bail!(
+            "`id: {id_param}`: the table already has an `id` column; use `id: id`, or rename one of them with a `sql` stage"
+        );
     }
     let ids: Vec<Option<String>> = match source_col {
         Some(i) => {
@@ -390,7 +421,8 @@ fn with_ids(table: Table, lines: &[i64], id_param: &str, rejects: &mut Vec<Rejec
             if n == 0 || batch.num_columns() == 0 {
                 vec![None; n]
             } else {
-                let fields: Vec<SortField> = schema.fields().iter().map(|f| SortField::new(f.data_type().clone())).collect();
+                let fields: Vec<SortField> =
+                    schema.fields().iter().map(|f| SortField::new(f.data_type().clone())).collect();
                 let conv = RowConverter::new(fields).context("deriving ids from row content")?;
                 let rows = conv.convert_columns(batch.columns()).context("deriving ids from row content")?;
                 (0..n).map(|r| Some(blake3::hash(rows.row(r).as_ref()).to_hex()[..16].to_string())).collect()
@@ -511,7 +543,12 @@ mod tests {
 
     #[test]
     fn jsonl_with_bad_lines_goes_to_rejects() {
-        let out = run("a.jsonl", "{\"id\": 1, \"q\": \"x\"}\n\n{bad\n[1]\n{\"id\": 2, \"q\": \"y\"}\n{\"id\": 1, \"q\": \"z\"}\n", json!({})).unwrap();
+        let out = run(
+            "a.jsonl",
+            "{\"id\": 1, \"q\": \"x\"}\n\n{bad\n[1]\n{\"id\": 2, \"q\": \"y\"}\n{\"id\": 1, \"q\": \"z\"}\n",
+            json!({}),
+        )
+        .unwrap();
         let t = out.table("table").unwrap();
         assert_eq!(strings(t, "id"), vec!["1", "2"]);
         let r = out.table("rejects").unwrap();

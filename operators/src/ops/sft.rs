@@ -18,14 +18,22 @@ static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
           run resumes where it stopped with the same loss curve. Runs on a GPU when one is assigned.",
     params: vec![
         ParamSpec::with_default("steps", ParamType::Int, json!(200), "Optimizer steps").range(Some(1.0), None),
-        ParamSpec::with_default("batch_size", ParamType::Int, json!(16), "Examples per micro-batch").range(Some(1.0), None),
-        ParamSpec::with_default("grad_accum", ParamType::Int, json!(1), "Micro-batches per optimizer step").range(Some(1.0), None),
+        ParamSpec::with_default("batch_size", ParamType::Int, json!(16), "Examples per micro-batch")
+            .range(Some(1.0), None),
+        ParamSpec::with_default("grad_accum", ParamType::Int, json!(1), "Micro-batches per optimizer step")
+            .range(Some(1.0), None),
         ParamSpec::with_default("lr", ParamType::Float, json!(3e-3), "Peak learning rate").range(Some(0.0), None),
         ParamSpec::with_default("warmup_steps", ParamType::Int, json!(20), "Linear warmup steps before cosine decay")
             .range(Some(0.0), None),
-        ParamSpec::with_default("weight_decay", ParamType::Float, json!(0.01), "AdamW weight decay").range(Some(0.0), None),
-        ParamSpec::with_default("max_len", ParamType::Int, json!(512), "Longest prompt+completion in tokens (longer are cut)")
-            .range(Some(8.0), None),
+        ParamSpec::with_default("weight_decay", ParamType::Float, json!(0.01), "AdamW weight decay")
+            .range(Some(0.0), None),
+        ParamSpec::with_default(
+            "max_len",
+            ParamType::Int,
+            json!(512),
+            "Longest prompt+completion in tokens (longer are cut)",
+        )
+        .range(Some(8.0), None),
         ParamSpec::with_default("seed", ParamType::Int, json!(0), "Seed of initialisation, data order and dropout"),
         ParamSpec::with_default(
             "checkpoint_every",
@@ -37,11 +45,19 @@ static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
         .not_in_key(),
         ParamSpec::with_default("vocab_size", ParamType::Int, json!(512), "From scratch: tokenizer vocabulary size")
             .range(Some(260.0), None),
-        ParamSpec::with_default("hidden_size", ParamType::Int, json!(64), "From scratch: hidden size").range(Some(8.0), None),
-        ParamSpec::with_default("layers", ParamType::Int, json!(2), "From scratch: decoder layers").range(Some(1.0), None),
-        ParamSpec::with_default("heads", ParamType::Int, json!(4), "From scratch: attention heads").range(Some(1.0), None),
-        ParamSpec::with_default("kv_heads", ParamType::Int, json!(2), "From scratch: key/value heads (grouped-query attention)")
+        ParamSpec::with_default("hidden_size", ParamType::Int, json!(64), "From scratch: hidden size")
+            .range(Some(8.0), None),
+        ParamSpec::with_default("layers", ParamType::Int, json!(2), "From scratch: decoder layers")
             .range(Some(1.0), None),
+        ParamSpec::with_default("heads", ParamType::Int, json!(4), "From scratch: attention heads")
+            .range(Some(1.0), None),
+        ParamSpec::with_default(
+            "kv_heads",
+            ParamType::Int,
+            json!(2),
+            "From scratch: key/value heads (grouped-query attention)",
+        )
+        .range(Some(1.0), None),
     ],
     inputs: InputPorts::Fixed(vec![
         PortSpec::table("examples", "prompt/completion pairs, or questions with answers"),

@@ -4,7 +4,9 @@ use std::sync::LazyLock;
 
 use fleming_artifacts::sql;
 use fleming_runtime::context::OpContext;
-use fleming_runtime::op::{Execution, InputPorts, OpSpec, Operator, Outputs, ParamIssue, ParamSpec, ParamType, PortSpec, ValidateCtx};
+use fleming_runtime::op::{
+    Execution, InputPorts, OpSpec, Operator, Outputs, ParamIssue, ParamSpec, ParamType, PortSpec, ValidateCtx,
+};
 
 static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
     name: "sql",
@@ -13,11 +15,7 @@ static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
     doc: "Each input is registered as a table under its input name, so `inputs: { q: questions }` \
           makes `select * from q` work. The result keeps the query's row order; add ORDER BY for a \
           defined order. Queries run on one partition, so the same inputs always give the same bytes.",
-    params: vec![ParamSpec::required(
-        "query",
-        ParamType::Str,
-        "The SQL query; input tables are named as in `inputs:`",
-    )],
+    params: vec![ParamSpec::required("query", ParamType::Str, "The SQL query; input tables are named as in `inputs:`")],
     inputs: InputPorts::Named { doc: "each named input becomes a table of that name" },
     outputs: vec![PortSpec::table("table", "the query's result")],
     execution: Execution::Cpu,
@@ -104,7 +102,8 @@ mod tests {
 
     #[test]
     fn unknown_table_and_syntax_errors_are_caught_before_running() {
-        let err = Harness::new(Arc::new(Sql)).param("query", "select * from nope").input("t", items()).run().unwrap_err();
+        let err =
+            Harness::new(Arc::new(Sql)).param("query", "select * from nope").input("t", items()).run().unwrap_err();
         assert!(err.to_string().contains("`nope` which is not an input (inputs: `t`)"), "{err}");
         let err = Harness::new(Arc::new(Sql)).param("query", "selec * frm t").input("t", items()).run().unwrap_err();
         assert!(err.to_string().contains("SQL error"), "{err}");

@@ -10,7 +10,9 @@ use arrow::array::{Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use fleming_artifacts::Table;
 use fleming_runtime::context::OpContext;
-use fleming_runtime::op::{ColumnSpec, Execution, InputPorts, OpSpec, Operator, Outputs, ParamSpec, ParamType, PortSpec};
+use fleming_runtime::op::{
+    ColumnSpec, Execution, InputPorts, OpSpec, Operator, Outputs, ParamSpec, ParamType, PortSpec,
+};
 use serde_json::json;
 
 /// The test operators.
@@ -31,8 +33,12 @@ static SLOW: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
     ],
     inputs: InputPorts::Fixed(vec![
         PortSpec::table_with("table", vec![ColumnSpec::new("id", DataType::Utf8, false)], "rows with ids"),
-        PortSpec::table_with("extra", vec![ColumnSpec::new("value", DataType::Utf8, false)], "unused; declares a column to test schema checks")
-            .optional(),
+        PortSpec::table_with(
+            "extra",
+            vec![ColumnSpec::new("value", DataType::Utf8, false)],
+            "unused; declares a column to test schema checks",
+        )
+        .optional(),
     ]),
     outputs: vec![PortSpec::table_with(
         "table",
@@ -88,7 +94,10 @@ impl Operator for TestSlow {
             ctx.progress.inc(1);
         }
         ctx.metric("computed", computed);
-        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Utf8, false), Field::new("value", DataType::Utf8, false)]));
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Utf8, false),
+            Field::new("value", DataType::Utf8, false),
+        ]));
         let batch = RecordBatch::try_new(schema, vec![Arc::new(ids.clone()), Arc::new(StringArray::from(values))])?;
         Ok(Outputs::new().table("table", Table::from_batch(batch)))
     }

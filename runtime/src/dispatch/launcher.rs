@@ -63,9 +63,7 @@ impl GpuPool {
     /// Detects GPUs: `$FLEMING_GPUS` (`0,1` or `none`), else `$CUDA_VISIBLE_DEVICES`, else
     /// `nvidia-smi`, else none.
     pub fn detect() -> GpuPool {
-        let parse = |s: &str| -> Vec<u32> {
-            s.split(',').filter_map(|x| x.trim().parse().ok()).collect()
-        };
+        let parse = |s: &str| -> Vec<u32> { s.split(',').filter_map(|x| x.trim().parse().ok()).collect() };
         let gpus = if let Ok(s) = std::env::var("FLEMING_GPUS") {
             if s.trim() == "none" { Vec::new() } else { parse(&s) }
         } else if let Ok(s) = std::env::var("CUDA_VISIBLE_DEVICES") {
@@ -149,7 +147,8 @@ pub fn run_job(
     log: &(dyn Fn(&str) + Sync),
 ) -> anyhow::Result<WorkerReport> {
     let job_path = work_dir.join("job.json");
-    std::fs::write(&job_path, serde_json::to_vec_pretty(job)?).with_context(|| format!("writing {}", job_path.display()))?;
+    std::fs::write(&job_path, serde_json::to_vec_pretty(job)?)
+        .with_context(|| format!("writing {}", job_path.display()))?;
     let log_path = work_dir.join("worker.log");
     let log_file = OpenOptions::new().create(true).append(true).open(&log_path)?;
     let log_start = log_file.metadata().map(|m| m.len()).unwrap_or(0);
@@ -185,7 +184,8 @@ pub fn run_job(
                 }
                 match serde_json::from_str::<Event>(trimmed) {
                     Ok(Event::Hello { worker, version, protocol }) => {
-                        report.hello = Some(serde_json::json!({"worker": worker, "version": version, "protocol": protocol}));
+                        report.hello =
+                            Some(serde_json::json!({"worker": worker, "version": version, "protocol": protocol}));
                         if protocol != PROTOCOL_VERSION {
                             error = Some(format!("worker speaks protocol {protocol}, fleming {PROTOCOL_VERSION}"));
                         }

@@ -266,11 +266,12 @@ pub fn parse(
     let doc = v.convert(&yaml, &mut Vec::new(), env);
     let pipeline = v.pipeline(doc, file, base_dir, default_name, registry, &source);
     if v.errors.is_empty() {
-        pipeline.map(|mut p| {
-            p.positions = positions.clone();
-            p
-        })
-        .ok_or_else(|| fail(vec![Diagnostic::at(None, "invalid pipeline")]))
+        pipeline
+            .map(|mut p| {
+                p.positions = positions.clone();
+                p
+            })
+            .ok_or_else(|| fail(vec![Diagnostic::at(None, "invalid pipeline")]))
     } else {
         Err(fail(v.errors))
     }
@@ -290,14 +291,13 @@ fn key(path: &[Seg], k: &str) -> Vec<Seg> {
 }
 
 fn valid_stage_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 128
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    !name.is_empty() && name.len() <= 128 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 fn valid_env_name(name: &str) -> bool {
     let mut c = name.chars();
-    matches!(c.next(), Some(x) if x.is_ascii_alphabetic() || x == '_') && c.all(|x| x.is_ascii_alphanumeric() || x == '_')
+    matches!(c.next(), Some(x) if x.is_ascii_alphabetic() || x == '_')
+        && c.all(|x| x.is_ascii_alphanumeric() || x == '_')
 }
 
 impl Validator<'_> {
@@ -341,7 +341,11 @@ impl Validator<'_> {
             }
             Y::String(s) => match interp::interpolate(s, env) {
                 Ok(r) => {
-                    if r.replaced && s.trim_start().starts_with("${") && s.trim_end().ends_with('}') && s.matches("${").count() == 1 {
+                    if r.replaced
+                        && s.trim_start().starts_with("${")
+                        && s.trim_end().ends_with('}')
+                        && s.matches("${").count() == 1
+                    {
                         self.interpolated.insert(path.clone());
                     }
                     Value::String(r.text)
@@ -456,9 +460,12 @@ impl Validator<'_> {
         sections.insert("llm", llm.keys().map(|s| s.as_str()).collect());
 
         // First pass: each stage on its own.
+        /// An input port as written: its name, its references with their positions, and
+        /// the port's own path.
+        type RawInput = (String, Vec<(String, Vec<Seg>)>, Vec<Seg>);
         struct Raw {
             op: Option<Arc<dyn Operator>>,
-            inputs: Vec<(String, Vec<(String, Vec<Seg>)>, Vec<Seg>)>,
+            inputs: Vec<RawInput>,
         }
         let mut raws = Vec::new();
         let mut stages = Vec::new();
@@ -477,7 +484,11 @@ impl Validator<'_> {
                     Some(op) => Some(op),
                     None => {
                         let pos = self.at(&key(&spath, "op"));
-                        self.error_help(pos, format!("unknown operator `{op_name}`"), suggestion(op_name, registry.names()));
+                        self.error_help(
+                            pos,
+                            format!("unknown operator `{op_name}`"),
+                            suggestion(op_name, registry.names()),
+                        );
                         None
                     }
                 },
@@ -488,7 +499,11 @@ impl Validator<'_> {
                 }
                 None => {
                     let pos = self.at_key(&spath);
-                    self.error_help(pos, format!("stage `{sname}` has no `op`"), "add `op: <operator>`; `fleming ops` lists them");
+                    self.error_help(
+                        pos,
+                        format!("stage `{sname}` has no `op`"),
+                        "add `op: <operator>`; `fleming ops` lists them",
+                    );
                     None
                 }
             };
@@ -607,7 +622,10 @@ impl Validator<'_> {
                     Some(InputPorts::Named { .. }) => {
                         if !valid_stage_name(port) {
                             let pos = self.at_key(ppath);
-                            self.error(pos, format!("input name `{port}` may only contain letters, digits, `_` and `-`"));
+                            self.error(
+                                pos,
+                                format!("input name `{port}` may only contain letters, digits, `_` and `-`"),
+                            );
                         }
                         if refs.len() != 1 {
                             let pos = self.at(ppath);
@@ -633,7 +651,11 @@ impl Validator<'_> {
                     let Some(&ui) = index_of.get(up.as_str()) else {
                         let pos = self.at(rpath);
                         let others: Vec<&str> = names.iter().filter(|n| **n != sname).map(|s| s.as_str()).collect();
-                        self.error_help(pos, format!("stage `{sname}` reads from `{up}`, which is not a stage"), suggestion(&up, others.iter().copied()));
+                        self.error_help(
+                            pos,
+                            format!("stage `{sname}` reads from `{up}`, which is not a stage"),
+                            suggestion(&up, others.iter().copied()),
+                        );
                         continue;
                     };
                     let Some(up_op) = raws[ui].op.clone() else { continue };
@@ -665,20 +687,40 @@ impl Validator<'_> {
                     match (in_kind, &out_port.kind) {
                         (Some(PortKind::Model), PortKind::Table(_)) | (Some(PortKind::Table(_)), PortKind::Model) => {
                             let pos = self.at(rpath);
-                            self.error(pos, format!("input `{port}` takes a {} but `{up}.{}` is a {}", kind_name(in_kind), out_port.name, kind_name(Some(&out_port.kind))));
+                            self.error(
+                                pos,
+                                format!(
+                                    "input `{port}` takes a {} but `{up}.{}` is a {}",
+                                    kind_name(in_kind),
+                                    out_port.name,
+                                    kind_name(Some(&out_port.kind))
+                                ),
+                            );
                         }
                         (None, PortKind::Model) if port_spec.is_none() && op.is_some() => {
                             let pos = self.at(rpath);
-                            self.error(pos, format!("named input `{port}` takes a table but `{up}.{}` is a model", out_port.name));
+                            self.error(
+                                pos,
+                                format!("named input `{port}` takes a table but `{up}.{}` is a model", out_port.name),
+                            );
                         }
                         (Some(PortKind::Table(Some(need))), PortKind::Table(Some(have))) => {
                             let have_schema = arrow::datatypes::Schema::new(
-                                have.iter().map(|c| arrow::datatypes::Field::new(c.name, c.data_type.clone(), c.nullable)).collect::<Vec<_>>(),
+                                have.iter()
+                                    .map(|c| arrow::datatypes::Field::new(c.name, c.data_type.clone(), c.nullable))
+                                    .collect::<Vec<_>>(),
                             );
                             let problems = schema_problems(need, &have_schema);
                             if !problems.is_empty() {
                                 let pos = self.at(rpath);
-                                self.error(pos, format!("input `{port}` of stage `{sname}` cannot read `{up}.{}`: {}", out_port.name, problems.join("; ")));
+                                self.error(
+                                    pos,
+                                    format!(
+                                        "input `{port}` of stage `{sname}` cannot read `{up}.{}`: {}",
+                                        out_port.name,
+                                        problems.join("; ")
+                                    ),
+                                );
                             }
                         }
                         _ => {}
@@ -692,7 +734,11 @@ impl Validator<'_> {
                 for p in ports.iter().filter(|p| !p.optional) {
                     if !raw.inputs.iter().any(|(n, _, _)| n == p.name) {
                         let pos = self.at_key(&key(&spath, "inputs")).or_else(|| self.at_key(&spath));
-                        self.error_help(pos, format!("stage `{sname}` does not connect required input `{}`", p.name), format!("`{}`: {}", p.name, p.doc));
+                        self.error_help(
+                            pos,
+                            format!("stage `{sname}` does not connect required input `{}`", p.name),
+                            format!("`{}`: {}", p.name, p.doc),
+                        );
                     }
                 }
             }
@@ -735,7 +781,9 @@ impl Validator<'_> {
     fn string_list(&mut self, v: &Value, path: &[Seg], what: &str) -> Option<Vec<String>> {
         match v {
             Value::String(s) if !s.is_empty() => Some(vec![s.clone()]),
-            Value::Array(items) if !items.is_empty() && items.iter().all(|i| i.as_str().is_some_and(|s| !s.is_empty())) => {
+            Value::Array(items)
+                if !items.is_empty() && items.iter().all(|i| i.as_str().is_some_and(|s| !s.is_empty())) =>
+            {
                 Some(items.iter().filter_map(|i| i.as_str().map(str::to_string)).collect())
             }
             _ => {
@@ -811,7 +859,11 @@ impl Validator<'_> {
                 self.error_help(
                     pos,
                     format!("check `{name}` must have exactly one of {}", KINDS.join(", ")),
-                    if kinds.is_empty() { "e.g. `not_null: [question, answer]`".to_string() } else { format!("found {}", kinds.join(" and ")) },
+                    if kinds.is_empty() {
+                        "e.g. `not_null: [question, answer]`".to_string()
+                    } else {
+                        format!("found {}", kinds.join(" and "))
+                    },
                 );
                 continue;
             }
@@ -823,7 +875,10 @@ impl Validator<'_> {
                     Some(n) if !whole || (n >= 0.0 && n.fract() == 0.0) => Some(n),
                     _ => {
                         let pos = this.at(&key(&kpath, f));
-                        this.error(pos, format!("`{f}` must be {}", if whole { "a whole number ≥ 0" } else { "a number" }));
+                        this.error(
+                            pos,
+                            format!("`{f}` must be {}", if whole { "a whole number ≥ 0" } else { "a number" }),
+                        );
                         None
                     }
                 }
@@ -831,7 +886,8 @@ impl Validator<'_> {
             let kind = match kinds[0] {
                 "sql" => match kv.as_str() {
                     Some(q) if !q.trim().is_empty() => {
-                        let outputs: Vec<String> = spec.map(|s| s.outputs.iter().map(|o| o.name.to_string()).collect()).unwrap_or_default();
+                        let outputs: Vec<String> =
+                            spec.map(|s| s.outputs.iter().map(|o| o.name.to_string()).collect()).unwrap_or_default();
                         match fleming_artifacts::sql::referenced_tables(q) {
                             Err(e) => {
                                 let pos = self.at(&kpath);
@@ -923,7 +979,11 @@ impl Validator<'_> {
                         if schema.field_with_name(c).is_err() {
                             let pos = self.at(&kpath);
                             let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-                            self.error_help(pos, format!("check `{name}`: the output has no column `{c}`"), suggestion(c, names.iter().copied()));
+                            self.error_help(
+                                pos,
+                                format!("check `{name}`: the output has no column `{c}`"),
+                                suggestion(c, names.iter().copied()),
+                            );
                         }
                     }
                 }
@@ -944,11 +1004,21 @@ impl Validator<'_> {
             if let Some(x) = m.get(field) {
                 match x.as_u64() {
                     Some(n) if n <= 1024 && (slot == 0 || n >= 1) => {
-                        if slot == 0 { r.gpu = n as u32 } else { r.threads = Some(n as u32) }
+                        if slot == 0 {
+                            r.gpu = n as u32
+                        } else {
+                            r.threads = Some(n as u32)
+                        }
                     }
                     _ => {
                         let pos = self.at(&key(path, field));
-                        self.error(pos, format!("`resources.{field}` must be a whole number{}", if slot == 1 { " ≥ 1" } else { "" }));
+                        self.error(
+                            pos,
+                            format!(
+                                "`resources.{field}` must be a whole number{}",
+                                if slot == 1 { " ≥ 1" } else { "" }
+                            ),
+                        );
                     }
                 }
             }
@@ -958,7 +1028,10 @@ impl Validator<'_> {
             && op.spec().execution == crate::op::Execution::Cpu
         {
             let pos = self.at(&key(path, "gpu"));
-            self.error(pos, format!("operator `{}` runs on the CPU; `resources.gpu` applies to GPU operators only", op.spec().name));
+            self.error(
+                pos,
+                format!("operator `{}` runs on the CPU; `resources.gpu` applies to GPU operators only", op.spec().name),
+            );
         }
         r
     }
@@ -971,7 +1044,12 @@ impl Validator<'_> {
         for (name, ev) in &m {
             let epath = key(&path, name);
             let Some(e) = self.expect_object(ev, &epath, &format!("llm endpoint `{name}`")).cloned() else { continue };
-            self.check_keys(&e, &epath, &["endpoint", "model", "api_key_env", "max_concurrency", "timeout_secs", "max_retries", "params"], "llm endpoint");
+            self.check_keys(
+                &e,
+                &epath,
+                &["endpoint", "model", "api_key_env", "max_concurrency", "timeout_secs", "max_retries", "params"],
+                "llm endpoint",
+            );
             let string = |this: &mut Self, f: &str, required: bool| -> Option<String> {
                 match e.get(f) {
                     Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
@@ -995,7 +1073,11 @@ impl Validator<'_> {
                 && !valid_env_name(k)
             {
                 let pos = self.at(&key(&epath, "api_key_env"));
-                self.error_help(pos, format!("`api_key_env` names an environment variable; `{k}` is not a variable name"), "write the variable's name (e.g. OPENAI_API_KEY), never the key itself");
+                self.error_help(
+                    pos,
+                    format!("`api_key_env` names an environment variable; `{k}` is not a variable name"),
+                    "write the variable's name (e.g. OPENAI_API_KEY), never the key itself",
+                );
             }
             let number = |this: &mut Self, f: &str, default: f64, min: f64| -> f64 {
                 match e.get(f) {
@@ -1093,7 +1175,12 @@ pub fn check_input_files(p: &Pipeline) -> SpecErrors {
                 out.push(
                     Diagnostic::at(
                         p.positions.value(&full),
-                        format!("stage `{}`: `{}` names {}, which does not exist", stage.name, crate::params::display_path(&segs), abs.display()),
+                        format!(
+                            "stage `{}`: `{}` names {}, which does not exist",
+                            stage.name,
+                            crate::params::display_path(&segs),
+                            abs.display()
+                        ),
                     )
                     .help("paths are relative to the pipeline file's directory"),
                 );
@@ -1146,9 +1233,45 @@ mod fuzz {
     /// YAML-ish fragments that exercise the grammar more than random bytes do.
     fn yamlish() -> impl Strategy<Value = String> {
         let atoms = prop::sample::select(vec![
-            "stages:", "\n", "  ", "a:", "b:", "op: echo", "op:", "inputs:", "params:", "{", "}", "[", "]", ",", "- ",
-            "in: a", "in: [a, b]", "n: 3", "n: x", "l: [1, 2.5]", "s: \"${X:-y}\"", "&a ", "*a", "<<: *a", "!tag ", "'",
-            "\"", "#", "---", "...", "? ", ": ", "${", "\t", "a.out", "resources: {gpu: 1}", "name: p", "|", ">",
+            "stages:",
+            "\n",
+            "  ",
+            "a:",
+            "b:",
+            "op: echo",
+            "op:",
+            "inputs:",
+            "params:",
+            "{",
+            "}",
+            "[",
+            "]",
+            ",",
+            "- ",
+            "in: a",
+            "in: [a, b]",
+            "n: 3",
+            "n: x",
+            "l: [1, 2.5]",
+            "s: \"${X:-y}\"",
+            "&a ",
+            "*a",
+            "<<: *a",
+            "!tag ",
+            "'",
+            "\"",
+            "#",
+            "---",
+            "...",
+            "? ",
+            ": ",
+            "${",
+            "\t",
+            "a.out",
+            "resources: {gpu: 1}",
+            "name: p",
+            "|",
+            ">",
         ]);
         prop::collection::vec(atoms, 0..60).prop_map(|v| v.concat())
     }

@@ -87,7 +87,8 @@ pub fn scan(text: &str) -> Result<Positions, Vec<Diagnostic>> {
             Event::DocumentStart(_) => {
                 documents += 1;
                 if documents > 1 {
-                    errors.push(Diagnostic::at(Some(pos), "a pipeline file holds one YAML document; found a second one"));
+                    errors
+                        .push(Diagnostic::at(Some(pos), "a pipeline file holds one YAML document; found a second one"));
                     return Err(errors);
                 }
             }
@@ -104,10 +105,10 @@ pub fn scan(text: &str) -> Result<Positions, Vec<Diagnostic>> {
                         Event::Scalar(s, ..) => {
                             let k = s.to_string();
                             if let Some(first) = seen.get(&k) {
-                                errors.push(
-                                    Diagnostic::at(Some(pos), format!("duplicate key `{k}`"))
-                                        .help(format!("`{k}` is already set at line {}, column {}", first.line, first.col)),
-                                );
+                                errors.push(Diagnostic::at(Some(pos), format!("duplicate key `{k}`")).help(format!(
+                                    "`{k}` is already set at line {}, column {}",
+                                    first.line, first.col
+                                )));
                             } else {
                                 seen.insert(k.clone(), pos);
                             }
@@ -148,12 +149,9 @@ pub fn scan(text: &str) -> Result<Positions, Vec<Diagnostic>> {
                             return Err(errors);
                         }
                         stack.push(match event {
-                            Event::MappingStart(..) => Frame::Map {
-                                path: node_path,
-                                key: None,
-                                seen: HashMap::new(),
-                                expect_key: true,
-                            },
+                            Event::MappingStart(..) => {
+                                Frame::Map { path: node_path, key: None, seen: HashMap::new(), expect_key: true }
+                            }
                             _ => Frame::Seq { path: node_path, index: 0 },
                         });
                     }
