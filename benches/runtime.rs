@@ -166,6 +166,11 @@ fn which(name: &str) -> Option<std::path::PathBuf> {
 }
 
 fn main() {
+    // `cargo test --all-targets` runs bench binaries too, without `--bench`: skip then.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("runtime benchmarks: run with `cargo bench --bench runtime`");
+        return;
+    }
     let which_bench: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     let want = |n: &str| which_bench.is_empty() || which_bench.iter().any(|w| w == n);
     if want("noop") {
