@@ -701,7 +701,7 @@ impl<'a> Executor<'a> {
         let progress = self.progress.stage(&stage.name, spec.name);
         let mut metrics = Map::new();
         let mut worker_info = None;
-        let result = self.compute(stage, &p, upstream, threads, &progress, &mut metrics, &mut worker_info);
+        let result = self.compute(stage, &p, upstream, threads, &progress, &mut metrics, &mut worker_info, &run_id);
         let finished_at = Utc::now();
         let (status, error) = match &result {
             Ok(outputs) => {
@@ -864,6 +864,7 @@ impl<'a> Executor<'a> {
         progress: &Progress,
         metrics: &mut Map<String, Value>,
         worker_info: &mut Option<Value>,
+        run_id: &str,
     ) -> anyhow::Result<BTreeMap<String, ArtifactRef>> {
         let spec = stage.op.spec();
         let work_dir = self.store.work_dir(&p.key)?;
@@ -1006,7 +1007,21 @@ impl<'a> Executor<'a> {
                 }));
                 metrics.extend(wr.metrics);
                 if !wr.metric_rows.is_empty() {
+                    // Training curves and the like: one JSON line per metrics event, beside
+                    // the manifest (`runs/<run id>.metrics.jsonl`).
                     metrics.insert("metric_rows".into(), Value::from(wr.metric_rows.len()));
+                    let mut lines = String::new();
+                    for (step, values) in &wr.metric_rows {
+                        let mut row = values.clone();
+                        if let Some(step) = step {
+                            row.insert("step".into(), Value::from(*step));
+                        }
+                        lines.push_str(&Value::Object(row).to_string());
+                        lines.push('\n');
+                    }
+                    let path = self.store.dir("runs").join(format!("{run_id}.metrics.jsonl"));
+                    fleming_artifacts::fsutil::write_atomic(&path, &self.store.tmp_dir(), lines.as_bytes())
+                        .with_context(|| format!("writing {}", path.display()))?;
                 }
                 let mut outputs = crate::op::Outputs::new();
                 for port in &spec.outputs {

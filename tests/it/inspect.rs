@@ -247,3 +247,26 @@ fn verify_quarantines_a_flipped_byte_and_the_next_run_recomputes() {
     assert_eq!(r.outcome("picked"), "cached", "the recomputed output has the same digest");
     assert_eq!(p.output_digest("insp", "doubled", "table"), d);
 }
+
+#[test]
+fn source_change_without_version_bump_is_warned() {
+    let p = project();
+    p.run_ok(&[]);
+    // Pretend `doubled` was computed by an older build of `sql` with the same version.
+    let key = {
+        let r: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(p.store().join("refs/insp/doubled.json")).expect("ref")).expect("json");
+        r["key"].as_str().expect("key").to_string()
+    };
+    let entry = p.store().join("cache").join(&key[..2]).join(format!("{}.json", &key[2..]));
+    let text = std::fs::read_to_string(&entry).expect("entry");
+    let mut v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    v["op_fingerprint"] = serde_json::Value::from("0000000000000000");
+    std::fs::write(&entry, serde_json::to_string(&v).expect("json")).expect("write");
+    let warning = "warning: operator `sql` changed since stage `doubled` was computed, but its version is still 1: the cached outputs are reused. Bump the operator's version (or run with --force) to recompute.";
+    let s = p.fleming(&["status", "pipeline.yaml"]);
+    assert!(s.stdout.contains(warning), "{}", s.stdout);
+    let r = p.run_ok(&[]);
+    assert_eq!(r.outcome("doubled"), "cached");
+    assert!(r.stderr.contains(warning), "{}", r.stderr);
+}

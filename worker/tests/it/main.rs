@@ -1,6 +1,7 @@
 //! Integration tests for fleming-worker (one binary): the OpenAI-compatible
 //! server driven by the official Python `openai` client, and `run JOB.json`.
 
+mod pipeline;
 mod run;
 
 use fleming_model::toy::ToyTask;
