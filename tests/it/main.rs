@@ -9,5 +9,6 @@ mod concurrency;
 mod crash;
 mod dispatch;
 mod inspect;
+mod question_data;
 mod quickstart;
 mod validation;
