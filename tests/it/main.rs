@@ -7,6 +7,7 @@ mod caching;
 mod checks;
 mod concurrency;
 mod crash;
+mod crawl_extract;
 mod dispatch;
 mod inspect;
 mod question_data;

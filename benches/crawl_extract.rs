@@ -1,0 +1,278 @@
+//! Benchmarks of `crawl` and `extract` on a generated wiki at the paper's scale.
+//!
+//! ```sh
+//! cargo bench --bench crawl_extract                  # 100k entities (needs ../shared/data)
+//! cargo bench --bench crawl_extract -- --entities 20000
+//! ```
+//!
+//! It generates the fixture (`fleming fixtures wiki`, cached under
+//! `$CARGO_TARGET_DIR/bench-fixtures/`), then measures: crawl from the `.bz2` dump (time,
+//! breakdown, peak RSS in a child process), crawl's rerun after 1% of the pages changed
+//! (decompress, parse, diff, write), extract with 1 and 2 workers (MB/s of wikitext),
+//! extract's incremental rerun after 1% of the pages changed (checked equal to a full run),
+//! and relation precision/recall per predicate against the generator's truth. Under
+//! `cargo test` (no `--bench` argument) it does nothing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{Array, StringArray};
+use fleming::cli::fixtures;
+use fleming_artifacts::Table;
+use fleming_operators::ops::crawl::Crawl;
+use fleming_operators::ops::extract::Extract;
+use fleming_runtime::Harness;
+use fleming_runtime::harness::HarnessOutput;
+use serde_json::{Value, json};
+
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|k| k.parse::<f64>().ok())
+        .map(|k| k / 1024.0)
+        .unwrap_or(0.0)
+}
+
+fn metric(out: &HarnessOutput, name: &str) -> f64 {
+    out.metrics.get(name).and_then(Value::as_f64).unwrap_or(0.0)
+}
+
+fn crawl(dump: &Path, previous: Option<&Table>) -> HarnessOutput {
+    let mut h =
+        Harness::new(Arc::new(Crawl::new())).param("dump", dump.to_string_lossy().to_string()).param("max_pages", 0);
+    if let Some(p) = previous {
+        let mut outputs = BTreeMap::new();
+        outputs.insert("pages".to_string(), p.clone());
+        h = h.previous(json!({}), BTreeMap::new(), outputs).expect("previous");
+    }
+    h.run().expect("crawl")
+}
+
+/// Child mode: crawl a dump, print the peak RSS (MiB) and the stage's seconds.
+fn child_crawl(dump: &Path) {
+    let t = Instant::now();
+    let out = crawl(dump, None);
+    let secs = t.elapsed().as_secs_f64();
+    println!("{} {} {}", peak_rss_mib(), secs, out.table("pages").map(|t| t.num_rows()).unwrap_or(0));
+}
+
+fn strings(t: &Table, col: &str) -> Vec<String> {
+    let b = t.concat().expect("concat");
+    let c = b.column_by_name(col).expect("column");
+    let c = c.as_any().downcast_ref::<StringArray>().expect("strings");
+    (0..c.len()).map(|i| if c.is_null(i) { String::new() } else { c.value(i).to_string() }).collect()
+}
+
+/// The fixture with 1% of its article pages edited (a symptom link added, a sentence
+/// changed).
+fn edited(fx: &fixtures::Fixture) -> fixtures::Fixture {
+    let mut pages = fx.pages.clone();
+    let n = pages.len();
+    let step = 100;
+    let mut changed = 0;
+    for (i, (_, text)) in pages.iter_mut().enumerate() {
+        if i % step == 0 && !text.starts_with("#REDIRECT") {
+            text.push_str("\n== Signs and symptoms ==\nSome patients also report [[Fatigue]].\n");
+            changed += 1;
+        }
+    }
+    eprintln!("edited {changed} of {n} pages");
+    fixtures::Fixture { pages, lexicon: fx.lexicon.clone(), truth: fx.truth.clone(), stats: Default::default() }
+}
+
+fn extract(
+    pages: &Table,
+    lexicon: &Path,
+    threads: usize,
+    memo: Option<fleming_runtime::context::RecordMemo>,
+) -> (HarnessOutput, f64) {
+    let mut h = Harness::new(Arc::new(Extract::new()))
+        .param("lexicon", lexicon.to_string_lossy().to_string())
+        .threads(threads)
+        .input("pages", pages.clone());
+    if let Some(m) = memo {
+        h = h.memo(m);
+    }
+    let t = Instant::now();
+    let out = h.run().expect("extract");
+    (out, t.elapsed().as_secs_f64())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--child-crawl") {
+        child_crawl(Path::new(&args[i + 1]));
+        return;
+    }
+    if !args.iter().any(|a| a == "--bench") {
+        println!("crawl_extract: run with `cargo bench --bench crawl_extract`");
+        return;
+    }
+    let entities: usize = args
+        .iter()
+        .position(|a| a == "--entities")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let shared = std::env::var_os("FLEMING_SHARED_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
+    let dir = target.join(format!("bench-fixtures/wiki-{entities}"));
+    let mut report: Vec<(String, String)> = Vec::new();
+    let mut note = |k: &str, v: String| {
+        println!("{k:<48} {v}");
+        report.push((k.to_string(), v));
+    };
+
+    // The fixture.
+    let t = Instant::now();
+    let fx = fixtures::generate(&shared, entities, 7).expect("generate the fixture (is ../shared/data there?)");
+    note("fixture: generate", format!("{:.1} s", t.elapsed().as_secs_f64()));
+    let t = Instant::now();
+    fx.write(&dir, true).expect("write the fixture");
+    note("fixture: write xml + bz2", format!("{:.1} s", t.elapsed().as_secs_f64()));
+    let xml_mb = std::fs::metadata(dir.join("wiki.xml")).map(|m| m.len()).unwrap_or(0) as f64 / 1e6;
+    let bz2_mb = std::fs::metadata(dir.join("wiki.xml.bz2")).map(|m| m.len()).unwrap_or(0) as f64 / 1e6;
+    note("fixture: pages / redirects", format!("{} / {}", fx.stats.pages, fx.stats.redirects));
+    note("fixture: entities (generator) / facts", format!("{} / {}", fx.stats.entities, fx.truth.len()));
+    note(
+        "fixture: wikitext / xml / bz2",
+        format!("{:.1} MB / {xml_mb:.1} MB / {bz2_mb:.1} MB", fx.stats.bytes as f64 / 1e6),
+    );
+
+    // Crawl: peak RSS in a child process.
+    let bz2 = dir.join("wiki.xml.bz2");
+    let exe = std::env::current_exe().expect("current exe");
+    let child = std::process::Command::new(&exe).arg("--child-crawl").arg(&bz2).output().expect("child crawl");
+    let line = String::from_utf8_lossy(&child.stdout).to_string();
+    let parts: Vec<&str> = line.split_whitespace().collect();
+    if parts.len() >= 3 {
+        note(
+            "crawl (bz2 dump): peak RSS (child process)",
+            format!("{} MiB", parts[0].split('.').next().unwrap_or("?")),
+        );
+    }
+    // Crawl: full, then rerun after 1% changed.
+    let t = Instant::now();
+    let full = crawl(&bz2, None);
+    let crawl_s = t.elapsed().as_secs_f64();
+    note("crawl (bz2 dump): full run", format!("{crawl_s:.2} s ({:.0} MB/s of XML)", xml_mb / crawl_s));
+    note(
+        "crawl: breakdown (decompress / parse / write)",
+        format!(
+            "{:.2} / {:.2} / {:.2} s",
+            metric(&full, "decompress_s"),
+            metric(&full, "parse_s"),
+            metric(&full, "write_s")
+        ),
+    );
+    let pages = full.table("pages").expect("pages").clone();
+    let fx2 = edited(&fx);
+    let dir2 = target.join(format!("bench-fixtures/wiki-{entities}-edited"));
+    fx2.write(&dir2, true).expect("write edited fixture");
+    let t = Instant::now();
+    let rerun = crawl(&dir2.join("wiki.xml.bz2"), Some(&pages));
+    let rerun_s = t.elapsed().as_secs_f64();
+    note(
+        "crawl: rerun, 1% of pages changed",
+        format!("{rerun_s:.2} s ({:.0}% of the full run)", 100.0 * rerun_s / crawl_s),
+    );
+    note(
+        "crawl rerun: decompress / parse / diff / write",
+        format!(
+            "{:.2} / {:.2} / {:.2} / {:.2} s (reparsed {} pages, reused {})",
+            metric(&rerun, "decompress_s"),
+            metric(&rerun, "parse_s"),
+            metric(&rerun, "diff_s"),
+            metric(&rerun, "write_s"),
+            rerun.metrics.get("reparsed").cloned().unwrap_or(Value::Null),
+            rerun.metrics.get("reused").cloned().unwrap_or(Value::Null),
+        ),
+    );
+    let pages2 = rerun.table("pages").expect("pages").clone();
+
+    // Extract: throughput with 1 and 2 workers.
+    let lexicon = dir.join("lexicon.tsv");
+    let bytes = fx.stats.bytes as f64 / 1e6;
+    let (one, s1) = extract(&pages, &lexicon, 1, None);
+    note("extract -w 1: full run", format!("{s1:.2} s, {:.1} MB/s", bytes / s1));
+    let (two, s2) = extract(&pages, &lexicon, 2, None);
+    note("extract -w 2: full run", format!("{s2:.2} s, {:.1} MB/s ({:.2}x)", bytes / s2, s1 / s2));
+    assert_eq!(one.digest("entities").ok(), two.digest("entities").ok(), "-w 1 and -w 2 differ");
+    assert_eq!(one.digest("relations").ok(), two.digest("relations").ok(), "-w 1 and -w 2 differ");
+    note(
+        "extract: entities / relations",
+        format!(
+            "{} / {}",
+            one.table("entities").map(|t| t.num_rows()).unwrap_or(0),
+            one.table("relations").map(|t| t.num_rows()).unwrap_or(0)
+        ),
+    );
+
+    // Extract: incremental after 1% changed (memo warm from the full run, as in a store).
+    let op = Extract::new();
+    let memo = Harness::new_memo(&op);
+    let (first, warm_s) = extract(&pages, &lexicon, 1, Some(memo.clone()));
+    let mut outputs = BTreeMap::new();
+    for port in ["entities", "relations", "rejects"] {
+        outputs.insert(port.to_string(), first.table(port).expect("output").clone());
+    }
+    let mut inputs = BTreeMap::new();
+    inputs.insert("pages".to_string(), vec![pages.clone()]);
+    let h = Harness::new(Arc::new(Extract::new()))
+        .param("lexicon", lexicon.to_string_lossy().to_string())
+        .memo(memo)
+        .input("pages", pages2.clone())
+        .previous(json!({}), inputs, outputs)
+        .expect("previous");
+    let t = Instant::now();
+    let inc = h.run().expect("incremental extract");
+    let inc_s = t.elapsed().as_secs_f64();
+    note("extract -w 1: full run (memo warm-up)", format!("{warm_s:.2} s"));
+    note(
+        "extract: incremental rerun, 1% of pages changed",
+        format!(
+            "{inc_s:.2} s ({:.1}% of the full run; mode {}, parsed {} pages, {} entities touched)",
+            100.0 * inc_s / s1,
+            inc.metrics.get("mode").cloned().unwrap_or(Value::Null),
+            inc.metrics.get("parsed_pages").cloned().unwrap_or(Value::Null),
+            inc.metrics.get("touched_entities").cloned().unwrap_or(Value::Null),
+        ),
+    );
+    let (scratch, _) = extract(&pages2, &lexicon, 2, None);
+    for port in ["entities", "relations"] {
+        assert_eq!(inc.digest(port).ok(), scratch.digest(port).ok(), "incremental {port} differ from a full run");
+    }
+    note("extract: incremental == full run (digests)", "yes".into());
+
+    // Relation precision / recall per predicate.
+    let rels = one.table("relations").expect("relations");
+    let extracted: BTreeSet<(String, String, String)> = strings(rels, "subject_name")
+        .into_iter()
+        .zip(strings(rels, "predicate"))
+        .zip(strings(rels, "object_name"))
+        .map(|((s, p), o)| (s, p, o))
+        .collect();
+    let truth: BTreeSet<(String, String, String)> =
+        fx.truth.iter().map(|(s, p, o)| (s.clone(), p.to_string(), o.clone())).collect();
+    for (p, (tp, ext, tru)) in fixtures::evaluate(&truth, &extracted) {
+        note(
+            &format!("P/R {p}"),
+            format!(
+                "P {:.3} R {:.3} ({tp} of {ext} extracted, {tru} true)",
+                tp as f64 / ext.max(1) as f64,
+                tp as f64 / tru.max(1) as f64
+            ),
+        );
+    }
+    let md: String = report.iter().map(|(k, v)| format!("| {k} | {v} |\n")).collect();
+    let _ = std::fs::write(target.join(format!("bench-fixtures/report-{entities}.md")), md);
+}
