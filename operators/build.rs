@@ -45,7 +45,8 @@ fn main() {
         }
         entries.push((name, h.finalize().to_hex()[..16].to_string()));
     }
-    let mut code = String::from("/// Source fingerprints by operator module.\npub const FINGERPRINTS: &[(&str, &str)] = &[\n");
+    let mut code =
+        String::from("/// Source fingerprints by operator module.\npub const FINGERPRINTS: &[(&str, &str)] = &[\n");
     for (n, f) in entries {
         code.push_str(&format!("    ({n:?}, {f:?}),\n"));
     }

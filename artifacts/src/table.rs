@@ -10,7 +10,7 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow::array::{RecordBatch, RecordBatchReader};
+use arrow::array::RecordBatch;
 use arrow::compute::concat_batches;
 use arrow::datatypes::{Schema, SchemaRef};
 use parquet::arrow::ArrowWriter;
@@ -89,9 +89,12 @@ impl Table {
     /// Reads a Parquet file.
     pub fn read_parquet(path: &Path) -> Result<Table, TableError> {
         let file = File::open(path)?;
-        let reader = ParquetRecordBatchReaderBuilder::try_new(file)?.with_batch_size(CANONICAL_BATCH_ROWS).build()?;
-        let schema = reader.schema();
-        let batches = reader.collect::<Result<Vec<_>, _>>()?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file)?.with_batch_size(CANONICAL_BATCH_ROWS);
+        // The builder's schema keeps the schema metadata (operators record state there);
+        // the reader's batches do not, so they get it back.
+        let schema = builder.schema().clone();
+        let batches =
+            builder.build()?.map(|b| b.and_then(|b| b.with_schema(schema.clone()))).collect::<Result<Vec<_>, _>>()?;
         Ok(Table { schema, batches })
     }
 
@@ -272,11 +275,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.parquet");
         let t = sample(100);
+        // Schema metadata survives the round trip (operators keep their state there).
+        let meta = std::collections::HashMap::from([("k".to_string(), "v".to_string())]);
+        let schema = Arc::new(t.schema.as_ref().clone().with_metadata(meta.clone()));
+        let t = Table::new(
+            schema.clone(),
+            t.batches.iter().map(|b| b.clone().with_schema(schema.clone()).unwrap()).collect(),
+        );
         let (f, d, _) = t.write_parquet(File::create(&path).unwrap()).unwrap();
         drop(f);
         assert_eq!(crate::digest::digest_file(&path).unwrap(), d);
         let back = Table::read_parquet(&path).unwrap();
         assert_eq!(back.num_rows(), 100);
+        assert_eq!(back.schema.metadata(), &meta);
+        assert_eq!(back.batches[0].schema().metadata(), &meta);
         assert_eq!(back.digest().unwrap(), d);
     }
 }

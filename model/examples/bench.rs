@@ -95,7 +95,9 @@ fn main() -> anyhow::Result<()> {
     write_safetensors(&dir.join("bench_inputs.safetensors"), &inputs, &BTreeMap::new())?;
 
     // Python side first, so both sides see the same machine state.
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/py/bench.py");
+    let script =
+        PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()))
+            .join("tests/py/bench.py");
     let out = Command::new(python())
         .arg(&script)
         .args([dir.to_str().unwrap_or("."), &THREADS.to_string(), &reps.to_string(), part])

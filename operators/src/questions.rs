@@ -417,7 +417,7 @@ fn read_batch(batch: &RecordBatch, default_source: &str, out: &mut Vec<Question>
             }
         }
         out.push(Question {
-            id: opt_str(&Some(id.clone()), i).unwrap_or_default(),
+            id: if id.is_valid(i) { id.value(i).to_string() } else { String::new() },
             source: opt_str(&source, i).unwrap_or_else(|| default_source.to_string()),
             language: opt_str(&language, i).unwrap_or_else(|| "en".to_string()),
             question: if question.is_valid(i) { question.value(i).to_string() } else { String::new() },
@@ -446,7 +446,10 @@ pub const SHARED_DATA_ENV: &str = "FLEMING_SHARED_DATA";
 pub fn shared_data_dir() -> anyhow::Result<std::path::PathBuf> {
     let dir = match std::env::var_os(SHARED_DATA_ENV) {
         Some(d) => std::path::PathBuf::from(d),
-        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"),
+        None => std::path::PathBuf::from(
+            std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
+        )
+        .join("../../shared/data"),
     };
     if !dir.join("benchmarks").is_dir() {
         anyhow::bail!(

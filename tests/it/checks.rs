@@ -1,8 +1,6 @@
 //! Data checks (`checks:`) and operator tests (`fleming test`).
 
-use std::path::PathBuf;
-
-use crate::support::{Project, rows_jsonl};
+use crate::support::{Project, repo, rows_jsonl};
 
 fn pipeline(checks: &str) -> String {
     format!(
@@ -124,10 +122,6 @@ fn check_definitions_are_validated() {
     assert!(r.stderr.contains("error: `range` is `{ column: c, min: x, max: y }` (min, max or both)"), "{}", r.stderr);
     assert!(r.stderr.contains("error: check `c` reads `nope`, which is not an output of the stage"), "{}", r.stderr);
     assert!(r.stderr.contains("error: check `d`: the output has no column `nope`"), "{}", r.stderr);
-}
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 #[test]

@@ -10,14 +10,13 @@ use std::sync::Arc;
 use fleming_testkit::mediawiki::{FixtureWiki, WikiPage};
 use fleming_testkit::{Fault, FaultPlan, Request, TestServer, When};
 
-use crate::support::{Project, jsonl_rows};
+use crate::support::{Project, jsonl_rows, repo};
 
 /// `FLEMING_SHARED_DATA`, else `../shared/data` beside the repository; a clear failure
 /// when missing.
 fn shared_data() -> PathBuf {
-    let dir = std::env::var_os("FLEMING_SHARED_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
+    let dir =
+        std::env::var_os("FLEMING_SHARED_DATA").map(PathBuf::from).unwrap_or_else(|| repo().join("../shared/data"));
     assert!(
         dir.join("wiki").is_dir() && dir.join("kg").is_dir(),
         "shared data not found at {} (set FLEMING_SHARED_DATA to the directory holding wiki/ and kg/)",
@@ -82,7 +81,8 @@ stages:
     assert!(
         by_name["Autism"]["description"].as_str().unwrap_or("").starts_with("Autism is a neurodevelopmental disorder")
     );
-    assert!(ents.len() > 1000, "{} entities", ents.len());
+    // Three long articles link to hundreds of entities (880 with the shared lexicon).
+    assert!(ents.len() > 500, "{} entities", ents.len());
     // Cached on a second run.
     let again = p.run_ok(&[]);
     assert!(again.stdout.contains("0 ran"), "{}", again.stdout);
@@ -243,7 +243,20 @@ stages:
             assert!(rels.contains(&want), "missing {want:?} in {rels:#?}");
         }
     }
-    assert!(wiki.served_twice().is_empty(), "{:?}", wiki.served_twice());
+    // Never fetched twice, except the pages of the response the server truncated (its
+    // handler ran, the client got 10 bytes and retried).
+    let truncated: BTreeSet<String> = server
+        .requests()
+        .iter()
+        .filter(|r| matches!(r.fault, Some(Fault::Truncate { .. })))
+        .flat_map(|r| r.params.iter().filter(|(k, _)| k == "titles").flat_map(|(_, v)| v.split('|')))
+        .map(str::to_string)
+        .collect();
+    assert!(!truncated.is_empty(), "the truncate fault hit no page fetch");
+    for (title, n) in wiki.served() {
+        let allowed = if truncated.contains(&title) { 2 } else { 1 };
+        assert!(n <= allowed, "{title} served {n} times");
+    }
     assert!(
         server.requests().iter().all(|r| r.user_agent.as_deref().is_some_and(|u| u.starts_with("fleming-tests/0.1")))
     );

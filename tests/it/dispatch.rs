@@ -35,7 +35,8 @@ fn worker_stage_runs_commits_and_caches() {
     assert_eq!(m["worker"]["hello"]["worker"], "fleming-test-worker");
     assert_eq!(m["metrics"]["rows"], 5);
     let run_id = m["run_id"].as_str().expect("run id");
-    let rows = std::fs::read_to_string(p.store().join("runs").join(format!("{run_id}.metrics.jsonl"))).expect("metrics rows");
+    let rows =
+        std::fs::read_to_string(p.store().join("runs").join(format!("{run_id}.metrics.jsonl"))).expect("metrics rows");
     assert_eq!(rows, "{\"rows\":5,\"step\":1}\n");
     let r = p.run_ok(&[]);
     assert_eq!(r.outcome("w"), "cached");

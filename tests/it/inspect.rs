@@ -255,7 +255,8 @@ fn source_change_without_version_bump_is_warned() {
     // Pretend `doubled` was computed by an older build of `sql` with the same version.
     let key = {
         let r: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(p.store().join("refs/insp/doubled.json")).expect("ref")).expect("json");
+            serde_json::from_slice(&std::fs::read(p.store().join("refs/insp/doubled.json")).expect("ref"))
+                .expect("json");
         r["key"].as_str().expect("key").to_string()
     };
     let entry = p.store().join("cache").join(&key[..2]).join(format!("{}.json", &key[2..]));

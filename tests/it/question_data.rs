@@ -9,11 +9,7 @@ use std::time::{Duration, Instant};
 use fleming_testkit::{Fault, FaultPlan, Request, Response, TestServer, When};
 use serde_json::{Value, json};
 
-use crate::support::{Project, jsonl_rows};
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use crate::support::{Project, jsonl_rows, repo};
 
 fn shared_benchmarks() -> PathBuf {
     let dir = match std::env::var_os("FLEMING_SHARED_DATA") {

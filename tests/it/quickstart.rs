@@ -1,13 +1,11 @@
 //! The README's main job runs, and reruns as a no-op.
 
-use std::path::PathBuf;
-
-use crate::support::{Project, jsonl_rows};
+use crate::support::{Project, jsonl_rows, repo};
 
 #[test]
 fn quickstart_runs_and_reruns_cached() {
     let scratch = Project::new();
-    let pipeline = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("pipelines/quickstart.yaml");
+    let pipeline = repo().join("pipelines/quickstart.yaml");
     let pipeline = pipeline.to_str().expect("utf-8 path");
     let store = scratch.path().join("store");
     let out = scratch.path().join("out");

@@ -5,6 +5,12 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
+/// The repository root. Read at run time (cargo sets it for tests): a test binary in a
+/// target directory shared by several clones must not use the path it was built from.
+pub fn repo() -> PathBuf {
+    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()))
+}
+
 /// A temporary directory holding a pipeline and its data.
 pub struct Project {
     pub dir: tempfile::TempDir,

@@ -16,7 +16,10 @@ pub fn python() -> PathBuf {
 /// Runs a Python script from tests/py with arguments, panicking with its output on failure;
 /// returns its stdout.
 pub fn run_py(script: &str, args: &[&str]) -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/py").join(script);
+    let path =
+        PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()))
+            .join("tests/py")
+            .join(script);
     let out = Command::new(python()).arg(&path).args(args).output().expect("start python");
     assert!(
         out.status.success(),

@@ -58,7 +58,9 @@ fn openai_client_works_against_serve() {
     let dir = tempfile::tempdir().unwrap();
     tiny_model_dir(dir.path());
     let (_server, url) = start_server(dir.path());
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/py/openai_client.py");
+    let script =
+        PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()))
+            .join("tests/py/openai_client.py");
     let out = Command::new(python()).arg(script).args([&url, "tiny"]).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(

@@ -59,7 +59,8 @@ fn fleming_runs_an_sft_stage_in_the_worker_and_serves_the_model() {
     }
     // Training curves are kept beside the manifest.
     let run_id = r["run_id"].as_str().unwrap();
-    let curve = std::fs::read_to_string(dir.path().join(".fleming/runs").join(format!("{run_id}.metrics.jsonl"))).unwrap();
+    let curve =
+        std::fs::read_to_string(dir.path().join(".fleming/runs").join(format!("{run_id}.metrics.jsonl"))).unwrap();
     assert_eq!(curve.lines().count(), 12, "{curve}");
     assert!(curve.lines().all(|l| l.contains("\"loss\"")), "{curve}");
     // A rerun is cached.

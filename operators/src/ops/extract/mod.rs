@@ -345,13 +345,18 @@ impl Operator for Extract {
         ctx.metric("lexicon_s", t0.elapsed().as_secs_f64());
         let pages = Arc::new(PagesView::new(ctx.input_table("pages")?)?);
         let incremental = ctx.params.bool("incremental")?;
-        let prev = if incremental { previous_state(ctx, &s.state)? } else { None };
-        let (ents, rels, rejects) = match prev {
-            Some(prev) => match incremental_run(ctx, &s, &pages, &prev)? {
-                Some(out) => out,
-                None => full_run(ctx, &s, &pages)?,
-            },
-            None => full_run(ctx, &s, &pages)?,
+        let prev = if incremental { previous_state(ctx, &s.state)? } else { Err("`incremental` is off") };
+        let updated = match prev {
+            Ok(prev) => incremental_run(ctx, &s, &pages, &prev)?,
+            Err(why) => Err(why),
+        };
+        let (ents, rels, rejects) = match updated {
+            Ok(out) => out,
+            Err(why) => {
+                // Said in the manifest, so that a slow rerun explains itself.
+                ctx.metric("full_reason", why);
+                full_run(ctx, &s, &pages)?
+            }
         };
         ctx.metric("entities", ents.num_rows() as u64);
         ctx.metric("relations", rels.num_rows() as u64);
@@ -367,18 +372,18 @@ struct Previous {
     pages: PagesView,
 }
 
-fn previous_state(ctx: &OpContext, state: &str) -> anyhow::Result<Option<Previous>> {
-    let Some(prev) = &ctx.previous else { return Ok(None) };
+fn previous_state(ctx: &OpContext, state: &str) -> anyhow::Result<Result<Previous, &'static str>> {
+    let Some(prev) = &ctx.previous else { return Ok(Err("no previous run of this stage")) };
     let (Ok(Some(e)), Ok(Some(r)), Ok(Some(p))) =
         (prev.output("entities"), prev.output("relations"), prev.input("pages", 0))
     else {
-        return Ok(None);
+        return Ok(Err("the previous output or input is no longer in the store"));
     };
     let same = |t: &Table| t.schema.metadata().get(STATE_KEY).map(String::as_str) == Some(state);
     if !same(&e) || !same(&r) {
-        return Ok(None);
+        return Ok(Err("the previous output was made with other settings"));
     }
-    Ok(Some(Previous { entities: e.concat()?, relations: r.concat()?, pages: PagesView::new(&p)? }))
+    Ok(Ok(Previous { entities: e.concat()?, relations: r.concat()?, pages: PagesView::new(&p)? }))
 }
 
 type Built = (Table, Table, Table);
@@ -818,19 +823,19 @@ fn touches(r: &Rec, set: &HashSet<u64>) -> bool {
     set.contains(&a) || b.is_some_and(|b| set.contains(&b))
 }
 
-/// Updates the previous output; `None` when a full run is the better choice.
+/// Updates the previous output; `Err(why)` when a full run is the better choice.
 fn incremental_run(
     ctx: &mut OpContext,
     s: &Settings,
     pages: &Arc<PagesView>,
     prev: &Previous,
-) -> anyhow::Result<Option<Built>> {
+) -> anyhow::Result<Result<Built, &'static str>> {
     let t = Instant::now();
     let (keep_new, rejects) = pages.usable();
     let (keep_old, old_rejects) = prev.pages.usable();
     if !rejects.iter().chain(old_rejects.iter()).all(|r| r.2 == "empty title") {
         // Duplicate titles make "which page is the entity's own" depend on both versions.
-        return Ok(None);
+        return Ok(Err("duplicate page titles"));
     }
     // Changed pages.
     let index_of = |v: &PagesView, keep: &[bool]| -> HashMap<String, (usize, String)> {
@@ -848,7 +853,7 @@ fn incremental_run(
     ctx.metric("changed_pages", (changed_new.len() + changed_old.len()) as u64);
     if pages.len() > 1000 && changed * 3 > pages.len() {
         // A third of a large wiki changed: a full run is as fast.
-        return Ok(None);
+        return Ok(Err("more than a third of the pages changed"));
     }
     let new_map = pages.redirects(&keep_new);
     let old_map = prev.pages.redirects(&keep_old);
@@ -989,7 +994,7 @@ fn incremental_run(
             "extract: the previous output is inconsistent with its input ({} negative records); rebuilding",
             out.negative
         );
-        return Ok(None);
+        return Ok(Err("the previous output is inconsistent with its input"));
     }
     let t = Instant::now();
     let titles = page_titles(pages);
@@ -1010,7 +1015,7 @@ fn incremental_run(
     ctx.metric("graph_s", graph_s);
     ctx.metric("build_s", t.elapsed().as_secs_f64());
     let _ = ctx.memo.flush();
-    Ok(Some((Table::new(ents.schema(), vec![ents]), Table::new(rels.schema(), vec![rels]), rejects_table(rejects)?)))
+    Ok(Ok((Table::new(ents.schema(), vec![ents]), Table::new(rels.schema(), vec![rels]), rejects_table(rejects)?)))
 }
 
 /// Previous rows minus those `drop` says, merged with new rows; both sorted by `id`.

@@ -23,7 +23,10 @@ use crate::ops::crawl::{PageRow, dump, page_row_id, pages_table, text_digest};
 pub fn shared_data() -> PathBuf {
     let dir = match std::env::var_os("FLEMING_SHARED_DATA") {
         Some(d) => PathBuf::from(d),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"),
+        None => {
+            PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()))
+                .join("../../shared/data")
+        }
     };
     assert!(
         dir.join("wiki").is_dir(),

@@ -218,6 +218,22 @@ impl Graph {
             .filter(move |x| dir.is_none_or(|d| x.dir == d) && ty.is_none_or(|t| self.types[x.to as usize] == t))
     }
 
+    /// How many edges of `e` have predicate `pred` (both directions).
+    pub fn pred_degree(&self, e: u32, pred: u32) -> usize {
+        let adj = self.adj(e);
+        adj.partition_point(|x| x.pred <= pred) - adj.partition_point(|x| x.pred < pred)
+    }
+
+    /// Whether `e` has an edge with predicate `pred`, direction `dir`, to `to`, whose
+    /// relation `knows` accepts.
+    pub fn has_edge(&self, e: u32, pred: u32, dir: Dir, to: u32, knows: &impl Fn(u32) -> bool) -> bool {
+        let adj = self.adj(e);
+        let key = |x: &Edge| (x.pred, x.dir == Dir::In, x.to);
+        let want = (pred, dir == Dir::In, to);
+        let lo = adj.partition_point(|x| key(x) < want);
+        adj[lo..].iter().take_while(|x| key(x) == want).any(|x| knows(x.rel))
+    }
+
     /// A type by name (case-insensitive).
     pub fn type_id(&self, name: &str) -> Option<u32> {
         let l = name.to_lowercase();

@@ -259,20 +259,35 @@ pub(crate) struct Chain {
 /// relations `knows` accepts (`None`: more than `cap`, or nothing is named).
 pub(crate) fn satisfying(g: &Graph, c: &Chain, cap: usize, knows: impl Fn(u32) -> bool) -> Option<HashSet<u32>> {
     let ty = g.types[c.nodes[c.mask] as usize];
+    let flip = |d: Dir| if d == Dir::Out { Dir::In } else { Dir::Out };
+    // Fast path: both neighbours of the mask are named; walk the smaller adjacency and
+    // look the other edge up.
+    if c.mask > 0 && c.mask + 1 < c.nodes.len() && c.named[c.mask - 1] && c.named[c.mask + 1] {
+        let a = (c.nodes[c.mask - 1], c.preds[c.mask - 1], c.dirs[c.mask - 1]);
+        let b = (c.nodes[c.mask + 1], c.preds[c.mask], flip(c.dirs[c.mask]));
+        let count = |(n, p, _): (u32, u32, Dir)| g.pred_degree(n, p);
+        let (small, large) = if count(a) <= count(b) { (a, b) } else { (b, a) };
+        let mut out = HashSet::new();
+        for x in g.step(small.0, Some(small.1), Some(small.2), Some(ty)) {
+            if knows(x.rel) && g.has_edge(large.0, large.1, large.2, x.to, &knows) {
+                out.insert(x.to);
+                if out.len() > cap {
+                    return None;
+                }
+            }
+        }
+        return Some(out);
+    }
+    let inner_cap = cap.saturating_mul(64).max(4096);
     // Left to right up to the mask, right to left down to it.
     let side = |range: Vec<usize>, forward: bool| -> Option<Option<HashSet<u32>>> {
         let mut cur: Option<HashSet<u32>> = None;
         for pos in range {
             let next = if forward { pos + 1 } else { pos - 1 };
             let hop = if forward { pos } else { pos - 1 };
-            let dir = if forward {
-                c.dirs[hop]
-            } else if c.dirs[hop] == Dir::Out {
-                Dir::In
-            } else {
-                Dir::Out
-            };
+            let dir = if forward { c.dirs[hop] } else { flip(c.dirs[hop]) };
             let from = if c.named[pos] { Some(HashSet::from([c.nodes[pos]])) } else { cur.take() };
+            let limit = if next == c.mask { cap } else { inner_cap };
             cur = match from {
                 None => None,
                 Some(set) => {
@@ -284,7 +299,7 @@ pub(crate) fn satisfying(g: &Graph, c: &Chain, cap: usize, knows: impl Fn(u32) -
                                 out.insert(x.to);
                             }
                         }
-                        if out.len() > cap {
+                        if out.len() > limit {
                             return None;
                         }
                     }
@@ -423,7 +438,7 @@ impl<'a> Setup<'a> {
 
     /// The entities that satisfy the stem at the masked position (`None`: too many).
     fn correct_set(&self, c: &Chain) -> Option<HashSet<u32>> {
-        satisfying(self.g, c, self.max_correct * 64 + 1024, |_| true)
+        satisfying(self.g, c, self.max_correct, |_| true)
     }
 
     /// The other side's set at the mask, for relation-preserving distractors: entities
@@ -848,6 +863,12 @@ pub fn generate(
             {
                 bail!("pattern `{name}`: template uses {} but the path has {} nodes", bad.1, path.len());
             }
+        }
+        if candidates.is_empty() {
+            bail!(
+                "pattern `{name}` matches no path in the graph: no {} has the relations next to the masked node (check each predicate's direction: `>p` when the left node is the subject, `<p` when it is the object)",
+                path[mask]
+            );
         }
         let cumulative = cumulative(g, &candidates, long_tail);
         let weight = pv.get("weight").and_then(Value::as_f64).unwrap_or(1.0);

@@ -201,11 +201,20 @@ fn bad_patterns_are_reported() {
         .to_string();
     assert!(err.contains("one predicate per hop"), "{err}");
     let err = Harness::new(Arc::new(Sample))
-        .input("entities", ents)
-        .input("relations", rels)
+        .input("entities", ents.clone())
+        .input("relations", rels.clone())
         .params(json!({"patterns": [{"name": "x", "path": ["symptom", "organ"], "predicates": ["treats"], "mask": 1}]}))
         .run()
         .unwrap_err()
         .to_string();
     assert!(err.contains("no entity has the type `organ`"), "{err}");
+    let (ents, rels) = fixture::graph(300, 1).unwrap();
+    let err = Harness::new(Arc::new(Sample))
+        .input("entities", ents)
+        .input("relations", rels)
+        .params(json!({"patterns": [{"name": "backwards", "path": ["symptom", "disease"], "predicates": [">presents_symptom"], "mask": 1}]}))
+        .run()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("pattern `backwards` matches no path") && err.contains("direction"), "{err}");
 }

@@ -92,8 +92,11 @@ fn perm_params() -> &'static [(u64, u64); PERMS] {
     &P
 }
 
+/// A MinHash signature (the high 32 bits of each permutation's minimum).
+pub type Signature = [u32; PERMS];
+
 /// The MinHash signature of normalised text.
-pub fn signature(norm: &str) -> [u64; PERMS] {
+pub fn signature(norm: &str) -> Signature {
     let mut shingles: Vec<u64> = Vec::with_capacity(norm.len() / 5 + 4);
     let words: Vec<&str> = norm.split(' ').filter(|w| !w.is_empty()).collect();
     let few_spaces = words.len() * 12 < norm.chars().count();
@@ -118,61 +121,97 @@ pub fn signature(norm: &str) -> [u64; PERMS] {
     }
     shingles.sort_unstable();
     shingles.dedup();
-    let mut sig = [u64::MAX; PERMS];
+    let mut mins = [u64::MAX; PERMS];
     let params = perm_params();
     for &s in &shingles {
-        for (k, (a, b)) in params.iter().enumerate() {
+        for (m, (a, b)) in mins.iter_mut().zip(params.iter()) {
             let v = s.wrapping_mul(*a).wrapping_add(*b);
-            if v < sig[k] {
-                sig[k] = v;
+            if v < *m {
+                *m = v;
             }
         }
+    }
+    let mut sig = [0u32; PERMS];
+    for (o, m) in sig.iter_mut().zip(mins) {
+        *o = (m >> 32) as u32;
     }
     sig
 }
 
 /// The estimated Jaccard similarity of two signatures.
-pub fn similarity(a: &[u64; PERMS], b: &[u64; PERMS]) -> f64 {
+pub fn similarity(a: &Signature, b: &Signature) -> f64 {
     a.iter().zip(b.iter()).filter(|(x, y)| x == y).count() as f64 / PERMS as f64
 }
 
-/// LSH index over the signatures of kept items.
+/// Hasher for keys that are already uniformly mixed hashes.
+#[derive(Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = fx(self.0, b as u64);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type IdMap = HashMap<u64, u32, std::hash::BuildHasherDefault<IdHasher>>;
+
+/// LSH index over the signatures of kept items: per band, the newest item of each
+/// bucket, and for each item the previous one of its bucket (a chain, newest first).
 #[derive(Default)]
 pub struct Lsh {
-    buckets: Vec<HashMap<u64, Vec<u32>>>,
+    heads: Vec<IdMap>,
+    next: Vec<Vec<u32>>,
 }
 
 impl Lsh {
     /// An empty index.
     pub fn new() -> Self {
-        Lsh { buckets: (0..BANDS).map(|_| HashMap::new()).collect() }
+        Lsh { heads: (0..BANDS).map(|_| IdMap::default()).collect(), next: vec![Vec::new(); BANDS] }
     }
 
-    fn band_key(sig: &[u64; PERMS], band: usize) -> u64 {
-        sig[band * ROWS..(band + 1) * ROWS].iter().fold(band as u64, |h, &x| fx(h, x))
+    fn band_key(sig: &Signature, band: usize) -> u64 {
+        sig[band * ROWS..(band + 1) * ROWS].iter().fold(mixer(band as u64), |h, &x| fx(h, x as u64))
     }
 
     /// The most similar indexed item at or above `threshold`, if any (`sigs` holds the
     /// signatures of indexed items by their index).
-    pub fn query(&self, sig: &[u64; PERMS], sigs: &[[u64; PERMS]], threshold: f64) -> Option<(u32, f64)> {
+    pub fn query(&self, sig: &Signature, sigs: &[Signature], threshold: f64) -> Option<(u32, f64)> {
         let mut best: Option<(u32, f64)> = None;
         for band in 0..BANDS {
-            if let Some(list) = self.buckets[band].get(&Self::band_key(sig, band)) {
-                for &j in list.iter().take(BUCKET_CAP) {
-                    let s = similarity(sig, &sigs[j as usize]);
-                    if s >= threshold && best.is_none_or(|(bj, bs)| s > bs || (s == bs && j < bj)) {
-                        best = Some((j, s));
-                    }
+            let mut j = self.heads[band].get(&Self::band_key(sig, band)).copied();
+            let mut seen = 0;
+            while let Some(k) = j {
+                if seen >= BUCKET_CAP {
+                    break;
                 }
+                seen += 1;
+                let s = similarity(sig, &sigs[k as usize]);
+                if s >= threshold && best.is_none_or(|(bj, bs)| s > bs || (s == bs && k < bj)) {
+                    best = Some((k, s));
+                }
+                j = self.next[band].get(k as usize).copied().filter(|&n| n != u32::MAX);
             }
         }
         best
     }
 
-    /// Indexes item `i`.
-    pub fn insert(&mut self, i: u32, sig: &[u64; PERMS]) {
+    /// Indexes item `i` (items are indexed in order: 0, 1, 2, …).
+    pub fn insert(&mut self, i: u32, sig: &Signature) {
         for band in 0..BANDS {
-            self.buckets[band].entry(Self::band_key(sig, band)).or_default().push(i);
+            let prev = self.heads[band].insert(Self::band_key(sig, band), i);
+            let next = &mut self.next[band];
+            if next.len() <= i as usize {
+                next.resize(i as usize + 1, u32::MAX);
+            }
+            next[i as usize] = prev.unwrap_or(u32::MAX);
         }
     }
 }

@@ -220,7 +220,7 @@ struct Prepared {
     problem: Option<String>,
     item: Question,
     exact: [u8; 16],
-    sig: Option<[u64; dedup::PERMS]>,
+    sig: Option<dedup::Signature>,
     counts: anonymise::Counts,
 }
 
@@ -304,7 +304,7 @@ pub fn clean(items: Vec<Question>, s: &Settings, threads: usize) -> anyhow::Resu
     let mut exact_seen: HashMap<[u8; 16], u32> = HashMap::with_capacity(prepared.len());
     let mut ids_seen: HashMap<String, u32> = HashMap::with_capacity(prepared.len());
     let mut lsh = dedup::Lsh::new();
-    let mut sigs: Vec<[u64; dedup::PERMS]> = Vec::new();
+    let mut sigs: Vec<dedup::Signature> = Vec::new();
     let mut kept_ids: Vec<String> = Vec::new();
     for p in prepared {
         for (t, c) in totals.iter_mut().zip(p.counts) {
