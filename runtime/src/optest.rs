@@ -24,7 +24,8 @@
 //!     expect: { error: "nope" }
 //! ```
 //!
-//! Inputs are lists of rows, or `{ file: path }` (JSONL, JSON array, or Parquet). In
+//! Inputs are lists of rows, or `{ file: path }` (JSONL, JSON array, or Parquet), or
+//! `{ tables: [...] }` of those for a port that takes several. In
 //! `rows`, only the columns written are compared (numbers by value); `ordered: false`
 //! compares rows as a multiset. Each `sql` query must return no rows (it selects the
 //! failing ones); the checked output is the table `table`. `${TEST_TMP}` in params is a
