@@ -34,4 +34,15 @@ fn quickstart_runs_and_reruns_cached() {
     let tiered = jsonl_rows(&out.join("questions-tiered.jsonl"));
     assert!(tiered.iter().any(|r| r["source"] == "synthetic") && tiered.iter().any(|r| r["source"] == "medqa"));
     assert!(tiered.iter().all(|r| ["easy", "moderate", "difficult"].contains(&r["difficulty"].as_str().unwrap_or(""))));
+    // The synthetic items stand on the graph extracted from the shipped export: their
+    // parents are its relation and entity rows.
+    let graph: std::collections::HashSet<String> = ["kg-entities.jsonl", "kg-relations.jsonl"]
+        .iter()
+        .flat_map(|f| jsonl_rows(&out.join(f)))
+        .filter_map(|r| r["id"].as_str().map(str::to_string))
+        .collect();
+    for r in tiered.iter().filter(|r| r["source"] == "synthetic") {
+        let parents = r["parents"].as_array().expect("parents");
+        assert!(!parents.is_empty() && parents.iter().all(|p| graph.contains(p.as_str().unwrap_or(""))), "{r}");
+    }
 }
