@@ -54,7 +54,7 @@ fn check_recovery(p: &Project) {
     let r = p.run_ok(&["-j", "1"]);
     assert_eq!(r.outcome("raw"), "cached");
     assert_eq!(r.outcome("slow"), "ran");
-    let m = p.manifests_of("slow").into_iter().filter(|m| m["status"] == "succeeded").last().expect("manifest");
+    let m = p.manifests_of("slow").into_iter().rfind(|m| m["status"] == "succeeded").expect("manifest");
     let hits = m["metrics"]["memo_hits"].as_u64().expect("hits");
     let computed = m["metrics"]["computed"].as_u64().expect("computed");
     assert!(hits >= 5, "committed rows were recomputed: {m:#}");

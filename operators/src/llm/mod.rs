@@ -500,7 +500,7 @@ pub fn failure_report<T>(endpoint: &Endpoint, results: &[Result<T, CallFailure>]
             None => reasons.push((f.error.clone(), 1)),
         }
     }
-    reasons.sort_by(|a, b| b.1.cmp(&a.1));
+    reasons.sort_by_key(|r| std::cmp::Reverse(r.1));
     let list: Vec<String> = reasons.iter().take(3).map(|(r, n)| format!("{n}× {r}")).collect();
     Some(anyhow!(
         "{} of {} calls to llm endpoint `{}` ({}, model `{}`) failed; the {} that succeeded are memoised and a rerun will not repeat them. Reasons: {}",
@@ -542,7 +542,7 @@ pub fn extract_choice(text: &str, labels: &[&str]) -> Option<String> {
             return Some(c);
         }
         // "<answer>B. Aspirin</answer>"
-        if let Some(first) = inner.split(|c: char| c == '.' || c == ')' || c == ':').next()
+        if let Some(first) = inner.split(['.', ')', ':']).next()
             && let Some(c) = clean(first)
         {
             return Some(c);

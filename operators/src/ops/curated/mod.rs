@@ -828,6 +828,9 @@ fn read_records(
     Ok(out)
 }
 
+/// A record that could not become a question: id, line, reason, raw text.
+pub type RejectRow = (String, i64, String, String);
+
 /// Reads a curated file into questions and rejects (the operator without the runtime).
 pub fn load(
     format: &str,
@@ -837,7 +840,7 @@ pub fn load(
     language: Option<&str>,
     subject: Option<&str>,
     mapping: Option<&Map<String, Value>>,
-) -> anyhow::Result<(Vec<Question>, Vec<(String, i64, String, String)>)> {
+) -> anyhow::Result<(Vec<Question>, Vec<RejectRow>)> {
     let mut rejects = Vec::new();
     let records = read_records(format, path, mapping, &mut rejects)?;
     let key = match answers {
