@@ -2,6 +2,7 @@
 //! server driven by the official Python `openai` client, and `run JOB.json`.
 
 mod pipeline;
+mod quickstart;
 mod run;
 
 use fleming_model::toy::ToyTask;

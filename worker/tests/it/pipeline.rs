@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-fn fleming() -> PathBuf {
+pub(crate) fn fleming() -> PathBuf {
     let worker = PathBuf::from(env!("CARGO_BIN_EXE_fleming-worker"));
     let p = worker.with_file_name("fleming");
     assert!(
