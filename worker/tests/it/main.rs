@@ -4,6 +4,7 @@
 mod pipeline;
 mod quickstart;
 mod run;
+mod serve_as_endpoint;
 
 use fleming_model::toy::ToyTask;
 use fleming_model::{Placement, Qwen2, Qwen2Config, TextTokenizer};
