@@ -99,14 +99,14 @@ fn status() {
 }
 
 fn digest() {
-    use arrow::array::{ArrayRef, Int64Array, StringArray};
+    use arrow::array::{ArrayRef, BinaryArray, Int64Array, StringArray};
     use fleming_artifacts::{Store, Table};
     use std::sync::Arc;
     let b3sum = which("b3sum")
         .unwrap_or_else(|| panic!("the digest benchmark compares with `b3sum`; install it: cargo install b3sum"));
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(&dir.path().join("store")).expect("store");
-    // ~1 GB of poorly compressible rows.
+    // ~1 GB of rows that do not compress.
     let mut batches = Vec::new();
     let mut state = 0x9e3779b97f4a7c15u64;
     let mut next = move || {
@@ -117,15 +117,16 @@ fn digest() {
     };
     let rows_per_batch = 8192usize;
     let mut total = 0usize;
-    while total < 1_000_000_000 {
+    while total < 1_030_000_000 {
         let ids: ArrayRef =
             Arc::new(StringArray::from_iter_values((0..rows_per_batch).map(|_| format!("{:016x}", next()))));
-        let text: ArrayRef = Arc::new(StringArray::from_iter_values(
-            (0..rows_per_batch).map(|_| (0..12).map(|_| format!("{:016x}", next())).collect::<String>()),
+        // Random bytes: incompressible, so the object on disk is as large as the table.
+        let blob: ArrayRef = Arc::new(BinaryArray::from_iter_values(
+            (0..rows_per_batch).map(|_| (0..12).flat_map(|_| next().to_le_bytes()).collect::<Vec<u8>>()),
         ));
         let n: ArrayRef = Arc::new(Int64Array::from_iter_values((0..rows_per_batch).map(|_| next() as i64)));
-        let b = arrow::array::RecordBatch::try_from_iter(vec![("id", ids), ("text", text), ("n", n)]).expect("batch");
-        total += b.get_array_memory_size();
+        let b = arrow::array::RecordBatch::try_from_iter(vec![("id", ids), ("blob", blob), ("n", n)]).expect("batch");
+        total += rows_per_batch * (16 + 96 + 8); // data bytes per row: id, blob, n
         batches.push(b);
     }
     let table = Table::new(batches[0].schema(), batches);
