@@ -206,6 +206,10 @@ fn main() {
     let bytes = fx.stats.bytes as f64 / 1e6;
     let (one, s1) = extract(&pages, &lexicon, 1, None);
     note("extract -w 1: full run", format!("{s1:.2} s, {:.1} MB/s", bytes / s1));
+    note(
+        "extract -w 1: lexicon / parse+dataflow / build",
+        format!("{:.2} / {:.2} / {:.2} s", metric(&one, "lexicon_s"), metric(&one, "graph_s"), metric(&one, "build_s")),
+    );
     let (two, s2) = extract(&pages, &lexicon, 2, None);
     note("extract -w 2: full run", format!("{s2:.2} s, {:.1} MB/s ({:.2}x)", bytes / s2, s1 / s2));
     assert_eq!(one.digest("entities").ok(), two.digest("entities").ok(), "-w 1 and -w 2 differ");
@@ -247,6 +251,27 @@ fn main() {
             inc.metrics.get("mode").cloned().unwrap_or(Value::Null),
             inc.metrics.get("parsed_pages").cloned().unwrap_or(Value::Null),
             inc.metrics.get("touched_entities").cloned().unwrap_or(Value::Null),
+        ),
+    );
+    note(
+        "extract incremental: previous / prep / graph / build",
+        format!(
+            "{:.2} / {:.2} / {:.2} / {:.2} s ({} relations rebuilt)",
+            metric(&inc, "previous_s"),
+            metric(&inc, "prep_s"),
+            metric(&inc, "graph_s"),
+            metric(&inc, "build_s"),
+            inc.metrics.get("replaced_relations").cloned().unwrap_or(Value::Null),
+        ),
+    );
+    note(
+        "extract incremental prep (cumulative): diff / redirects / parse / rset",
+        format!(
+            "{:.2} / {:.2} / {:.2} / {:.2} s",
+            metric(&inc, "prep_diff_s"),
+            metric(&inc, "prep_redirects_s"),
+            metric(&inc, "prep_parse_s"),
+            metric(&inc, "prep_rset_s"),
         ),
     );
     let (scratch, _) = extract(&pages2, &lexicon, 2, None);

@@ -90,6 +90,7 @@ pub fn run(threads: usize, feed: Arc<Feed>) -> anyhow::Result<GraphOut> {
             let alias = recs.clone().flat_map(|r| if let Rec::Alias(k, a) = r { Some((k, a)) } else { None });
             let vote = recs.clone().flat_map(|r| if let Rec::Vote(k, t) = r { Some((k, t)) } else { None });
             let own = recs.clone().flat_map(|r| if let Rec::Own(k, o) = r { Some((k, o)) } else { None });
+            let degree_base = recs.clone().flat_map(|r| if let Rec::DegreeBase(k) = r { Some(k) } else { None });
             let support = recs.flat_map(|r| if let Rec::Support(k, s) = r { Some((k, s)) } else { None });
 
             // Relation dedup: one row per (subject, predicate, object) with its supports.
@@ -115,6 +116,7 @@ pub fn run(threads: usize, feed: Arc<Feed>) -> anyhow::Result<GraphOut> {
             // Degree counts: distinct relations per entity.
             let degree = rels
                 .flat_map(|((s, _p, o), _)| if s == o { vec![s] } else { vec![s, o] })
+                .concat(degree_base)
                 .count()
                 .map(|(k, n)| (k, Part::Degree(n as i64)));
             let freq = freq.count().map(|(k, n)| (k, Part::Freq(n as i64)));

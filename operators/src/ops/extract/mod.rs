@@ -173,6 +173,38 @@ impl Extract {
     }
 }
 
+/// Hasher for entity keys (already uniform hashes) and tuples of them: FxHash's mix.
+/// std's SipHash costs more than the rest of a lookup in the incremental bookkeeping.
+#[derive(Default, Clone, Copy)]
+struct KeyHasher(u64);
+
+impl KeyHasher {
+    fn mix(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.mix(b as u64);
+        }
+    }
+    fn write_u8(&mut self, n: u8) {
+        self.mix(n as u64);
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.mix(n);
+    }
+}
+
+type KeyBuild = std::hash::BuildHasherDefault<KeyHasher>;
+/// A set of entity keys.
+type KeySet = HashSet<u64, KeyBuild>;
+
 /// The pages table as the operator reads it.
 pub struct PagesView {
     id: StringArray,
@@ -234,9 +266,13 @@ impl PagesView {
 
     /// Content digest of a row (the `digest` column, else computed).
     fn digest(&self, i: usize) -> String {
+        self.digest_str(i).into_owned()
+    }
+
+    fn digest_str(&self, i: usize) -> std::borrow::Cow<'_, str> {
         match &self.digest {
-            Some(d) if !d.is_null(i) => d.value(i).to_string(),
-            _ => crate::ops::crawl::text_digest(self.title.value(i), self.text(i)),
+            Some(d) if !d.is_null(i) => std::borrow::Cow::Borrowed(d.value(i)),
+            _ => std::borrow::Cow::Owned(crate::ops::crawl::text_digest(self.title.value(i), self.text(i))),
         }
     }
 
@@ -250,7 +286,10 @@ impl PagesView {
         let mut rejects = Vec::new();
         let mut first: HashMap<String, usize> = HashMap::new();
         let mut order: Vec<usize> = (0..self.len()).collect();
-        order.sort_by(|&a, &b| self.id.value(a).cmp(self.id.value(b)));
+        // `crawl` writes its rows sorted by id already.
+        if !(1..self.len()).all(|i| self.id.value(i - 1) <= self.id.value(i)) {
+            order.sort_by(|&a, &b| self.id.value(a).cmp(self.id.value(b)));
+        }
         for i in order {
             if self.ns(i) != 0 {
                 continue;
@@ -345,7 +384,9 @@ impl Operator for Extract {
         ctx.metric("lexicon_s", t0.elapsed().as_secs_f64());
         let pages = Arc::new(PagesView::new(ctx.input_table("pages")?)?);
         let incremental = ctx.params.bool("incremental")?;
+        let t_prev = Instant::now();
         let prev = if incremental { previous_state(ctx, &s.state)? } else { Err("`incremental` is off") };
+        ctx.metric("previous_s", t_prev.elapsed().as_secs_f64());
         let updated = match prev {
             Ok(prev) => incremental_run(ctx, &s, &pages, &prev)?,
             Err(why) => Err(why),
@@ -494,17 +535,14 @@ fn entities_batch(
     out: &GraphOut,
     s: &Settings,
     titles: &HashMap<u64, String>,
-    only: Option<&HashSet<u64>>,
+    only: Option<&KeySet>,
 ) -> anyhow::Result<RecordBatch> {
     let _ = titles;
     let names = &out.names;
-    let mut rows: Vec<(String, &u64, &EntityAgg)> = out
-        .entities
-        .iter()
-        .filter(|(k, _)| only.is_none_or(|o| o.contains(k)))
-        .map(|(k, a)| (entity_id(*k), k, a))
-        .collect();
-    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    // Ids are the keys in fixed-width hex, so key order is id order.
+    let mut rows: Vec<(&u64, &EntityAgg)> =
+        out.entities.iter().filter(|(k, _)| only.is_none_or(|o| o.contains(k))).map(|(k, a)| (k, a)).collect();
+    rows.sort_unstable_by_key(|r| *r.0);
     let n = rows.len();
     let mut id = StringBuilder::with_capacity(n, n * 16);
     let mut name = StringBuilder::new();
@@ -518,7 +556,8 @@ fn entities_batch(
     let mut infobox = StringBuilder::new();
     let mut alias_counts = ListBuilder::new(Int64Builder::new());
     let mut votes = ListBuilder::new(Int64Builder::new());
-    for (eid, k, agg) in rows {
+    for (k, agg) in rows {
+        let eid = entity_id(*k);
         let nm = name_of(names, *k)?;
         let own_box = match agg.own {
             Some(OwnVal { infobox: b, .. }) if b != 0 => Some(name_of(names, b)?),
@@ -592,15 +631,29 @@ fn entities_batch(
 
 /// A relation's id.
 pub fn relation_id(s: u64, p: u8, o: u64) -> String {
+    format!("{:016x}", relation_key(s, p, o, &mut String::new()))
+}
+
+/// The number behind a relation's id (its id is this in fixed-width hex), hashing in a
+/// reused buffer.
+fn relation_key(s: u64, p: u8, o: u64, buf: &mut String) -> u64 {
+    use std::fmt::Write;
     let pred = Predicate::from_index(p).map(|p| p.as_str()).unwrap_or("?");
-    format!("{:016x}", h(&format!("{}|{pred}|{}", entity_id(s), entity_id(o))))
+    buf.clear();
+    let _ = write!(buf, "{s:016x}|{pred}|{o:016x}");
+    h(buf)
 }
 
 fn relations_batch(out: &GraphOut, s: &Settings, titles: &HashMap<u64, String>) -> anyhow::Result<RecordBatch> {
     let names = &out.names;
-    let mut rows: Vec<(String, &RelKey, &Vec<SupportVal>)> =
-        out.relations.iter().filter(|((a, _, b), _)| a != b).map(|(k, v)| (relation_id(k.0, k.1, k.2), k, v)).collect();
-    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut buf = String::new();
+    let mut rows: Vec<(u64, &RelKey, &Vec<SupportVal>)> = out
+        .relations
+        .iter()
+        .filter(|((a, _, b), _)| a != b)
+        .map(|(k, v)| (relation_key(k.0, k.1, k.2, &mut buf), k, v))
+        .collect();
+    rows.sort_unstable_by_key(|r| (r.0, *r.1));
     let n = rows.len();
     let mut id = StringBuilder::with_capacity(n, n * 16);
     let mut subject = StringBuilder::new();
@@ -624,7 +677,9 @@ fn relations_batch(out: &GraphOut, s: &Settings, titles: &HashMap<u64, String>) 
         }) else {
             continue;
         };
-        id.append_value(&rid);
+        buf.clear();
+        let _ = std::fmt::Write::write_fmt(&mut buf, format_args!("{rid:016x}"));
+        id.append_value(&buf);
         subject.append_value(entity_id(*sk));
         predicate.append_value(Predicate::from_index(*p).map(|p| p.as_str()).unwrap_or("?"));
         object.append_value(entity_id(*ok));
@@ -818,7 +873,7 @@ fn decompose_relation(
     Ok(())
 }
 
-fn touches(r: &Rec, set: &HashSet<u64>) -> bool {
+fn touches(r: &Rec, set: &KeySet) -> bool {
     let (a, b) = r.keys();
     set.contains(&a) || b.is_some_and(|b| set.contains(&b))
 }
@@ -838,9 +893,9 @@ fn incremental_run(
         return Ok(Err("duplicate page titles"));
     }
     // Changed pages.
-    let index_of = |v: &PagesView, keep: &[bool]| -> HashMap<String, (usize, String)> {
-        (0..v.len()).filter(|&i| keep[i]).map(|i| (v.id.value(i).to_string(), (i, v.digest(i)))).collect()
-    };
+    fn index_of<'a>(v: &'a PagesView, keep: &[bool]) -> HashMap<&'a str, (usize, std::borrow::Cow<'a, str>)> {
+        (0..v.len()).filter(|&i| keep[i]).map(|i| (v.id.value(i), (i, v.digest_str(i)))).collect()
+    }
     let now = index_of(pages, &keep_new);
     let before = index_of(&prev.pages, &keep_old);
     let mut changed_new: Vec<usize> =
@@ -855,12 +910,13 @@ fn incremental_run(
         // A third of a large wiki changed: a full run is as fast.
         return Ok(Err("more than a third of the pages changed"));
     }
+    ctx.metric("prep_diff_s", t.elapsed().as_secs_f64());
     let new_map = pages.redirects(&keep_new);
     let old_map = prev.pages.redirects(&keep_old);
     let new_res = |t: &str| new_map.get(t).cloned();
     let old_res = |t: &str| old_map.get(t).cloned();
     // Keys whose resolution changes: their entities are recomputed from all their pages.
-    let mut rset: HashSet<u64> = HashSet::new();
+    let mut rset = KeySet::default();
     let mut note = |title: &str| {
         let k = normalize_title(title);
         rset.insert(h(&k));
@@ -883,13 +939,14 @@ fn incremental_run(
             note(prev.pages.title.value(i));
         }
     }
+    ctx.metric("prep_redirects_s", t.elapsed().as_secs_f64());
     let interp = Interp { lexicon: &s.lexicon, min_conf: s.min_conf };
     let mut names: HashMap<u64, String> = HashMap::new();
     let mut parsed = 0u64;
     let memo = ctx.memo.clone();
     // Delta: old records out, new records in (those not about re-resolved keys).
     let mut recs: Vec<(Rec, i64)> = Vec::new();
-    let mut keys: HashSet<u64> = rset.clone();
+    let mut keys: KeySet = rset.clone();
     for &i in &changed_old {
         let f = facts_for(&memo, prev.pages.title.value(i), &prev.pages.digest(i), prev.pages.text(i), &mut parsed);
         for (r, d) in rules::records(&prev.pages.page_ref(i), &f, &interp, &old_res, &mut names) {
@@ -912,6 +969,7 @@ fn incremental_run(
             }
         }
     }
+    ctx.metric("prep_parse_s", t.elapsed().as_secs_f64());
     // Re-resolved keys: everything the pages touching them say about them, as it is now.
     let pe = &prev.entities;
     let pr = &prev.relations;
@@ -942,6 +1000,7 @@ fn incremental_run(
         }
         ctx.metric("fallback_pages", fallback_pages.len() as u64);
     }
+    ctx.metric("prep_rset_s", t.elapsed().as_secs_f64());
     // Relations about re-resolved keys are recomputed from the pages, so they may vanish or
     // appear: the degrees of both their ends must be recomputed too.
     let (subj, obj) = (col_str(pr, "subject")?, col_str(pr, "object")?);
@@ -961,17 +1020,45 @@ fn incremental_run(
             decompose_entity(pe, i, &mut names, &mut recs)?;
         }
     }
+    // Triples the changed pages support (before or after): their rows are rebuilt from all
+    // their support. Every other previous row stays as it is; it only counts towards the
+    // degree of the touched entities at its ends (degrees are a dataflow count of the
+    // rebuilt relations plus that base).
+    let affected: HashSet<RelKey, KeyBuild> =
+        recs.iter().filter_map(|(r, _)| if let Rec::Support(k, _) = r { Some(*k) } else { None }).collect();
+    let preds = col_str(pr, "predicate")?;
+    let pred_of = |i: usize| -> anyhow::Result<u8> {
+        Ok(Predicate::parse(preds.value(i)).ok_or_else(|| anyhow!("previous output: unknown predicate"))? as u8)
+    };
     let mut replaced_rels = 0u64;
+    let mut drop_rel = vec![false; pr.num_rows()];
+    let mut base: HashMap<u64, i64, KeyBuild> = HashMap::default();
     for i in 0..pr.num_rows() {
         let (a, b) = (parse_hex(subj.value(i))?, parse_hex(obj.value(i))?);
-        if !(keys.contains(&a) || keys.contains(&b)) {
+        // Rows touching no touched entity stay as they are (the common case: one check).
+        let (ka, kb) = (keys.contains(&a), keys.contains(&b));
+        if !ka && !kb {
             continue;
         }
-        replaced_rels += 1;
-        if !(rset.contains(&a) || rset.contains(&b)) {
+        if rset.contains(&a) || rset.contains(&b) {
+            replaced_rels += 1;
+            drop_rel[i] = true;
+            continue;
+        }
+        if affected.contains(&(a, pred_of(i)?, b)) {
+            replaced_rels += 1;
+            drop_rel[i] = true;
             decompose_relation(pr, i, &mut names, &mut recs)?;
+            continue;
+        }
+        if ka {
+            *base.entry(a).or_default() += 1;
+        }
+        if kb && b != a {
+            *base.entry(b).or_default() += 1;
         }
     }
+    recs.extend(base.into_iter().map(|(k, n)| (Rec::DegreeBase(k), n)));
     let prep_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let n_recs = recs.len();
@@ -1000,12 +1087,10 @@ fn incremental_run(
     let titles = page_titles(pages);
     let new_ents = entities_batch(&out, s, &titles, Some(&keys))?;
     let new_rels = relations_batch(&out, s, &titles)?;
-    let drop_ent: HashSet<String> = keys.iter().map(|k| entity_id(*k)).collect();
-    let ents = splice(pe, &new_ents, |b, i| Ok(drop_ent.contains(col_str(b, "id")?.value(i))))?;
-    let rels = splice(pr, &new_rels, |b, i| {
-        let (a, c) = (parse_hex(col_str(b, "subject")?.value(i))?, parse_hex(col_str(b, "object")?.value(i))?);
-        Ok(keys.contains(&a) || keys.contains(&c))
-    })?;
+    let drop_ent: Vec<bool> =
+        (0..pe.num_rows()).map(|i| Ok(keys.contains(&parse_hex(ids.value(i))?))).collect::<anyhow::Result<_>>()?;
+    let ents = splice(pe, &new_ents, &drop_ent)?;
+    let rels = splice(pr, &new_rels, &drop_rel)?;
     ctx.metric("mode", "incremental");
     ctx.metric("parsed_pages", parsed);
     ctx.metric("touched_entities", keys.len() as u64);
@@ -1018,19 +1103,15 @@ fn incremental_run(
     Ok(Ok((Table::new(ents.schema(), vec![ents]), Table::new(rels.schema(), vec![rels]), rejects_table(rejects)?)))
 }
 
-/// Previous rows minus those `drop` says, merged with new rows; both sorted by `id`.
-fn splice(
-    prev: &RecordBatch,
-    new: &RecordBatch,
-    drop: impl Fn(&RecordBatch, usize) -> anyhow::Result<bool>,
-) -> anyhow::Result<RecordBatch> {
+/// Previous rows minus those `drop` marks, merged with new rows; both sorted by `id`.
+fn splice(prev: &RecordBatch, new: &RecordBatch, drop: &[bool]) -> anyhow::Result<RecordBatch> {
     let schema = new.schema();
     let prev = RecordBatch::try_new(schema.clone(), prev.columns().to_vec())?;
     let (pid, nid) = (col_str(&prev, "id")?, col_str(new, "id")?);
     let mut idx: Vec<(usize, usize)> = Vec::with_capacity(prev.num_rows() + new.num_rows());
     let (mut i, mut j) = (0, 0);
     while i < prev.num_rows() || j < new.num_rows() {
-        if i < prev.num_rows() && drop(&prev, i)? {
+        if i < prev.num_rows() && drop.get(i).copied().unwrap_or(false) {
             i += 1;
             continue;
         }

@@ -501,13 +501,21 @@ pub enum Rec {
     Own(u64, OwnVal),
     /// A page supports a relation.
     Support(RelKey, SupportVal),
+    /// Relations of an entity that an incremental run keeps as they are (the diff is the
+    /// count); added to the degree the dataflow counts over the rebuilt relations.
+    DegreeBase(u64),
 }
 
 impl Rec {
     /// The entity keys a record is about.
     pub fn keys(&self) -> (u64, Option<u64>) {
         match *self {
-            Rec::Freq(k) | Rec::Touch(k, _) | Rec::Alias(k, _) | Rec::Vote(k, _) | Rec::Own(k, _) => (k, None),
+            Rec::Freq(k)
+            | Rec::Touch(k, _)
+            | Rec::Alias(k, _)
+            | Rec::Vote(k, _)
+            | Rec::Own(k, _)
+            | Rec::DegreeBase(k) => (k, None),
             Rec::Support((s, _, o), _) => (s, Some(o)),
         }
     }
