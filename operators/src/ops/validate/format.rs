@@ -17,6 +17,9 @@ pub struct Limits {
 /// Mojibake markers: UTF-8 read as Latin-1/Windows-1252 (`Ã©`, `â€™`, `Â `), and the
 /// replacement character.
 fn mojibake(s: &str) -> Option<&'static str> {
+    if s.is_ascii() {
+        return None;
+    }
     if s.contains('\u{FFFD}') {
         return Some("replacement character U+FFFD");
     }
@@ -30,6 +33,10 @@ fn mojibake(s: &str) -> Option<&'static str> {
 }
 
 fn control(s: &str) -> Option<char> {
+    // Fast path: printable ASCII and ordinary whitespace only.
+    if s.bytes().all(|b| (0x20..0x7F).contains(&b) || matches!(b, b'\n' | b'\t' | b'\r')) {
+        return None;
+    }
     s.chars().find(|&c| {
         (c.is_control() && c != '\n' && c != '\t' && c != '\r') || matches!(c, '\u{200B}'..='\u{200D}' | '\u{FEFF}')
     })
@@ -38,20 +45,18 @@ fn control(s: &str) -> Option<char> {
 /// Leftover markup: HTML tags and entities, wiki markup.
 fn markup(s: &str) -> Option<&'static str> {
     let b = s.as_bytes();
-    if !b.iter().any(|&c| matches!(c, b'<' | b'&' | b'[' | b'{' | b'\'')) {
-        return None;
-    }
-    let lower = s.to_ascii_lowercase();
+    let (tags, entities) = (b.contains(&b'<'), b.contains(&b'&'));
+    let lower = if tags || entities { s.to_ascii_lowercase() } else { String::new() };
     for tag in [
         "<br", "<p>", "</p", "<div", "</div", "<span", "</span", "<img", "<sup>", "<sub>", "</sup", "</sub", "<table",
         "<td", "<tr", "<b>", "</b>", "<i>", "</i>", "<a href", "</a>", "<li>", "<ul>",
     ] {
-        if lower.contains(tag) {
+        if tags && lower.contains(tag) {
             return Some("leftover HTML tag");
         }
     }
     for ent in ["&amp;", "&lt;", "&gt;", "&nbsp;", "&quot;", "&#"] {
-        if lower.contains(ent) {
+        if entities && lower.contains(ent) {
             return Some("leftover HTML entity");
         }
     }
@@ -65,6 +70,22 @@ fn markup(s: &str) -> Option<&'static str> {
 /// (any script) kept, everything else collapsed to single spaces.
 pub fn normalise(s: &str, out: &mut String) {
     let mut space = true;
+    if s.is_ascii() {
+        // The same rule on bytes (most items are ASCII).
+        for &b in s.as_bytes() {
+            if b.is_ascii_alphanumeric() {
+                out.push(b.to_ascii_lowercase() as char);
+                space = false;
+            } else if !space {
+                out.push(' ');
+                space = true;
+            }
+        }
+        if out.ends_with(' ') {
+            out.pop();
+        }
+        return;
+    }
     for c in s.chars() {
         if c.is_alphanumeric() {
             if c.is_ascii() {
