@@ -71,18 +71,18 @@ fn markup(s: &str) -> Option<&'static str> {
 pub fn normalise(s: &str, out: &mut String) {
     let mut space = true;
     if s.is_ascii() {
-        // The same rule on bytes (most items are ASCII).
-        for &b in s.as_bytes() {
-            if b.is_ascii_alphanumeric() {
-                out.push(b.to_ascii_lowercase() as char);
-                space = false;
-            } else if !space {
+        // The same rule on bytes (most items are ASCII): alphanumeric runs, lower-cased,
+        // joined by single spaces.
+        out.reserve(s.len());
+        let mut first = true;
+        for word in s.split(|c: char| !c.is_ascii_alphanumeric()).filter(|w| !w.is_empty()) {
+            if !first {
                 out.push(' ');
-                space = true;
             }
-        }
-        if out.ends_with(' ') {
-            out.pop();
+            first = false;
+            let at = out.len();
+            out.push_str(word);
+            out[at..].make_ascii_lowercase();
         }
         return;
     }
