@@ -1033,7 +1033,7 @@ fn incremental_run(
     let mut replaced_rels = 0u64;
     let mut drop_rel = vec![false; pr.num_rows()];
     let mut base: HashMap<u64, i64, KeyBuild> = HashMap::default();
-    for i in 0..pr.num_rows() {
+    for (i, dropped) in drop_rel.iter_mut().enumerate() {
         let (a, b) = (parse_hex(subj.value(i))?, parse_hex(obj.value(i))?);
         // Rows touching no touched entity stay as they are (the common case: one check).
         let (ka, kb) = (keys.contains(&a), keys.contains(&b));
@@ -1042,12 +1042,12 @@ fn incremental_run(
         }
         if rset.contains(&a) || rset.contains(&b) {
             replaced_rels += 1;
-            drop_rel[i] = true;
+            *dropped = true;
             continue;
         }
         if affected.contains(&(a, pred_of(i)?, b)) {
             replaced_rels += 1;
-            drop_rel[i] = true;
+            *dropped = true;
             decompose_relation(pr, i, &mut names, &mut recs)?;
             continue;
         }
