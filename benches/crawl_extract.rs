@@ -27,6 +27,10 @@ use fleming_runtime::Harness;
 use fleming_runtime::harness::HarnessOutput;
 use serde_json::{Value, json};
 
+/// The allocator of the `fleming` binary, so that figures match it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn peak_rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status

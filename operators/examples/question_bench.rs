@@ -25,6 +25,10 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
 
+/// The allocator of the `fleming` binary, so that figures match it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn peak_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
