@@ -93,6 +93,15 @@ impl Question {
         }
     }
 
+    /// Whether `given` (one label, or comma-separated labels) is exactly the answer set.
+    pub fn is_answered_by(&self, given: &str) -> bool {
+        let mut want: Vec<&str> = self.answers();
+        want.sort_unstable();
+        let mut got: Vec<&str> = given.split(',').map(str::trim).collect();
+        got.sort_unstable();
+        want == got
+    }
+
     /// The text of the option with `label`.
     pub fn option_text(&self, label: &str) -> Option<&str> {
         self.options.iter().find(|c| c.label == label).map(|c| c.text.as_str())

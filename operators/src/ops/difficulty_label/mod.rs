@@ -205,14 +205,6 @@ fn tier_of(rate: f64, easy: f64, difficult: f64) -> &'static str {
     }
 }
 
-fn same_answer(given: &str, q: &Question) -> bool {
-    let mut want: Vec<&str> = q.answers();
-    want.sort_unstable();
-    let mut got: Vec<&str> = given.split(',').map(str::trim).collect();
-    got.sort_unstable();
-    want == got
-}
-
 impl Operator for DifficultyLabel {
     fn spec(&self) -> &OpSpec {
         &SPEC
@@ -288,7 +280,7 @@ impl Operator for DifficultyLabel {
                     if !model.can_answer(q) {
                         continue;
                     }
-                    let correct = (0..n).filter(|&t| model.answer(q, t).is_some_and(|a| same_answer(&a, q))).count();
+                    let correct = (0..n).filter(|&t| model.answer(q, t).is_some_and(|a| q.is_answered_by(&a))).count();
                     let rate = correct as f64 / n as f64;
                     *l = Some((
                         tier_of(rate, easy, diff).to_string(),
@@ -347,7 +339,7 @@ impl Operator for DifficultyLabel {
                                 r.as_ref()
                                     .ok()
                                     .and_then(|c| extract_choice(&c.content, &labels_))
-                                    .is_some_and(|a| same_answer(&a, q))
+                                    .is_some_and(|a| q.is_answered_by(&a))
                             })
                             .count();
                         let rate = correct as f64 / n as f64;

@@ -424,14 +424,6 @@ struct Verdict {
     correct: usize,
 }
 
-fn same_answer(given: &str, q: &Question) -> bool {
-    let mut want: Vec<&str> = q.answers();
-    want.sort_unstable();
-    let mut got: Vec<&str> = given.split(',').map(str::trim).collect();
-    got.sort_unstable();
-    want == got
-}
-
 impl Operator for Validate {
     fn spec(&self) -> &OpSpec {
         &SPEC
@@ -549,7 +541,7 @@ impl Operator for Validate {
                         }
                         let answers: Vec<Option<String>> = (0..trials).map(|t| model.answer(q, t)).collect();
                         let correct =
-                            answers.iter().filter(|a| a.as_deref().is_some_and(|a| same_answer(a, q))).count();
+                            answers.iter().filter(|a| a.as_deref().is_some_and(|a| q.is_answered_by(a))).count();
                         Some(Verdict { answers, correct })
                     })
                     .collect()
@@ -595,7 +587,7 @@ impl Operator for Validate {
                             .map(|r| r.as_ref().ok().and_then(|c| extract_choice(&c.content, &labels)))
                             .collect();
                         let correct =
-                            answers.iter().filter(|a| a.as_deref().is_some_and(|a| same_answer(a, q))).count();
+                            answers.iter().filter(|a| a.as_deref().is_some_and(|a| q.is_answered_by(a))).count();
                         Some(Verdict { answers, correct })
                     })
                     .collect()
