@@ -79,6 +79,14 @@ fn aliases(t: &arrow::array::RecordBatch) -> Option<arrow::array::ListArray> {
 }
 
 impl Graph {
+    /// The graph of a stage's `entities` and `relations` inputs (the reference model of
+    /// `validate` and `difficulty-label`); `user` names what needs it, for the error.
+    pub fn from_inputs(ctx: &fleming_runtime::context::OpContext, user: &str) -> anyhow::Result<Graph> {
+        let ents = ctx.input_table("entities").with_context(|| format!("{user} needs `entities`"))?;
+        let rels = ctx.input_table("relations").with_context(|| format!("{user} needs `relations`"))?;
+        Ok(Graph::build(ents, rels, 0.0)?.0)
+    }
+
     /// Indexes the `entities` and `relations` tables. Relations whose ends are not
     /// entities, or below `min_confidence`, are skipped (counted in the second value).
     pub fn build(entities: &Table, relations: &Table, min_confidence: f64) -> anyhow::Result<(Graph, usize)> {

@@ -514,21 +514,7 @@ impl Operator for Validate {
             trials = v.get("trials").and_then(Value::as_u64).unwrap_or(5) as u32;
             let verdicts: Vec<Option<Verdict>> = if v.get("kg").and_then(Value::as_bool).unwrap_or(false) {
                 validator_name = "kg".into();
-                let ents = ctx
-                    .inputs
-                    .get("entities")
-                    .and_then(|x| x.first())
-                    .ok_or_else(|| anyhow!("the `kg` validator needs `entities`"))?
-                    .table()?
-                    .clone();
-                let rels = ctx
-                    .inputs
-                    .get("relations")
-                    .and_then(|x| x.first())
-                    .ok_or_else(|| anyhow!("the `kg` validator needs `relations`"))?
-                    .table()?
-                    .clone();
-                let (g, _) = Graph::build(&ents, &rels, 0.0)?;
+                let g = Graph::from_inputs(ctx, "the `kg` validator")?;
                 let model = KgModel::new(
                     &g,
                     v.get("knowledge").and_then(Value::as_f64).unwrap_or(1.0),
