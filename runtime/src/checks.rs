@@ -210,7 +210,8 @@ impl CheckResult {
         self.severity == Severity::Error && self.status != CheckStatus::Passed
     }
 
-    fn path(store: &Store, stage_key: &Digest, check: &Digest) -> std::path::PathBuf {
+    /// Where the cached result of `check` on the stage run `stage_key` lives.
+    pub(crate) fn path(store: &Store, stage_key: &Digest, check: &Digest) -> std::path::PathBuf {
         let d = Digest::of_parts("fleming-check-result-v1", [stage_key.0.as_slice(), check.0.as_slice()]).hex();
         store.dir("checks").join(&d[..2]).join(format!("{}.json", &d[2..]))
     }

@@ -173,21 +173,13 @@ fn render(n: &StageNode, prefix: &str, last: bool, root: bool, down: bool, edge:
         (Some(t), Some(ms)) => format!("  {t} ({:.2}s)", ms as f64 / 1000.0),
         _ => String::new(),
     };
-    let key = n.key.as_deref().map(|k| format!("key {}", &k[..12])).unwrap_or_else(|| "never ran".into());
+    let key =
+        n.key.as_deref().map(|k| format!("key {}", k.get(..12).unwrap_or(k))).unwrap_or_else(|| "never ran".into());
     out.push_str(&format!(
         "{prefix}{branch}{via}{} [{} v{}] {key} params {}{when}\n",
         n.stage, n.op, n.version, n.params_digest
     ));
-    let child_prefix = format!(
-        "{prefix}{}",
-        if root {
-            ""
-        } else if last {
-            "   "
-        } else {
-            "│  "
-        }
-    );
+    let child_prefix = child_prefix(prefix, root, last);
     if !outputs.is_empty() {
         out.push_str(&format!("{child_prefix}   outputs: {outputs}\n"));
     }
@@ -441,17 +433,21 @@ fn render_record(n: &RecordNode, prefix: &str, last: bool, root: bool, down: boo
     };
     let fields = n.fields.iter().map(|(k, v)| format!("{k}={}", canonical_json(v))).collect::<Vec<_>>().join("  ");
     out.push_str(&format!("{prefix}{branch}{}.{} {}  {fields}\n", n.stage, n.port, n.id));
-    let child_prefix = format!(
-        "{prefix}{}",
-        if root {
-            ""
-        } else if last {
-            "   "
-        } else {
-            "│  "
-        }
-    );
+    let child_prefix = child_prefix(prefix, root, last);
     for (i, c) in n.links.iter().enumerate() {
         render_record(c, &child_prefix, i + 1 == n.links.len(), false, down, out);
     }
+}
+
+/// The prefix of a tree node's children: nothing under the root, a bar while siblings
+/// follow, spaces after the last one.
+fn child_prefix(prefix: &str, root: bool, last: bool) -> String {
+    let pad = if root {
+        ""
+    } else if last {
+        "   "
+    } else {
+        "│  "
+    };
+    format!("{prefix}{pad}")
 }

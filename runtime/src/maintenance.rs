@@ -227,10 +227,7 @@ pub fn gc(store: &Store, opts: &GcOptions) -> anyhow::Result<GcReport> {
         remove(&store.dir("runs").join(format!("{id}.metrics.jsonl")));
     }
     for c in &drop_checks {
-        let path = store.dir("checks");
-        let d =
-            Digest::of_parts("fleming-check-result-v1", [c.stage_key.0.as_slice(), c.check_digest.0.as_slice()]).hex();
-        remove(&path.join(&d[..2]).join(format!("{}.json", &d[2..])));
+        remove(&crate::checks::CheckResult::path(store, &c.stage_key, &c.check_digest));
     }
     for w in &finished_work {
         remove(w);
