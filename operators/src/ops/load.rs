@@ -91,11 +91,13 @@ struct Reject {
     raw: String,
 }
 
-fn truncate(s: &str) -> String {
-    if s.len() <= MAX_RAW {
+/// `s` cut to at most `max` bytes, on a character boundary, marked with `…` when cut
+/// (raw records in rejects rows, quotes in messages).
+pub(crate) fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
         return s.to_string();
     }
-    let mut end = MAX_RAW;
+    let mut end = max;
     while !s.is_char_boundary(end) {
         end -= 1;
     }
@@ -174,7 +176,7 @@ fn json_rows_to_table(
                             rejects.push(Reject {
                                 line: rows[idx].0,
                                 reason: format!("does not fit the column types: {e}"),
-                                raw: truncate(&v.to_string()),
+                                raw: truncate(&v.to_string(), MAX_RAW),
                             });
                             lines[idx] = -1;
                         }
@@ -236,9 +238,11 @@ fn read_jsonl(text: &str, rejects: &mut Vec<Reject>) -> anyhow::Result<(Table, V
             Ok(other) => rejects.push(Reject {
                 line: n,
                 reason: format!("not a JSON object (found {})", kind(&other)),
-                raw: truncate(line),
+                raw: truncate(line, MAX_RAW),
             }),
-            Err(e) => rejects.push(Reject { line: n, reason: format!("malformed JSON: {e}"), raw: truncate(line) }),
+            Err(e) => {
+                rejects.push(Reject { line: n, reason: format!("malformed JSON: {e}"), raw: truncate(line, MAX_RAW) })
+            }
         }
     }
     json_rows_to_table(rows, rejects)
@@ -266,7 +270,7 @@ fn read_json(text: &str, rejects: &mut Vec<Reject>) -> anyhow::Result<(Table, Ve
                     other => rejects.push(Reject {
                         line: i as i64 + 1,
                         reason: format!("record is not an object (found {})", kind(&other)),
-                        raw: truncate(&other.to_string()),
+                        raw: truncate(&other.to_string(), MAX_RAW),
                     }),
                 }
             }
@@ -318,7 +322,7 @@ fn read_csv(text: &str, delimiter: u8, header: bool, rejects: &mut Vec<Reject>) 
                     rejects.push(Reject {
                         line,
                         reason: format!("expected {} fields, found {}", names.len(), r.len()),
-                        raw: truncate(&raw),
+                        raw: truncate(&raw, MAX_RAW),
                     });
                     continue;
                 }

@@ -28,6 +28,7 @@ use fleming_runtime::op::{
 };
 use serde_json::{Map, Value, json};
 
+use crate::ops::load::truncate;
 use crate::questions::{self, Choice, Question, label};
 
 static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
@@ -184,17 +185,6 @@ struct Record {
     line: i64,
     key: Option<String>,
     value: Value,
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
 }
 
 fn read_text(path: &Path) -> anyhow::Result<String> {
