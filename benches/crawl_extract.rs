@@ -3,6 +3,7 @@
 //! ```sh
 //! cargo bench --bench crawl_extract                  # 100k entities (needs ../shared/data)
 //! cargo bench --bench crawl_extract -- --entities 20000
+//! cargo bench --bench crawl_extract -- --only extract  # extract -w 1 only (profiling)
 //! ```
 //!
 //! It generates the fixture (`fleming fixtures wiki`, cached under
@@ -44,6 +45,12 @@ fn peak_rss_mib() -> f64 {
 
 fn metric(out: &HarnessOutput, name: &str) -> f64 {
     out.metrics.get(name).and_then(Value::as_f64).unwrap_or(0.0)
+}
+
+/// Metrics of a run as "a / b / c s".
+fn breakdown(out: &HarnessOutput, names: &[&str]) -> String {
+    let v: Vec<String> = names.iter().map(|n| format!("{:.2}", metric(out, n))).collect();
+    format!("{} s", v.join(" / "))
 }
 
 fn crawl(dump: &Path, previous: Option<&Table>) -> HarnessOutput {
@@ -154,6 +161,22 @@ fn main() {
         format!("{:.1} MB / {xml_mb:.1} MB / {bz2_mb:.1} MB", fx.stats.bytes as f64 / 1e6),
     );
 
+    // `--only extract`: the pages from the plain XML (not timed), then extract -w 1 only; a
+    // quick loop for profiling the parser and the dataflow.
+    if args.windows(2).any(|w| w[0] == "--only" && w[1] == "extract") {
+        let pages = crawl(&dir.join("wiki.xml"), None).table("pages").expect("pages").clone();
+        let bytes = fx.stats.bytes as f64 / 1e6;
+        for _ in 0..2 {
+            let (one, s1) = extract(&pages, &dir.join("lexicon.tsv"), 1, None);
+            note("extract -w 1: full run", format!("{s1:.2} s, {:.1} MB/s", bytes / s1));
+            note(
+                "extract -w 1: lexicon / parse+dataflow / build",
+                breakdown(&one, &["lexicon_s", "graph_s", "build_s"]),
+            );
+        }
+        return;
+    }
+
     // Crawl: peak RSS in a child process.
     let bz2 = dir.join("wiki.xml.bz2");
     let exe = std::env::current_exe().expect("current exe");
@@ -171,15 +194,7 @@ fn main() {
     let full = crawl(&bz2, None);
     let crawl_s = t.elapsed().as_secs_f64();
     note("crawl (bz2 dump): full run", format!("{crawl_s:.2} s ({:.0} MB/s of XML)", xml_mb / crawl_s));
-    note(
-        "crawl: breakdown (decompress / parse / write)",
-        format!(
-            "{:.2} / {:.2} / {:.2} s",
-            metric(&full, "decompress_s"),
-            metric(&full, "parse_s"),
-            metric(&full, "write_s")
-        ),
-    );
+    note("crawl: breakdown (decompress / parse / write)", breakdown(&full, &["decompress_s", "parse_s", "write_s"]));
     let pages = full.table("pages").expect("pages").clone();
     let fx2 = edited(&fx);
     let dir2 = target.join(format!("bench-fixtures/wiki-{entities}-edited"));
@@ -194,11 +209,8 @@ fn main() {
     note(
         "crawl rerun: decompress / parse / diff / write",
         format!(
-            "{:.2} / {:.2} / {:.2} / {:.2} s (reparsed {} pages, reused {})",
-            metric(&rerun, "decompress_s"),
-            metric(&rerun, "parse_s"),
-            metric(&rerun, "diff_s"),
-            metric(&rerun, "write_s"),
+            "{} (reparsed {} pages, reused {})",
+            breakdown(&rerun, &["decompress_s", "parse_s", "diff_s", "write_s"]),
             rerun.metrics.get("reparsed").cloned().unwrap_or(Value::Null),
             rerun.metrics.get("reused").cloned().unwrap_or(Value::Null),
         ),
@@ -210,10 +222,7 @@ fn main() {
     let bytes = fx.stats.bytes as f64 / 1e6;
     let (one, s1) = extract(&pages, &lexicon, 1, None);
     note("extract -w 1: full run", format!("{s1:.2} s, {:.1} MB/s", bytes / s1));
-    note(
-        "extract -w 1: lexicon / parse+dataflow / build",
-        format!("{:.2} / {:.2} / {:.2} s", metric(&one, "lexicon_s"), metric(&one, "graph_s"), metric(&one, "build_s")),
-    );
+    note("extract -w 1: lexicon / parse+dataflow / build", breakdown(&one, &["lexicon_s", "graph_s", "build_s"]));
     let (two, s2) = extract(&pages, &lexicon, 2, None);
     note("extract -w 2: full run", format!("{s2:.2} s, {:.1} MB/s ({:.2}x)", bytes / s2, s1 / s2));
     assert_eq!(one.digest("entities").ok(), two.digest("entities").ok(), "-w 1 and -w 2 differ");
@@ -260,23 +269,14 @@ fn main() {
     note(
         "extract incremental: previous / prep / graph / build",
         format!(
-            "{:.2} / {:.2} / {:.2} / {:.2} s ({} relations rebuilt)",
-            metric(&inc, "previous_s"),
-            metric(&inc, "prep_s"),
-            metric(&inc, "graph_s"),
-            metric(&inc, "build_s"),
+            "{} ({} relations rebuilt)",
+            breakdown(&inc, &["previous_s", "prep_s", "graph_s", "build_s"]),
             inc.metrics.get("replaced_relations").cloned().unwrap_or(Value::Null),
         ),
     );
     note(
         "extract incremental prep (cumulative): diff / redirects / parse / rset",
-        format!(
-            "{:.2} / {:.2} / {:.2} / {:.2} s",
-            metric(&inc, "prep_diff_s"),
-            metric(&inc, "prep_redirects_s"),
-            metric(&inc, "prep_parse_s"),
-            metric(&inc, "prep_rset_s"),
-        ),
+        breakdown(&inc, &["prep_diff_s", "prep_redirects_s", "prep_parse_s", "prep_rset_s"]),
     );
     let (scratch, _) = extract(&pages2, &lexicon, 2, None);
     for port in ["entities", "relations"] {

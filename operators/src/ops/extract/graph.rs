@@ -12,13 +12,13 @@
 //! aggregate is a sum or a set of records, so the previous output plus a difference gives
 //! exactly what a run from scratch gives.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use differential_dataflow::input::Input;
+use differential_dataflow::input::{Input, InputSession};
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
-use super::rules::{OwnVal, Rec, RelKey, SupportVal};
+use super::rules::{Names, OwnVal, Rec, RelKey, SupportVal};
 
 /// An entity's aggregate.
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -62,20 +62,70 @@ pub struct GraphOut {
     /// output); 0 when all is well.
     pub negative: u64,
     /// Strings of the hashes, gathered from the workers.
-    pub names: HashMap<u64, String>,
+    pub names: Names,
 }
 
 /// Feeds a worker's share of the records: called with (worker index, workers, emit), where
 /// emit takes a record and its multiplicity, and the worker's string table.
-pub type Feed =
-    dyn Fn(usize, usize, &mut dyn FnMut(Rec, i64), &mut HashMap<u64, String>) -> anyhow::Result<()> + Send + Sync;
+pub type Feed = dyn Fn(usize, usize, &mut dyn FnMut(Rec, i64), &mut Names) -> anyhow::Result<()> + Send + Sync;
+
+/// The dataflow's inputs, one per kind of record.
+struct Inputs {
+    freq: InputSession<u64, u64, isize>,
+    touch: InputSession<u64, (u64, u64), isize>,
+    alias: InputSession<u64, (u64, u64), isize>,
+    vote: InputSession<u64, (u64, u8), isize>,
+    own: InputSession<u64, (u64, OwnVal), isize>,
+    degree_base: InputSession<u64, u64, isize>,
+    support: InputSession<u64, (RelKey, SupportVal), isize>,
+    /// Records that the dataflow only counts, summed here first: the same few keys recur
+    /// on many pages, and a sum is far cheaper than sorting every occurrence.
+    sums: Sums,
+}
+
+#[derive(Default)]
+struct Sums {
+    freq: FxHashMap<u64, isize>,
+    alias: FxHashMap<(u64, u64), isize>,
+    vote: FxHashMap<(u64, u8), isize>,
+    degree_base: FxHashMap<u64, isize>,
+}
+
+impl Inputs {
+    fn update(&mut self, r: Rec, d: isize) {
+        match r {
+            Rec::Freq(k) => *self.sums.freq.entry(k).or_default() += d,
+            Rec::Touch(k, p) => self.touch.update((k, p), d),
+            Rec::Alias(k, a) => *self.sums.alias.entry((k, a)).or_default() += d,
+            Rec::Vote(k, t) => *self.sums.vote.entry((k, t)).or_default() += d,
+            Rec::Own(k, o) => self.own.update((k, o), d),
+            Rec::DegreeBase(k) => *self.sums.degree_base.entry(k).or_default() += d,
+            Rec::Support(k, s) => self.support.update((k, s), d),
+        }
+    }
+
+    /// Every record is in: sends the sums and closes the inputs, so that the dataflow can
+    /// complete.
+    fn close(mut self) {
+        fn send<D: differential_dataflow::Data>(to: &mut InputSession<u64, D, isize>, sums: FxHashMap<D, isize>) {
+            for (k, d) in sums.into_iter().filter(|(_, d)| *d != 0) {
+                to.update(k, d);
+            }
+        }
+        let sums = std::mem::take(&mut self.sums);
+        send(&mut self.freq, sums.freq);
+        send(&mut self.alias, sums.alias);
+        send(&mut self.vote, sums.vote);
+        send(&mut self.degree_base, sums.degree_base);
+    }
+}
 
 /// Runs the merge on `threads` timely workers.
 pub fn run(threads: usize, feed: Arc<Feed>) -> anyhow::Result<GraphOut> {
     let entities: Arc<Mutex<Vec<(u64, EntityAgg)>>> = Arc::default();
     let relations: Arc<Mutex<Vec<RelRow>>> = Arc::default();
     let negative: Arc<Mutex<u64>> = Arc::default();
-    let names: Arc<Mutex<Vec<HashMap<u64, String>>>> = Arc::default();
+    let names: Arc<Mutex<Vec<Names>>> = Arc::default();
     let errors: Arc<Mutex<Vec<String>>> = Arc::default();
     let (e2, r2, n2, names2, err2) =
         (entities.clone(), relations.clone(), negative.clone(), names.clone(), errors.clone());
@@ -83,15 +133,26 @@ pub fn run(threads: usize, feed: Arc<Feed>) -> anyhow::Result<GraphOut> {
         let index = worker.index();
         let peers = worker.peers();
         let (e3, r3, n3, n4, n5) = (e2.clone(), r2.clone(), n2.clone(), n2.clone(), n2.clone());
-        let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
-            let (input, recs) = scope.new_collection::<Rec, isize>();
-            let freq = recs.clone().flat_map(|r| if let Rec::Freq(k) = r { Some(k) } else { None });
-            let touch = recs.clone().flat_map(|r| if let Rec::Touch(k, p) = r { Some((k, p)) } else { None });
-            let alias = recs.clone().flat_map(|r| if let Rec::Alias(k, a) = r { Some((k, a)) } else { None });
-            let vote = recs.clone().flat_map(|r| if let Rec::Vote(k, t) = r { Some((k, t)) } else { None });
-            let own = recs.clone().flat_map(|r| if let Rec::Own(k, o) = r { Some((k, o)) } else { None });
-            let degree_base = recs.clone().flat_map(|r| if let Rec::DegreeBase(k) = r { Some(k) } else { None });
-            let support = recs.flat_map(|r| if let Rec::Support(k, s) = r { Some((k, s)) } else { None });
+        let (mut inputs, probe) = worker.dataflow::<u64, _, _>(|scope| {
+            // One input per kind of record: a single input fanned out by kind would copy
+            // every batch to each of the seven consumers.
+            let (freq_in, freq) = scope.new_collection::<u64, isize>();
+            let (touch_in, touch) = scope.new_collection::<(u64, u64), isize>();
+            let (alias_in, alias) = scope.new_collection::<(u64, u64), isize>();
+            let (vote_in, vote) = scope.new_collection::<(u64, u8), isize>();
+            let (own_in, own) = scope.new_collection::<(u64, OwnVal), isize>();
+            let (degree_in, degree_base) = scope.new_collection::<u64, isize>();
+            let (support_in, support) = scope.new_collection::<(RelKey, SupportVal), isize>();
+            let inputs = Inputs {
+                freq: freq_in,
+                touch: touch_in,
+                alias: alias_in,
+                vote: vote_in,
+                own: own_in,
+                degree_base: degree_in,
+                support: support_in,
+                sums: Sums::default(),
+            };
 
             // Relation dedup: one row per (subject, predicate, object) with its supports.
             let rels = support.reduce(move |_key, input, output| {
@@ -185,20 +246,14 @@ pub fn run(threads: usize, feed: Arc<Feed>) -> anyhow::Result<GraphOut> {
                     }
                 })
                 .probe();
-            (input, probe)
+            (inputs, probe)
         });
-        let mut local: HashMap<u64, String> = HashMap::new();
-        let mut pending = 0usize;
-        let mut emit = |r: Rec, d: i64| {
-            input.update(r, d as isize);
-            pending += 1;
-        };
+        let mut local = Names::default();
+        let mut emit = |r: Rec, d: i64| inputs.update(r, d as isize);
         if let Err(e) = feed(index, peers, &mut emit, &mut local) {
             err2.lock().unwrap_or_else(|e| e.into_inner()).push(format!("{e:#}"));
         }
-        let _ = pending;
-        input.advance_to(1);
-        input.flush();
+        inputs.close();
         worker.step_while(|| probe.less_than(&1));
         names2.lock().unwrap_or_else(|e| e.into_inner()).push(local);
     })
@@ -213,11 +268,11 @@ pub fn run(threads: usize, feed: Arc<Feed>) -> anyhow::Result<GraphOut> {
         entities: std::mem::take(&mut *entities.lock().unwrap_or_else(|e| e.into_inner())),
         relations: std::mem::take(&mut *relations.lock().unwrap_or_else(|e| e.into_inner())),
         negative: *negative.lock().unwrap_or_else(|e| e.into_inner()),
-        names: HashMap::new(),
+        names: Names::default(),
     };
     let mut maps = std::mem::take(&mut *names.lock().unwrap_or_else(|e| e.into_inner()));
     maps.sort_by_key(|m| std::cmp::Reverse(m.len()));
-    let mut merged = if maps.is_empty() { HashMap::new() } else { maps.remove(0) };
+    let mut merged = if maps.is_empty() { Names::default() } else { maps.remove(0) };
     for m in maps {
         for (k, v) in m {
             merged.entry(k).or_insert(v);

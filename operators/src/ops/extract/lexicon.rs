@@ -99,7 +99,7 @@ impl EntityType {
 #[derive(Debug, Default)]
 pub struct Lexicon {
     /// Lower-cased name -> (type, canonical name).
-    entries: HashMap<String, (EntityType, String)>,
+    entries: rustc_hash::FxHashMap<String, (EntityType, String)>,
     /// Lower-cased canonical name -> synonyms.
     synonyms: HashMap<String, Vec<String>>,
     /// Digest of everything read (enters the output's state fingerprint).
@@ -124,7 +124,21 @@ impl Lexicon {
 
     /// The type of a name (case-insensitive).
     pub fn type_of(&self, name: &str) -> Option<EntityType> {
-        self.entries.get(&name.to_lowercase()).map(|(t, _)| *t)
+        // Called for every link: short ASCII names are lower-cased on the stack.
+        let mut buf = [0u8; 64];
+        let key = match buf.get_mut(..name.len()) {
+            Some(b) if name.is_ascii() => {
+                b.copy_from_slice(name.as_bytes());
+                b.make_ascii_lowercase();
+                std::str::from_utf8(b).ok()
+            }
+            _ => None,
+        };
+        match key {
+            Some(k) => self.entries.get(k),
+            None => self.entries.get(&name.to_lowercase()),
+        }
+        .map(|(t, _)| *t)
     }
 
     /// Synonyms of a name (when it is canonical in the lexicon), sorted.

@@ -21,7 +21,7 @@ pub mod lexicon;
 pub mod rules;
 pub mod wikitext;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
@@ -40,7 +40,7 @@ use serde_json::json;
 
 use self::graph::{EntityAgg, GraphOut};
 use self::lexicon::{EntityType, Lexicon};
-use self::rules::{Interp, OwnVal, PageFacts, PageRef, Predicate, Rec, RelKey, SupportVal, entity_id, h};
+use self::rules::{Hex16, Interp, Names, OwnVal, PageFacts, PageRef, Predicate, Rec, RelKey, SupportVal, h};
 use self::wikitext::normalize_title;
 
 /// Version of the operator (and of its memoised page facts).
@@ -173,37 +173,8 @@ impl Extract {
     }
 }
 
-/// Hasher for entity keys (already uniform hashes) and tuples of them: FxHash's mix.
-/// std's SipHash costs more than the rest of a lookup in the incremental bookkeeping.
-#[derive(Default, Clone, Copy)]
-struct KeyHasher(u64);
-
-impl KeyHasher {
-    fn mix(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x517c_c1b7_2722_0a95);
-    }
-}
-
-impl std::hash::Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.mix(b as u64);
-        }
-    }
-    fn write_u8(&mut self, n: u8) {
-        self.mix(n as u64);
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.mix(n);
-    }
-}
-
-type KeyBuild = std::hash::BuildHasherDefault<KeyHasher>;
 /// A set of entity keys.
-type KeySet = HashSet<u64, KeyBuild>;
+type KeySet = rustc_hash::FxHashSet<u64>;
 
 /// The pages table as the operator reads it.
 pub struct PagesView {
@@ -481,15 +452,28 @@ fn full_run(ctx: &mut OpContext, s: &Settings, pages: &Arc<PagesView>) -> anyhow
         anyhow::bail!("internal error: {} records with negative multiplicity in a full run", out.negative);
     }
     let t = Instant::now();
-    let titles = page_titles(pages);
-    let ents = entities_batch(&out, s, &titles, None)?;
-    let rels = relations_batch(&out, s, &titles)?;
+    let (ents, rels) = build_batches(&out, s, pages, None, ctx.threads)?;
     ctx.metric("build_s", t.elapsed().as_secs_f64());
     Ok((Table::new(ents.schema(), vec![ents]), Table::new(rels.schema(), vec![rels]), rejects_table(rejects)?))
 }
 
+/// The entity rows (of the keys in `only`, if given) and the relation rows of the graph;
+/// the two tables are built side by side when there is more than one thread.
+fn build_batches(
+    out: &GraphOut,
+    s: &Settings,
+    pages: &PagesView,
+    only: Option<&KeySet>,
+    threads: usize,
+) -> anyhow::Result<(RecordBatch, RecordBatch)> {
+    let ents = || entities_batch(out, s, only);
+    let rels = || relations_batch(out, s, &page_titles(pages));
+    let (e, r) = if threads > 1 { rayon::join(ents, rels) } else { (ents(), rels()) };
+    Ok((e?, r?))
+}
+
 /// Page hash -> title.
-fn page_titles(pages: &PagesView) -> HashMap<u64, String> {
+fn page_titles(pages: &PagesView) -> Names {
     (0..pages.len()).map(|i| (h(pages.id.value(i)), normalize_title(pages.title.value(i)))).collect()
 }
 
@@ -509,7 +493,7 @@ fn rejects_table(rejects: Vec<(String, String, String)>) -> anyhow::Result<Table
     Ok(Table::new(sch, vec![batch]))
 }
 
-fn name_of(names: &HashMap<u64, String>, k: u64) -> anyhow::Result<&str> {
+fn name_of(names: &Names, k: u64) -> anyhow::Result<&str> {
     names.get(&k).map(String::as_str).ok_or_else(|| anyhow!("internal error: no string for hash {k:016x}"))
 }
 
@@ -531,52 +515,51 @@ fn entity_type(name: &str, agg: &EntityAgg, infobox: Option<&str>, lexicon: &Lex
 }
 
 /// Entity rows (sorted by id); `only` keeps the given keys.
-fn entities_batch(
-    out: &GraphOut,
-    s: &Settings,
-    titles: &HashMap<u64, String>,
-    only: Option<&KeySet>,
-) -> anyhow::Result<RecordBatch> {
-    let _ = titles;
+fn entities_batch(out: &GraphOut, s: &Settings, only: Option<&KeySet>) -> anyhow::Result<RecordBatch> {
     let names = &out.names;
     // Ids are the keys in fixed-width hex, so key order is id order.
     let mut rows: Vec<(&u64, &EntityAgg)> =
         out.entities.iter().filter(|(k, _)| only.is_none_or(|o| o.contains(k))).map(|(k, a)| (k, a)).collect();
     rows.sort_unstable_by_key(|r| *r.0);
     let n = rows.len();
-    let mut id = StringBuilder::with_capacity(n, n * 16);
-    let mut name = StringBuilder::new();
-    let mut ty = StringBuilder::new();
-    let mut aliases = ListBuilder::new(StringBuilder::new());
-    let mut description = StringBuilder::new();
+    let n_pages: usize = rows.iter().map(|r| r.1.pages.len()).sum();
+    let n_aliases: usize = rows.iter().map(|r| r.1.aliases.len()).sum();
+    let text = |per_row: usize| StringBuilder::with_capacity(n, n * per_row);
+    let ints = |items: usize| ListBuilder::with_capacity(Int64Builder::with_capacity(items), n);
+    let mut id = text(16);
+    let mut name = text(20);
+    let mut ty = text(8);
+    let mut aliases = ListBuilder::with_capacity(StringBuilder::with_capacity(n_aliases, n_aliases * 16), n);
+    let mut description = text(64);
     let mut degree = Int64Builder::with_capacity(n);
     let mut frequency = Int64Builder::with_capacity(n);
-    let mut pages = ListBuilder::new(StringBuilder::new());
-    let mut page = StringBuilder::new();
-    let mut infobox = StringBuilder::new();
-    let mut alias_counts = ListBuilder::new(Int64Builder::new());
-    let mut votes = ListBuilder::new(Int64Builder::new());
+    let mut pages = ListBuilder::with_capacity(StringBuilder::with_capacity(n_pages, n_pages * 16), n);
+    let mut page = text(16);
+    let mut infobox = text(8);
+    let mut alias_counts = ints(n_aliases);
+    let mut votes = ints(n * lexicon::TYPES.len());
+    let mut al: Vec<(&str, i64)> = Vec::new();
+    let mut ps: Vec<&str> = Vec::new();
     for (k, agg) in rows {
-        let eid = entity_id(*k);
         let nm = name_of(names, *k)?;
         let own_box = match agg.own {
             Some(OwnVal { infobox: b, .. }) if b != 0 => Some(name_of(names, b)?),
             _ => None,
         };
-        id.append_value(&eid);
+        id.append_value(Hex16::new(*k).as_str());
         name.append_value(nm);
         ty.append_value(entity_type(nm, agg, own_box, &s.lexicon).as_str());
         // Aliases: labels and redirect titles with their counts, lexicon synonyms (count 0).
-        let mut al: Vec<(String, i64)> = Vec::new();
+        al.clear();
         for (a, c) in &agg.aliases {
-            al.push((name_of(names, *a)?.to_string(), *c));
+            al.push((name_of(names, *a)?, *c));
         }
         for syn in s.lexicon.synonyms_of(nm) {
             if !syn.eq_ignore_ascii_case(nm) && !al.iter().any(|(a, _)| a == syn) {
-                al.push((syn.clone(), 0));
+                al.push((syn, 0));
             }
         }
-        al.sort();
+        al.sort_unstable();
         for (a, c) in &al {
             aliases.values().append_value(a);
             alias_counts.values().append_value(*c);
@@ -600,9 +583,12 @@ fn entities_batch(
         infobox.append_option(own_box);
         degree.append_value(agg.degree);
         frequency.append_value(agg.frequency);
-        let mut ps: Vec<&str> = agg.pages.iter().map(|p| name_of(names, *p)).collect::<anyhow::Result<_>>()?;
-        ps.sort();
-        for p in ps {
+        ps.clear();
+        for p in &agg.pages {
+            ps.push(name_of(names, *p)?);
+        }
+        ps.sort_unstable();
+        for p in &ps {
             pages.values().append_value(p);
         }
         pages.append(true);
@@ -637,14 +623,15 @@ pub fn relation_id(s: u64, p: u8, o: u64) -> String {
 /// The number behind a relation's id (its id is this in fixed-width hex), hashing in a
 /// reused buffer.
 fn relation_key(s: u64, p: u8, o: u64, buf: &mut String) -> u64 {
-    use std::fmt::Write;
     let pred = Predicate::from_index(p).map(|p| p.as_str()).unwrap_or("?");
     buf.clear();
-    let _ = write!(buf, "{s:016x}|{pred}|{o:016x}");
+    for part in [Hex16::new(s).as_str(), "|", pred, "|", Hex16::new(o).as_str()] {
+        buf.push_str(part);
+    }
     h(buf)
 }
 
-fn relations_batch(out: &GraphOut, s: &Settings, titles: &HashMap<u64, String>) -> anyhow::Result<RecordBatch> {
+fn relations_batch(out: &GraphOut, s: &Settings, titles: &Names) -> anyhow::Result<RecordBatch> {
     let names = &out.names;
     let mut buf = String::new();
     let mut rows: Vec<(u64, &RelKey, &Vec<SupportVal>)> = out
@@ -655,21 +642,22 @@ fn relations_batch(out: &GraphOut, s: &Settings, titles: &HashMap<u64, String>) 
         .collect();
     rows.sort_unstable_by_key(|r| (r.0, *r.1));
     let n = rows.len();
-    let mut id = StringBuilder::with_capacity(n, n * 16);
-    let mut subject = StringBuilder::new();
-    let mut predicate = StringBuilder::new();
-    let mut object = StringBuilder::new();
-    let mut ev_page = StringBuilder::new();
-    let mut ev_section = StringBuilder::new();
-    let mut ev_field = StringBuilder::new();
+    let supports: usize = rows.iter().map(|r| r.2.len()).sum();
+    // Capacities from the row counts: growing builders of this size costs a copy per
+    // doubling.
+    let text = |per_row: usize| StringBuilder::with_capacity(n, n * per_row);
+    let list =
+        |per_item: usize| ListBuilder::with_capacity(StringBuilder::with_capacity(supports, supports * per_item), n);
+    let (mut id, mut subject, mut object) = (text(16), text(16), text(16));
+    let mut predicate = text(12);
+    let (mut ev_page, mut ev_section, mut ev_field) = (text(24), text(16), text(8));
     let mut conf = Float64Builder::with_capacity(n);
-    let mut parents = ListBuilder::new(StringBuilder::new());
-    let mut subject_name = StringBuilder::new();
-    let mut object_name = StringBuilder::new();
-    let mut sup_sections = ListBuilder::new(StringBuilder::new());
-    let mut sup_fields = ListBuilder::new(StringBuilder::new());
-    let mut sup_conf = ListBuilder::new(Float64Builder::new());
+    let mut parents = list(16);
+    let (mut subject_name, mut object_name) = (text(24), text(24));
+    let (mut sup_sections, mut sup_fields) = (list(16), list(8));
+    let mut sup_conf = ListBuilder::with_capacity(Float64Builder::with_capacity(supports), n);
     let opt = |k: u64| -> anyhow::Result<Option<&str>> { if k == 0 { Ok(None) } else { name_of(names, k).map(Some) } };
+    let mut sorted: Vec<(&str, &SupportVal)> = Vec::new();
     for (rid, (sk, p, ok), sups) in rows {
         let Some(best) = sups.iter().fold(None::<&SupportVal>, |b, x| match b {
             Some(b) if rules::better(b, x) => Some(b),
@@ -677,30 +665,24 @@ fn relations_batch(out: &GraphOut, s: &Settings, titles: &HashMap<u64, String>) 
         }) else {
             continue;
         };
-        buf.clear();
-        let _ = std::fmt::Write::write_fmt(&mut buf, format_args!("{rid:016x}"));
-        id.append_value(&buf);
-        subject.append_value(entity_id(*sk));
+        id.append_value(Hex16::new(rid).as_str());
+        subject.append_value(Hex16::new(*sk).as_str());
         predicate.append_value(Predicate::from_index(*p).map(|p| p.as_str()).unwrap_or("?"));
-        object.append_value(entity_id(*ok));
+        object.append_value(Hex16::new(*ok).as_str());
         let title = titles.get(&best.page).map(String::as_str).map(Ok).unwrap_or_else(|| name_of(names, best.page))?;
         ev_page.append_value(title);
         ev_section.append_option(opt(best.section)?);
         ev_field.append_option(opt(best.field)?);
         conf.append_value(best.conf as f64 / 1000.0);
-        let mut sorted: Vec<(&str, &SupportVal)> =
-            sups.iter().map(|x| Ok((name_of(names, x.page)?, x))).collect::<anyhow::Result<_>>()?;
-        sorted.sort();
-        for (pid, x) in sorted {
+        sorted.clear();
+        for x in sups {
+            sorted.push((name_of(names, x.page)?, x));
+        }
+        sorted.sort_unstable();
+        for (pid, x) in &sorted {
             parents.values().append_value(pid);
-            match opt(x.section)? {
-                Some(v) => sup_sections.values().append_value(v),
-                None => sup_sections.values().append_null(),
-            }
-            match opt(x.field)? {
-                Some(v) => sup_fields.values().append_value(v),
-                None => sup_fields.values().append_null(),
-            }
+            sup_sections.values().append_option(opt(x.section)?);
+            sup_fields.values().append_option(opt(x.field)?);
             sup_conf.values().append_value(x.conf as f64 / 1000.0);
         }
         parents.append(true);
@@ -780,12 +762,7 @@ fn parse_hex(s: &str) -> anyhow::Result<u64> {
 }
 
 /// Records of a previous entity row (its state), with the strings they use.
-fn decompose_entity(
-    b: &RecordBatch,
-    i: usize,
-    names: &mut HashMap<u64, String>,
-    out: &mut Vec<(Rec, i64)>,
-) -> anyhow::Result<()> {
+fn decompose_entity(b: &RecordBatch, i: usize, names: &mut Names, out: &mut Vec<(Rec, i64)>) -> anyhow::Result<()> {
     let k = parse_hex(col_str(b, "id")?.value(i))?;
     names.insert(k, col_str(b, "name")?.value(i).to_string());
     let freq = col_i64(b, "frequency")?.value(i);
@@ -835,12 +812,7 @@ fn decompose_entity(
 }
 
 /// Records of a previous relation row (its supports).
-fn decompose_relation(
-    b: &RecordBatch,
-    i: usize,
-    names: &mut HashMap<u64, String>,
-    out: &mut Vec<(Rec, i64)>,
-) -> anyhow::Result<()> {
+fn decompose_relation(b: &RecordBatch, i: usize, names: &mut Names, out: &mut Vec<(Rec, i64)>) -> anyhow::Result<()> {
     let s = parse_hex(col_str(b, "subject")?.value(i))?;
     let o = parse_hex(col_str(b, "object")?.value(i))?;
     let p = Predicate::parse(col_str(b, "predicate")?.value(i))
@@ -941,7 +913,7 @@ fn incremental_run(
     }
     ctx.metric("prep_redirects_s", t.elapsed().as_secs_f64());
     let interp = Interp { lexicon: &s.lexicon, min_conf: s.min_conf };
-    let mut names: HashMap<u64, String> = HashMap::new();
+    let mut names = Names::default();
     let mut parsed = 0u64;
     let memo = ctx.memo.clone();
     // Delta: old records out, new records in (those not about re-resolved keys).
@@ -1024,7 +996,7 @@ fn incremental_run(
     // their support. Every other previous row stays as it is; it only counts towards the
     // degree of the touched entities at its ends (degrees are a dataflow count of the
     // rebuilt relations plus that base).
-    let affected: HashSet<RelKey, KeyBuild> =
+    let affected: rustc_hash::FxHashSet<RelKey> =
         recs.iter().filter_map(|(r, _)| if let Rec::Support(k, _) = r { Some(*k) } else { None }).collect();
     let preds = col_str(pr, "predicate")?;
     let pred_of = |i: usize| -> anyhow::Result<u8> {
@@ -1032,7 +1004,7 @@ fn incremental_run(
     };
     let mut replaced_rels = 0u64;
     let mut drop_rel = vec![false; pr.num_rows()];
-    let mut base: HashMap<u64, i64, KeyBuild> = HashMap::default();
+    let mut base: rustc_hash::FxHashMap<u64, i64> = Default::default();
     for (i, dropped) in drop_rel.iter_mut().enumerate() {
         let (a, b) = (parse_hex(subj.value(i))?, parse_hex(obj.value(i))?);
         // Rows touching no touched entity stay as they are (the common case: one check).
@@ -1084,9 +1056,7 @@ fn incremental_run(
         return Ok(Err("the previous output is inconsistent with its input"));
     }
     let t = Instant::now();
-    let titles = page_titles(pages);
-    let new_ents = entities_batch(&out, s, &titles, Some(&keys))?;
-    let new_rels = relations_batch(&out, s, &titles)?;
+    let (new_ents, new_rels) = build_batches(&out, s, pages, Some(&keys), ctx.threads)?;
     let drop_ent: Vec<bool> =
         (0..pe.num_rows()).map(|i| Ok(keys.contains(&parse_hex(ids.value(i))?))).collect::<anyhow::Result<_>>()?;
     let ents = splice(pe, &new_ents, &drop_ent)?;

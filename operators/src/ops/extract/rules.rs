@@ -15,7 +15,7 @@
 //! - every link is a mention of its target, its label an alias, and a link in an infobox
 //!   field with one expected type is a vote for that type.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -442,6 +442,10 @@ fn rules_for(t: EntityType) -> (&'static [Rule], &'static [Rule]) {
     }
 }
 
+/// The strings behind the graph's hashes (keys are already uniform hashes: FxHash is
+/// enough, SipHash costs more than the rest of a lookup).
+pub type Names = rustc_hash::FxHashMap<u64, String>;
+
 /// Confidence in thousandths.
 pub type Conf = u16;
 
@@ -456,7 +460,28 @@ pub fn h(s: &str) -> u64 {
 
 /// An entity's id: its key hash as 16 hex digits.
 pub fn entity_id(key_hash: u64) -> String {
-    format!("{key_hash:016x}")
+    Hex16::new(key_hash).as_str().to_string()
+}
+
+/// A u64 as 16 lower-case hex digits, on the stack (ids are written for every row).
+pub struct Hex16([u8; 16]);
+
+impl Hex16 {
+    /// The digits of `v`.
+    pub fn new(v: u64) -> Self {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut b = [0u8; 16];
+        for (i, d) in b.iter_mut().enumerate() {
+            *d = DIGITS[((v >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        Hex16(b)
+    }
+
+    /// The digits as text.
+    pub fn as_str(&self) -> &str {
+        // Only ASCII hex digits are ever written.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
 }
 
 /// What a page says about its own entity.
@@ -546,10 +571,10 @@ pub fn records(
     facts: &PageFacts,
     interp: &Interp<'_>,
     resolve: &dyn Fn(&str) -> Option<String>,
-    names: &mut HashMap<u64, String>,
+    names: &mut Names,
 ) -> Vec<(Rec, i64)> {
     let mut out = Vec::new();
-    let name = |s: &str, names: &mut HashMap<u64, String>| -> u64 {
+    let name = |s: &str, names: &mut Names| -> u64 {
         let k = h(s);
         names.entry(k).or_insert_with(|| s.to_string());
         k

@@ -25,6 +25,8 @@ mod graph;
 mod kg_answer;
 
 use std::collections::{HashMap, HashSet};
+
+use rustc_hash::FxHashSet;
 use std::sync::{Arc, LazyLock};
 
 use anyhow::{Context, anyhow, bail};
@@ -257,7 +259,7 @@ pub(crate) struct Chain {
 
 /// The entities of the mask's type that satisfy a chain's visible part, using only the
 /// relations `knows` accepts (`None`: more than `cap`, or nothing is named).
-pub(crate) fn satisfying(g: &Graph, c: &Chain, cap: usize, knows: impl Fn(u32) -> bool) -> Option<HashSet<u32>> {
+pub(crate) fn satisfying(g: &Graph, c: &Chain, cap: usize, knows: impl Fn(u32) -> bool) -> Option<FxHashSet<u32>> {
     let ty = g.types[c.nodes[c.mask] as usize];
     let flip = |d: Dir| if d == Dir::Out { Dir::In } else { Dir::Out };
     // Fast path: both neighbours of the mask are named; walk the smaller adjacency and
@@ -267,7 +269,7 @@ pub(crate) fn satisfying(g: &Graph, c: &Chain, cap: usize, knows: impl Fn(u32) -
         let b = (c.nodes[c.mask + 1], c.preds[c.mask], flip(c.dirs[c.mask]));
         let count = |(n, p, _): (u32, u32, Dir)| g.pred_degree(n, p);
         let (small, large) = if count(a) <= count(b) { (a, b) } else { (b, a) };
-        let mut out = HashSet::new();
+        let mut out = FxHashSet::default();
         for x in g.step(small.0, Some(small.1), Some(small.2), Some(ty)) {
             if knows(x.rel) && g.has_edge(large.0, large.1, large.2, x.to, &knows) {
                 out.insert(x.to);
@@ -280,19 +282,19 @@ pub(crate) fn satisfying(g: &Graph, c: &Chain, cap: usize, knows: impl Fn(u32) -
     }
     let inner_cap = cap.saturating_mul(64).max(4096);
     // Left to right up to the mask, right to left down to it.
-    let side = |range: Vec<usize>, forward: bool| -> Option<Option<HashSet<u32>>> {
-        let mut cur: Option<HashSet<u32>> = None;
+    let side = |range: Vec<usize>, forward: bool| -> Option<Option<FxHashSet<u32>>> {
+        let mut cur: Option<FxHashSet<u32>> = None;
         for pos in range {
             let next = if forward { pos + 1 } else { pos - 1 };
             let hop = if forward { pos } else { pos - 1 };
             let dir = if forward { c.dirs[hop] } else { flip(c.dirs[hop]) };
-            let from = if c.named[pos] { Some(HashSet::from([c.nodes[pos]])) } else { cur.take() };
+            let from = if c.named[pos] { Some(FxHashSet::from_iter([c.nodes[pos]])) } else { cur.take() };
             let limit = if next == c.mask { cap } else { inner_cap };
             cur = match from {
                 None => None,
                 Some(set) => {
                     let want = if next == c.mask { ty } else { g.types[c.nodes[next] as usize] };
-                    let mut out = HashSet::new();
+                    let mut out = FxHashSet::default();
                     for &e in &set {
                         for x in g.step(e, Some(c.preds[hop]), Some(dir), Some(want)) {
                             if knows(x.rel) {
@@ -437,7 +439,7 @@ impl<'a> Setup<'a> {
     }
 
     /// The entities that satisfy the stem at the masked position (`None`: too many).
-    fn correct_set(&self, c: &Chain) -> Option<HashSet<u32>> {
+    fn correct_set(&self, c: &Chain) -> Option<FxHashSet<u32>> {
         satisfying(self.g, c, self.max_correct, |_| true)
     }
 
@@ -478,7 +480,7 @@ impl<'a> Setup<'a> {
         let mut dirs = vec![Dir::Out; n - 1];
         let mut preds = vec![0u32; n - 1];
         nodes[p.mask] = answer;
-        let mut used = HashSet::from([answer]);
+        let mut used = FxHashSet::from_iter([answer]);
         // Leftwards: hop i links i and i+1, read from i; from i+1 the direction flips.
         for i in (0..p.mask).rev() {
             let h = &p.hops[i];
@@ -515,7 +517,7 @@ impl<'a> Setup<'a> {
         let mut rels = Vec::new();
         let mut dirs = Vec::new();
         let mut preds = Vec::new();
-        let mut used = HashSet::from([answer]);
+        let mut used = FxHashSet::from_iter([answer]);
         for _ in 0..hops {
             let cur = *nodes.last()?;
             let adj = self.g.adj(cur);
@@ -548,7 +550,7 @@ impl<'a> Setup<'a> {
         &self,
         pool: &mut Vec<u32>,
         tier: u8,
-        ctx: (&Chain, &HashSet<u32>, &HashSet<u32>),
+        ctx: (&Chain, &FxHashSet<u32>, &FxHashSet<u32>),
         out: &mut Vec<(u32, u8)>,
         taken: &mut Vec<&'a str>,
         rng: &mut ChaCha8Rng,
@@ -580,14 +582,14 @@ impl<'a> Setup<'a> {
         }
     }
 
-    fn distractors(&self, c: &Chain, correct: &HashSet<u32>, rng: &mut ChaCha8Rng) -> Option<Vec<(u32, u8)>> {
+    fn distractors(&self, c: &Chain, correct: &FxHashSet<u32>, rng: &mut ChaCha8Rng) -> Option<Vec<(u32, u8)>> {
         let g: &'a Graph = self.g;
         let need = self.options - 1;
         let answer = c.nodes[c.mask];
         let ty = g.types[answer as usize];
         let mut taken_names: Vec<&'a str> = g.surface[answer as usize].iter().map(String::as_str).collect();
         let mut out: Vec<(u32, u8)> = Vec::with_capacity(need);
-        let on_path: HashSet<u32> = c.nodes.iter().copied().collect();
+        let on_path: FxHashSet<u32> = c.nodes.iter().copied().collect();
         let cx = (c, correct, &on_path);
         let consider = |pool: &mut Vec<u32>,
                         tier: u8,
