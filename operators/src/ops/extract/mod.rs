@@ -454,7 +454,8 @@ fn full_run(ctx: &mut OpContext, s: &Settings, pages: &Arc<PagesView>) -> anyhow
     let t = Instant::now();
     let (ents, rels) = build_batches(&out, s, pages, None, ctx.threads)?;
     ctx.metric("build_s", t.elapsed().as_secs_f64());
-    Ok((Table::new(ents.schema(), vec![ents]), Table::new(rels.schema(), vec![rels]), rejects_table(rejects)?))
+    let rel_schema = schema(relation_columns(), &s.state);
+    Ok((Table::new(ents.schema(), vec![ents]), Table::new(rel_schema, rels), rejects_table(rejects)?))
 }
 
 /// The entity rows (of the keys in `only`, if given) and the relation rows of the graph;
@@ -465,10 +466,20 @@ fn build_batches(
     pages: &PagesView,
     only: Option<&KeySet>,
     threads: usize,
-) -> anyhow::Result<(RecordBatch, RecordBatch)> {
-    let ents = || entities_batch(out, s, only);
-    let rels = || relations_batch(out, s, &page_titles(pages));
-    let (e, r) = if threads > 1 { rayon::join(ents, rels) } else { (ents(), rels()) };
+) -> anyhow::Result<(RecordBatch, Vec<RecordBatch>)> {
+    if threads <= 1 {
+        let rels = relations_batch(&relation_rows(out), out, s, &page_titles(pages))?;
+        return Ok((entities_batch(out, s, only)?, vec![rels]));
+    }
+    // Relations are most of the work: their rows are cut into one slice per thread (the
+    // table's digest does not depend on how it is cut into batches).
+    let rels = || -> anyhow::Result<Vec<RecordBatch>> {
+        let (rows, titles) = rayon::join(|| relation_rows(out), || page_titles(pages));
+        let chunk = rows.len().div_ceil(threads).max(1);
+        use rayon::prelude::*;
+        rows.par_chunks(chunk).map(|part| relations_batch(part, out, s, &titles)).collect()
+    };
+    let (e, r) = rayon::join(|| entities_batch(out, s, only), rels);
     Ok((e?, r?))
 }
 
@@ -631,16 +642,30 @@ fn relation_key(s: u64, p: u8, o: u64, buf: &mut String) -> u64 {
     h(buf)
 }
 
-fn relations_batch(out: &GraphOut, s: &Settings, titles: &Names) -> anyhow::Result<RecordBatch> {
-    let names = &out.names;
+/// A relation row to build: (the number behind its id, its key, its supports).
+type RelationRow<'a> = (u64, &'a RelKey, &'a Vec<SupportVal>);
+
+/// The graph's relations (but self-loops) in id order.
+fn relation_rows(out: &GraphOut) -> Vec<RelationRow<'_>> {
     let mut buf = String::new();
-    let mut rows: Vec<(u64, &RelKey, &Vec<SupportVal>)> = out
+    let mut rows: Vec<RelationRow<'_>> = out
         .relations
         .iter()
         .filter(|((a, _, b), _)| a != b)
         .map(|(k, v)| (relation_key(k.0, k.1, k.2, &mut buf), k, v))
         .collect();
     rows.sort_unstable_by_key(|r| (r.0, *r.1));
+    rows
+}
+
+/// The relation table's rows for `rows`.
+fn relations_batch(
+    rows: &[RelationRow<'_>],
+    out: &GraphOut,
+    s: &Settings,
+    titles: &Names,
+) -> anyhow::Result<RecordBatch> {
+    let names = &out.names;
     let n = rows.len();
     let supports: usize = rows.iter().map(|r| r.2.len()).sum();
     // Capacities from the row counts: growing builders of this size costs a copy per
@@ -658,7 +683,7 @@ fn relations_batch(out: &GraphOut, s: &Settings, titles: &Names) -> anyhow::Resu
     let mut sup_conf = ListBuilder::with_capacity(Float64Builder::with_capacity(supports), n);
     let opt = |k: u64| -> anyhow::Result<Option<&str>> { if k == 0 { Ok(None) } else { name_of(names, k).map(Some) } };
     let mut sorted: Vec<(&str, &SupportVal)> = Vec::new();
-    for (rid, (sk, p, ok), sups) in rows {
+    for &(rid, &(sk, p, ok), sups) in rows {
         let Some(best) = sups.iter().fold(None::<&SupportVal>, |b, x| match b {
             Some(b) if rules::better(b, x) => Some(b),
             _ => Some(x),
@@ -666,9 +691,9 @@ fn relations_batch(out: &GraphOut, s: &Settings, titles: &Names) -> anyhow::Resu
             continue;
         };
         id.append_value(Hex16::new(rid).as_str());
-        subject.append_value(Hex16::new(*sk).as_str());
-        predicate.append_value(Predicate::from_index(*p).map(|p| p.as_str()).unwrap_or("?"));
-        object.append_value(Hex16::new(*ok).as_str());
+        subject.append_value(Hex16::new(sk).as_str());
+        predicate.append_value(Predicate::from_index(p).map(|p| p.as_str()).unwrap_or("?"));
+        object.append_value(Hex16::new(ok).as_str());
         let title = titles.get(&best.page).map(String::as_str).map(Ok).unwrap_or_else(|| name_of(names, best.page))?;
         ev_page.append_value(title);
         ev_section.append_option(opt(best.section)?);
@@ -689,8 +714,8 @@ fn relations_batch(out: &GraphOut, s: &Settings, titles: &Names) -> anyhow::Resu
         sup_sections.append(true);
         sup_fields.append(true);
         sup_conf.append(true);
-        subject_name.append_value(name_of(names, *sk)?);
-        object_name.append_value(name_of(names, *ok)?);
+        subject_name.append_value(name_of(names, sk)?);
+        object_name.append_value(name_of(names, ok)?);
     }
     let sch = schema(relation_columns(), &s.state);
     let cols: Vec<ArrayRef> = vec![
@@ -1060,6 +1085,7 @@ fn incremental_run(
     let drop_ent: Vec<bool> =
         (0..pe.num_rows()).map(|i| Ok(keys.contains(&parse_hex(ids.value(i))?))).collect::<anyhow::Result<_>>()?;
     let ents = splice(pe, &new_ents, &drop_ent)?;
+    let new_rels = arrow::compute::concat_batches(&schema(relation_columns(), &s.state), &new_rels)?;
     let rels = splice(pr, &new_rels, &drop_rel)?;
     ctx.metric("mode", "incremental");
     ctx.metric("parsed_pages", parsed);
