@@ -269,14 +269,18 @@ fn main() {
     note(
         "extract incremental: previous / prep / graph / build",
         format!(
-            "{} ({} relations rebuilt)",
+            "{} ({} relations rebuilt; of the build, tables {:.2} s)",
             breakdown(&inc, &["previous_s", "prep_s", "graph_s", "build_s"]),
             inc.metrics.get("replaced_relations").cloned().unwrap_or(Value::Null),
+            metric(&inc, "build_tables_s"),
         ),
     );
     note(
-        "extract incremental prep (cumulative): diff / redirects / parse / rset",
-        breakdown(&inc, &["prep_diff_s", "prep_redirects_s", "prep_parse_s", "prep_rset_s"]),
+        "extract incremental prep (cumulative): diff / redirects / parse / rset / rels / entities",
+        breakdown(
+            &inc,
+            &["prep_diff_s", "prep_redirects_s", "prep_parse_s", "prep_rset_s", "prep_rels_s", "prep_entities_s"],
+        ),
     );
     let (scratch, _) = extract(&pages2, &lexicon, 2, None);
     for port in ["entities", "relations"] {

@@ -787,16 +787,40 @@ fn parse_hex(s: &str) -> anyhow::Result<u64> {
 }
 
 /// Records of a previous entity row (its state), with the strings they use.
-fn decompose_entity(b: &RecordBatch, i: usize, names: &mut Names, out: &mut Vec<(Rec, i64)>) -> anyhow::Result<()> {
+/// Page id -> its hash, for the page ids of the previous entity rows: a page appears in
+/// the `pages` list of every entity it touches, and hub entities list thousands.
+type PageHashes<'a> = rustc_hash::FxHashMap<&'a str, u64>;
+
+fn decompose_entity<'a>(
+    b: &'a RecordBatch,
+    i: usize,
+    names: &mut Names,
+    page_hashes: &mut PageHashes<'a>,
+    out: &mut Vec<(Rec, i64)>,
+) -> anyhow::Result<()> {
     let k = parse_hex(col_str(b, "id")?.value(i))?;
     names.insert(k, col_str(b, "name")?.value(i).to_string());
     let freq = col_i64(b, "frequency")?.value(i);
     if freq != 0 {
         out.push((Rec::Freq(k), freq));
     }
-    for p in list_strs(col_list(b, "pages")?, i).into_iter().flatten() {
-        let ph = h(&p);
-        names.insert(ph, p);
+    let pages = col_list(b, "pages")?;
+    let values = pages
+        .values()
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .ok_or_else(|| anyhow!("previous output: `pages` is not a list of strings"))?;
+    let offsets = pages.value_offsets();
+    for j in offsets[i] as usize..offsets[i + 1] as usize {
+        if values.is_null(j) {
+            continue;
+        }
+        let p: &'a str = values.value(j);
+        let ph = *page_hashes.entry(p).or_insert_with(|| {
+            let ph = h(p);
+            names.insert(ph, p.to_string());
+            ph
+        });
         out.push((Rec::Touch(k, ph), 1));
     }
     let aliases = list_strs(col_list(b, "aliases")?, i);
@@ -1010,13 +1034,16 @@ fn incremental_run(
             }
         }
     }
+    ctx.metric("prep_rels_s", t.elapsed().as_secs_f64());
+    let mut page_hashes = PageHashes::default();
     // Previous rows of the touched entities and relations, as records.
     for i in 0..pe.num_rows() {
         let k = parse_hex(ids.value(i))?;
         if keys.contains(&k) && !rset.contains(&k) {
-            decompose_entity(pe, i, &mut names, &mut recs)?;
+            decompose_entity(pe, i, &mut names, &mut page_hashes, &mut recs)?;
         }
     }
+    ctx.metric("prep_entities_s", t.elapsed().as_secs_f64());
     // Triples the changed pages support (before or after): their rows are rebuilt from all
     // their support. Every other previous row stays as it is; it only counts towards the
     // degree of the touched entities at its ends (degrees are a dataflow count of the
@@ -1082,6 +1109,7 @@ fn incremental_run(
     }
     let t = Instant::now();
     let (new_ents, new_rels) = build_batches(&out, s, pages, Some(&keys), ctx.threads)?;
+    ctx.metric("build_tables_s", t.elapsed().as_secs_f64());
     let drop_ent: Vec<bool> =
         (0..pe.num_rows()).map(|i| Ok(keys.contains(&parse_hex(ids.value(i))?))).collect::<anyhow::Result<_>>()?;
     let ents = splice(pe, &new_ents, &drop_ent)?;
