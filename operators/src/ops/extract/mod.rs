@@ -36,6 +36,7 @@ use fleming_runtime::context::OpContext;
 use fleming_runtime::op::{
     ColumnSpec, Execution, InputPorts, OpSpec, Operator, Outputs, ParamSpec, ParamType, PortSpec,
 };
+use rayon::prelude::*;
 use serde_json::json;
 
 use self::graph::{EntityAgg, GraphOut};
@@ -476,7 +477,6 @@ fn build_batches(
     let rels = || -> anyhow::Result<Vec<RecordBatch>> {
         let (rows, titles) = rayon::join(|| relation_rows(out), || page_titles(pages));
         let chunk = rows.len().div_ceil(threads).max(1);
-        use rayon::prelude::*;
         rows.par_chunks(chunk).map(|part| relations_batch(part, out, s, &titles)).collect()
     };
     let (e, r) = rayon::join(|| entities_batch(out, s, only), rels);
