@@ -47,6 +47,11 @@ fn metric(out: &HarnessOutput, name: &str) -> f64 {
     out.metrics.get(name).and_then(Value::as_f64).unwrap_or(0.0)
 }
 
+/// A metric as recorded (number or text; null when absent).
+fn raw(out: &HarnessOutput, name: &str) -> Value {
+    out.metrics.get(name).cloned().unwrap_or(Value::Null)
+}
+
 /// Metrics of a run as "a / b / c s".
 fn breakdown(out: &HarnessOutput, names: &[&str]) -> String {
     let v: Vec<String> = names.iter().map(|n| format!("{:.2}", metric(out, n))).collect();
@@ -211,8 +216,8 @@ fn main() {
         format!(
             "{} (reparsed {} pages, reused {})",
             breakdown(&rerun, &["decompress_s", "parse_s", "diff_s", "write_s"]),
-            rerun.metrics.get("reparsed").cloned().unwrap_or(Value::Null),
-            rerun.metrics.get("reused").cloned().unwrap_or(Value::Null),
+            raw(&rerun, "reparsed"),
+            raw(&rerun, "reused"),
         ),
     );
     let pages2 = rerun.table("pages").expect("pages").clone();
@@ -261,9 +266,9 @@ fn main() {
         format!(
             "{inc_s:.2} s ({:.1}% of the full run; mode {}, parsed {} pages, {} entities touched)",
             100.0 * inc_s / s1,
-            inc.metrics.get("mode").cloned().unwrap_or(Value::Null),
-            inc.metrics.get("parsed_pages").cloned().unwrap_or(Value::Null),
-            inc.metrics.get("touched_entities").cloned().unwrap_or(Value::Null),
+            raw(&inc, "mode"),
+            raw(&inc, "parsed_pages"),
+            raw(&inc, "touched_entities"),
         ),
     );
     note(
@@ -271,7 +276,7 @@ fn main() {
         format!(
             "{} ({} relations rebuilt; of the build, tables {:.2} s)",
             breakdown(&inc, &["previous_s", "prep_s", "graph_s", "build_s"]),
-            inc.metrics.get("replaced_relations").cloned().unwrap_or(Value::Null),
+            raw(&inc, "replaced_relations"),
             metric(&inc, "build_tables_s"),
         ),
     );
