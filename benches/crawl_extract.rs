@@ -4,6 +4,7 @@
 //! cargo bench --bench crawl_extract                  # 100k entities (needs ../shared/data)
 //! cargo bench --bench crawl_extract -- --entities 20000
 //! cargo bench --bench crawl_extract -- --only extract  # extract -w 1 only (profiling)
+//! cargo bench --bench crawl_extract -- --only incremental [--times N]  # incremental extract
 //! ```
 //!
 //! It generates the fixture (`fleming fixtures wiki`, cached under
@@ -41,6 +42,14 @@ fn peak_rss_mib() -> f64 {
         .and_then(|k| k.parse::<f64>().ok())
         .map(|k| k / 1024.0)
         .unwrap_or(0.0)
+}
+
+/// CLOCK_MONOTONIC in seconds (the clock `perf record -k CLOCK_MONOTONIC` stamps samples with).
+fn monotonic_s() -> f64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid timespec for the call to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
 
 fn metric(out: &HarnessOutput, name: &str) -> f64 {
@@ -119,6 +128,70 @@ fn extract(
     (out, t.elapsed().as_secs_f64())
 }
 
+/// Extract's incremental rerun from `pages` to `pages2`, `times` times, each from a full
+/// `-w 1` run's output (memo warm from that run, as in a store); the reruns' outputs.
+fn incremental(
+    pages: &Table,
+    pages2: &Table,
+    lexicon: &Path,
+    times: usize,
+    note: &mut impl FnMut(&str, String),
+) -> Vec<HarnessOutput> {
+    let op = Extract::new();
+    let memo = Harness::new_memo(&op);
+    let (first, full_s) = extract(pages, lexicon, 1, Some(memo.clone()));
+    note("extract -w 1: full run (memo warm-up)", format!("{full_s:.2} s"));
+    let mut outputs = BTreeMap::new();
+    for port in ["entities", "relations", "rejects"] {
+        outputs.insert(port.to_string(), first.table(port).expect("output").clone());
+    }
+    let mut inputs = BTreeMap::new();
+    inputs.insert("pages".to_string(), vec![pages.clone()]);
+    let mut runs = Vec::new();
+    // For `perf record -k CLOCK_MONOTONIC … ; perf report --time A,B`.
+    eprintln!("incremental reruns start at monotonic {:.6}", monotonic_s());
+    for _ in 0..times.max(1) {
+        let h = Harness::new(Arc::new(Extract::new()))
+            .param("lexicon", lexicon.to_string_lossy().to_string())
+            .memo(memo.clone())
+            .input("pages", pages2.clone())
+            .previous(json!({}), inputs.clone(), outputs.clone())
+            .expect("previous");
+        let t = Instant::now();
+        let inc = h.run().expect("incremental extract");
+        let inc_s = t.elapsed().as_secs_f64();
+        note(
+            "extract: incremental rerun, 1% of pages changed",
+            format!(
+                "{inc_s:.2} s ({:.1}% of the full run; mode {}, parsed {} pages, {} entities touched)",
+                100.0 * inc_s / full_s,
+                raw(&inc, "mode"),
+                raw(&inc, "parsed_pages"),
+                raw(&inc, "touched_entities"),
+            ),
+        );
+        note(
+            "extract incremental: previous / prep / graph / build",
+            format!(
+                "{} ({} relations rebuilt; of the build, tables {:.2} s)",
+                breakdown(&inc, &["previous_s", "prep_s", "graph_s", "build_s"]),
+                raw(&inc, "replaced_relations"),
+                metric(&inc, "build_tables_s"),
+            ),
+        );
+        note(
+            "extract incremental prep (cumulative): diff / redirects / parse / rset / rels / entities",
+            breakdown(
+                &inc,
+                &["prep_diff_s", "prep_redirects_s", "prep_parse_s", "prep_rset_s", "prep_rels_s", "prep_entities_s"],
+            ),
+        );
+        runs.push(inc);
+    }
+    eprintln!("incremental reruns end at monotonic {:.6}", monotonic_s());
+    runs
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--child-crawl") {
@@ -178,6 +251,24 @@ fn main() {
                 "extract -w 1: lexicon / parse+dataflow / build",
                 breakdown(&one, &["lexicon_s", "graph_s", "build_s"]),
             );
+        }
+        return;
+    }
+
+    // `--only incremental`: both page tables from plain XML (not timed), a full extract -w 1
+    // warming the memo, then the incremental rerun three times (each from the full run's
+    // output); a quick loop for profiling incremental runs.
+    if args.windows(2).any(|w| w[0] == "--only" && w[1] == "incremental") {
+        let pages = crawl(&dir.join("wiki.xml"), None).table("pages").expect("pages").clone();
+        let dir2 = target.join(format!("bench-fixtures/wiki-{entities}-edited"));
+        edited(&fx).write(&dir2, false).expect("write edited fixture");
+        let pages2 = crawl(&dir2.join("wiki.xml"), Some(&pages)).table("pages").expect("pages").clone();
+        let lexicon = dir.join("lexicon.tsv");
+        let times = args.iter().position(|a| a == "--times").and_then(|i| args.get(i + 1)?.parse().ok());
+        let runs = incremental(&pages, &pages2, &lexicon, times.unwrap_or(3), &mut note);
+        let (fresh, _) = extract(&pages2, &lexicon, 1, None);
+        for (inc, port) in runs.iter().flat_map(|r| [(r, "entities"), (r, "relations")]) {
+            assert_eq!(inc.digest(port).ok(), fresh.digest(port).ok(), "incremental {port} differ from a full run");
         }
         return;
     }
@@ -242,51 +333,7 @@ fn main() {
     );
 
     // Extract: incremental after 1% changed (memo warm from the full run, as in a store).
-    let op = Extract::new();
-    let memo = Harness::new_memo(&op);
-    let (first, warm_s) = extract(&pages, &lexicon, 1, Some(memo.clone()));
-    let mut outputs = BTreeMap::new();
-    for port in ["entities", "relations", "rejects"] {
-        outputs.insert(port.to_string(), first.table(port).expect("output").clone());
-    }
-    let mut inputs = BTreeMap::new();
-    inputs.insert("pages".to_string(), vec![pages.clone()]);
-    let h = Harness::new(Arc::new(Extract::new()))
-        .param("lexicon", lexicon.to_string_lossy().to_string())
-        .memo(memo)
-        .input("pages", pages2.clone())
-        .previous(json!({}), inputs, outputs)
-        .expect("previous");
-    let t = Instant::now();
-    let inc = h.run().expect("incremental extract");
-    let inc_s = t.elapsed().as_secs_f64();
-    note("extract -w 1: full run (memo warm-up)", format!("{warm_s:.2} s"));
-    note(
-        "extract: incremental rerun, 1% of pages changed",
-        format!(
-            "{inc_s:.2} s ({:.1}% of the full run; mode {}, parsed {} pages, {} entities touched)",
-            100.0 * inc_s / s1,
-            raw(&inc, "mode"),
-            raw(&inc, "parsed_pages"),
-            raw(&inc, "touched_entities"),
-        ),
-    );
-    note(
-        "extract incremental: previous / prep / graph / build",
-        format!(
-            "{} ({} relations rebuilt; of the build, tables {:.2} s)",
-            breakdown(&inc, &["previous_s", "prep_s", "graph_s", "build_s"]),
-            raw(&inc, "replaced_relations"),
-            metric(&inc, "build_tables_s"),
-        ),
-    );
-    note(
-        "extract incremental prep (cumulative): diff / redirects / parse / rset / rels / entities",
-        breakdown(
-            &inc,
-            &["prep_diff_s", "prep_redirects_s", "prep_parse_s", "prep_rset_s", "prep_rels_s", "prep_entities_s"],
-        ),
-    );
+    let inc = incremental(&pages, &pages2, &lexicon, 1, &mut note).pop().expect("one rerun");
     let (scratch, _) = extract(&pages2, &lexicon, 2, None);
     for port in ["entities", "relations"] {
         assert_eq!(inc.digest(port).ok(), scratch.digest(port).ok(), "incremental {port} differ from a full run");

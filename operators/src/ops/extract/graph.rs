@@ -10,7 +10,11 @@
 //! (subject, predicate, object) its supporting pages (the relation dedup), then the
 //! degree of every entity from the distinct relations (the degree counts). Every
 //! aggregate is a sum or a set of records, so the previous output plus a difference gives
-//! exactly what a run from scratch gives.
+//! exactly what a run from scratch gives. Two aggregates are too large to feed back whole
+//! for the hub entities an incremental run touches, and enter as a base plus changes
+//! instead: an entity's degree (a count of the relations kept as they are, plus those
+//! rebuilt) and its pages (the previous row's list, plus and minus the changed pages'
+//! touches; the list itself is merged when the row is built).
 
 use std::sync::{Arc, Mutex};
 
@@ -25,8 +29,14 @@ use super::rules::{Names, OwnVal, Rec, RelKey, SupportVal};
 pub struct EntityAgg {
     /// Link occurrences.
     pub frequency: i64,
-    /// Pages touching it (hashes), sorted.
+    /// Pages touching it (hashes), sorted: all of them in a full run; in an incremental run
+    /// those added to the previous row's list.
     pub pages: Vec<u64>,
+    /// Pages taken from the previous row's list (incremental runs), sorted.
+    pub pages_removed: Vec<u64>,
+    /// Length of the previous row's list that an incremental run starts from (0 in a full
+    /// run).
+    pub pages_base: i64,
     /// Aliases (hashes) with their counts, sorted by alias hash.
     pub aliases: Vec<(u64, i64)>,
     /// Votes per type index.
@@ -41,7 +51,9 @@ pub struct EntityAgg {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 enum Part {
     Freq(i64),
-    Pages(Vec<u64>),
+    /// Pages added and removed.
+    Pages(Vec<u64>, Vec<u64>),
+    PagesBase(i64),
     Alias(u64, i64),
     Vote(u8, i64),
     Own(OwnVal),
@@ -77,6 +89,7 @@ struct Inputs {
     vote: InputSession<u64, (u64, u8), isize>,
     own: InputSession<u64, (u64, OwnVal), isize>,
     degree_base: InputSession<u64, u64, isize>,
+    pages_base: InputSession<u64, u64, isize>,
     support: InputSession<u64, (RelKey, SupportVal), isize>,
     /// Records that the dataflow only counts, summed here first: the same few keys recur
     /// on many pages, and a sum is far cheaper than sorting every occurrence.
@@ -89,6 +102,7 @@ struct Sums {
     alias: FxHashMap<(u64, u64), isize>,
     vote: FxHashMap<(u64, u8), isize>,
     degree_base: FxHashMap<u64, isize>,
+    pages_base: FxHashMap<u64, isize>,
 }
 
 impl Inputs {
@@ -100,6 +114,7 @@ impl Inputs {
             Rec::Vote(k, t) => *self.sums.vote.entry((k, t)).or_default() += d,
             Rec::Own(k, o) => self.own.update((k, o), d),
             Rec::DegreeBase(k) => *self.sums.degree_base.entry(k).or_default() += d,
+            Rec::PagesBase(k) => *self.sums.pages_base.entry(k).or_default() += d,
             Rec::Support(k, s) => self.support.update((k, s), d),
         }
     }
@@ -117,6 +132,7 @@ impl Inputs {
         send(&mut self.alias, sums.alias);
         send(&mut self.vote, sums.vote);
         send(&mut self.degree_base, sums.degree_base);
+        send(&mut self.pages_base, sums.pages_base);
     }
 }
 
@@ -132,7 +148,7 @@ pub fn run(threads: usize, feed: Arc<Feed>) -> anyhow::Result<GraphOut> {
     let guards = timely::execute(timely::Config::process(threads.max(1)), move |worker| {
         let index = worker.index();
         let peers = worker.peers();
-        let (e3, r3, n3, n4, n5) = (e2.clone(), r2.clone(), n2.clone(), n2.clone(), n2.clone());
+        let (e3, r3, n3, n5) = (e2.clone(), r2.clone(), n2.clone(), n2.clone());
         let (mut inputs, probe) = worker.dataflow::<u64, _, _>(|scope| {
             // One input per kind of record: a single input fanned out by kind would copy
             // every batch to each of the seven consumers.
@@ -142,6 +158,7 @@ pub fn run(threads: usize, feed: Arc<Feed>) -> anyhow::Result<GraphOut> {
             let (vote_in, vote) = scope.new_collection::<(u64, u8), isize>();
             let (own_in, own) = scope.new_collection::<(u64, OwnVal), isize>();
             let (degree_in, degree_base) = scope.new_collection::<u64, isize>();
+            let (pages_base_in, pages_base) = scope.new_collection::<u64, isize>();
             let (support_in, support) = scope.new_collection::<(RelKey, SupportVal), isize>();
             let inputs = Inputs {
                 freq: freq_in,
@@ -150,6 +167,7 @@ pub fn run(threads: usize, feed: Arc<Feed>) -> anyhow::Result<GraphOut> {
                 vote: vote_in,
                 own: own_in,
                 degree_base: degree_in,
+                pages_base: pages_base_in,
                 support: support_in,
                 sums: Sums::default(),
             };
@@ -181,19 +199,16 @@ pub fn run(threads: usize, feed: Arc<Feed>) -> anyhow::Result<GraphOut> {
                 .count()
                 .map(|(k, n)| (k, Part::Degree(n as i64)));
             let freq = freq.count().map(|(k, n)| (k, Part::Freq(n as i64)));
+            // A page touches an entity at most once, so a negative count is a page that an
+            // incremental run takes from the previous row's list.
             let pages = touch.reduce(move |_k, input, output| {
-                let mut v = Vec::with_capacity(input.len());
+                let (mut added, mut removed) = (Vec::with_capacity(input.len()), Vec::new());
                 for (p, r) in input {
-                    if *r > 0 {
-                        v.push(**p);
-                    } else {
-                        *n4.lock().unwrap_or_else(|e| e.into_inner()) += 1;
-                    }
+                    if *r > 0 { added.push(**p) } else { removed.push(**p) }
                 }
-                if !v.is_empty() {
-                    output.push((Part::Pages(v), 1isize));
-                }
+                output.push((Part::Pages(added, removed), 1isize));
             });
+            let pages_base = pages_base.count().map(|(k, n)| (k, Part::PagesBase(n as i64)));
             let alias = alias.count().map(|((k, a), n)| (k, Part::Alias(a, n as i64)));
             let vote = vote.count().map(|((k, t), n)| (k, Part::Vote(t, n as i64)));
             let own = own.reduce(|_k, input, output| {
@@ -202,42 +217,49 @@ pub fn run(threads: usize, feed: Arc<Feed>) -> anyhow::Result<GraphOut> {
                 }
             });
             // Entity dedup: every record of a key is assembled into one row.
-            let ents = freq.concat(pages).concat(alias).concat(vote).concat(own).concat(degree).reduce(
-                move |_k, input, output| {
-                    let mut agg = EntityAgg { votes: vec![0; super::lexicon::TYPES.len()], ..Default::default() };
-                    let mut any = false;
-                    for (part, r) in input {
-                        if *r <= 0 {
-                            *n5.lock().unwrap_or_else(|e| e.into_inner()) += 1;
-                            continue;
-                        }
-                        match part {
-                            Part::Freq(n) => {
-                                agg.frequency += n;
-                                any |= *n != 0;
+            let ents =
+                freq.concat(pages).concat(pages_base).concat(alias).concat(vote).concat(own).concat(degree).reduce(
+                    move |_k, input, output| {
+                        let mut agg = EntityAgg { votes: vec![0; super::lexicon::TYPES.len()], ..Default::default() };
+                        let mut any = false;
+                        for (part, r) in input {
+                            if *r <= 0 {
+                                *n5.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+                                continue;
                             }
-                            Part::Pages(v) => {
-                                agg.pages = v.clone();
-                                any = true;
-                            }
-                            Part::Alias(a, n) => agg.aliases.push((*a, *n)),
-                            Part::Vote(t, n) => {
-                                if let Some(x) = agg.votes.get_mut(*t as usize) {
-                                    *x += n;
+                            match part {
+                                Part::Freq(n) => {
+                                    agg.frequency += n;
+                                    any |= *n != 0;
                                 }
+                                Part::Pages(added, removed) => {
+                                    agg.pages = added.clone();
+                                    agg.pages_removed = removed.clone();
+                                }
+                                Part::PagesBase(n) => agg.pages_base = *n,
+                                Part::Alias(a, n) => agg.aliases.push((*a, *n)),
+                                Part::Vote(t, n) => {
+                                    if let Some(x) = agg.votes.get_mut(*t as usize) {
+                                        *x += n;
+                                    }
+                                }
+                                Part::Own(o) => {
+                                    agg.own = Some(*o);
+                                    any = true;
+                                }
+                                Part::Degree(n) => agg.degree = *n,
                             }
-                            Part::Own(o) => {
-                                agg.own = Some(*o);
-                                any = true;
-                            }
-                            Part::Degree(n) => agg.degree = *n,
                         }
-                    }
-                    if any {
-                        output.push((agg, 1isize));
-                    }
-                },
-            );
+                        let pages = agg.pages_base + agg.pages.len() as i64 - agg.pages_removed.len() as i64;
+                        if agg.pages_base == 0 && !agg.pages_removed.is_empty() {
+                            // Taken from a list that is not there.
+                            *n5.lock().unwrap_or_else(|e| e.into_inner()) += agg.pages_removed.len() as u64;
+                        }
+                        if any || pages > 0 {
+                            output.push((agg, 1isize));
+                        }
+                    },
+                );
             let ents_out = e3.clone();
             let (probe, _) = ents
                 .inspect(move |((k, agg), _t, d)| {

@@ -453,7 +453,7 @@ fn full_run(ctx: &mut OpContext, s: &Settings, pages: &Arc<PagesView>) -> anyhow
         anyhow::bail!("internal error: {} records with negative multiplicity in a full run", out.negative);
     }
     let t = Instant::now();
-    let (ents, rels) = build_batches(&out, s, pages, None, ctx.threads)?;
+    let (ents, rels) = build_batches(&out, s, pages, None, None, ctx.threads)?;
     ctx.metric("build_s", t.elapsed().as_secs_f64());
     let rel_schema = schema(relation_columns(), &s.state);
     Ok((Table::new(ents.schema(), vec![ents]), Table::new(rel_schema, rels), rejects_table(rejects)?))
@@ -466,11 +466,12 @@ fn build_batches(
     s: &Settings,
     pages: &PagesView,
     only: Option<&KeySet>,
+    base: Option<&PagesMerge>,
     threads: usize,
 ) -> anyhow::Result<(RecordBatch, Vec<RecordBatch>)> {
     if threads <= 1 {
         let rels = relations_batch(&relation_rows(out), out, s, &page_titles(pages))?;
-        return Ok((entities_batch(out, s, only)?, vec![rels]));
+        return Ok((entities_batch(out, s, only, base)?, vec![rels]));
     }
     // Relations are most of the work: their rows are cut into one slice per thread (the
     // table's digest does not depend on how it is cut into batches).
@@ -479,7 +480,7 @@ fn build_batches(
         let chunk = rows.len().div_ceil(threads).max(1);
         rows.par_chunks(chunk).map(|part| relations_batch(part, out, s, &titles)).collect()
     };
-    let (e, r) = rayon::join(|| entities_batch(out, s, only), rels);
+    let (e, r) = rayon::join(|| entities_batch(out, s, only, base), rels);
     Ok((e?, r?))
 }
 
@@ -525,15 +526,21 @@ fn entity_type(name: &str, agg: &EntityAgg, infobox: Option<&str>, lexicon: &Lex
     best.1
 }
 
-/// Entity rows (sorted by id); `only` keeps the given keys.
-fn entities_batch(out: &GraphOut, s: &Settings, only: Option<&KeySet>) -> anyhow::Result<RecordBatch> {
+/// Entity rows (sorted by id); `only` keeps the given keys; `base` holds the previous rows
+/// whose page lists an incremental run updates.
+fn entities_batch(
+    out: &GraphOut,
+    s: &Settings,
+    only: Option<&KeySet>,
+    base: Option<&PagesMerge>,
+) -> anyhow::Result<RecordBatch> {
     let names = &out.names;
     // Ids are the keys in fixed-width hex, so key order is id order.
     let mut rows: Vec<(&u64, &EntityAgg)> =
         out.entities.iter().filter(|(k, _)| only.is_none_or(|o| o.contains(k))).map(|(k, a)| (k, a)).collect();
     rows.sort_unstable_by_key(|r| *r.0);
     let n = rows.len();
-    let n_pages: usize = rows.iter().map(|r| r.1.pages.len()).sum();
+    let n_pages: usize = rows.iter().map(|r| r.1.pages.len() + r.1.pages_base.max(0) as usize).sum();
     let n_aliases: usize = rows.iter().map(|r| r.1.aliases.len()).sum();
     let text = |per_row: usize| StringBuilder::with_capacity(n, n * per_row);
     let ints = |items: usize| ListBuilder::with_capacity(Int64Builder::with_capacity(items), n);
@@ -550,7 +557,7 @@ fn entities_batch(out: &GraphOut, s: &Settings, only: Option<&KeySet>) -> anyhow
     let mut alias_counts = ints(n_aliases);
     let mut votes = ints(n * lexicon::TYPES.len());
     let mut al: Vec<(&str, i64)> = Vec::new();
-    let mut ps: Vec<&str> = Vec::new();
+    let (mut ps, mut removed, mut merged): (Vec<&str>, Vec<&str>, Vec<&str>) = Default::default();
     for (k, agg) in rows {
         let nm = name_of(names, *k)?;
         let own_box = match agg.own {
@@ -599,7 +606,19 @@ fn entities_batch(out: &GraphOut, s: &Settings, only: Option<&KeySet>) -> anyhow
             ps.push(name_of(names, *p)?);
         }
         ps.sort_unstable();
-        for p in &ps {
+        let list = if agg.pages_base == 0 && agg.pages_removed.is_empty() {
+            &ps
+        } else {
+            let base = base.ok_or(Inconsistent("pages taken from a list that is not there"))?;
+            removed.clear();
+            for p in &agg.pages_removed {
+                removed.push(name_of(names, *p)?);
+            }
+            removed.sort_unstable();
+            base.merge(*k, agg.pages_base, &ps, &removed, &mut merged)?;
+            &merged
+        };
+        for p in list {
             pages.values().append_value(p);
         }
         pages.append(true);
@@ -624,6 +643,77 @@ fn entities_batch(out: &GraphOut, s: &Settings, only: Option<&KeySet>) -> anyhow
         Arc::new(votes.finish()),
     ];
     Ok(RecordBatch::try_new(sch, cols)?)
+}
+
+/// The previous entity rows an incremental run starts from: the dataflow gives the changes
+/// to their `pages` lists, and the lists are merged here (hub entities list thousands of
+/// pages, too many to feed back through the dataflow).
+struct PagesMerge<'a> {
+    batch: &'a RecordBatch,
+    /// Entity key -> its previous row.
+    rows: rustc_hash::FxHashMap<u64, usize>,
+}
+
+/// The previous output does not fit its input (an incremental run then makes a full run).
+#[derive(Debug, thiserror::Error)]
+#[error("the previous output is inconsistent with its input: {0}")]
+struct Inconsistent(&'static str);
+
+impl<'a> PagesMerge<'a> {
+    /// Entity `k`'s pages: its previous list (of `len` pages) minus `removed`, plus `added`
+    /// (both sorted), in order.
+    fn merge<'s>(
+        &self,
+        k: u64,
+        len: i64,
+        added: &[&'s str],
+        removed: &[&str],
+        out: &mut Vec<&'s str>,
+    ) -> anyhow::Result<()>
+    where
+        'a: 's,
+    {
+        out.clear();
+        let &row = self.rows.get(&k).ok_or(Inconsistent("an entity's previous row is missing"))?;
+        let list = col_list(self.batch, "pages")?;
+        let values: &'a StringArray = list
+            .values()
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or_else(|| anyhow!("previous output: `pages` is not a list of strings"))?;
+        let offsets = list.value_offsets();
+        let range = offsets[row] as usize..offsets[row + 1] as usize;
+        if range.len() as i64 != len {
+            return Err(Inconsistent("an entity's page count").into());
+        }
+        let (mut add, mut rm) = (added.iter().copied().peekable(), removed.iter().copied().peekable());
+        let mut last: Option<&str> = None;
+        for j in range {
+            let p = values.value(j);
+            if values.is_null(j) || last.is_some_and(|l| l >= p) {
+                return Err(Inconsistent("an entity's page list is not a sorted set").into());
+            }
+            last = Some(p);
+            while let Some(a) = add.next_if(|a| *a < p) {
+                out.push(a);
+            }
+            if add.next_if_eq(&p).is_some() {
+                return Err(Inconsistent("a page added to a list that has it").into());
+            }
+            if rm.next_if_eq(&p).is_some() {
+                continue;
+            }
+            if rm.peek().is_some_and(|r| *r < p) {
+                return Err(Inconsistent("a page removed from a list that does not have it").into());
+            }
+            out.push(p);
+        }
+        if rm.next().is_some() {
+            return Err(Inconsistent("a page removed from a list that does not have it").into());
+        }
+        out.extend(add);
+        Ok(())
+    }
 }
 
 /// A relation's id.
@@ -786,42 +876,19 @@ fn parse_hex(s: &str) -> anyhow::Result<u64> {
     u64::from_str_radix(s, 16).map_err(|_| anyhow!("previous output: `{s}` is not an entity id"))
 }
 
-/// Records of a previous entity row (its state), with the strings they use.
-/// Page id -> its hash, for the page ids of the previous entity rows: a page appears in
-/// the `pages` list of every entity it touches, and hub entities list thousands.
-type PageHashes<'a> = rustc_hash::FxHashMap<&'a str, u64>;
-
-fn decompose_entity<'a>(
-    b: &'a RecordBatch,
-    i: usize,
-    names: &mut Names,
-    page_hashes: &mut PageHashes<'a>,
-    out: &mut Vec<(Rec, i64)>,
-) -> anyhow::Result<()> {
+/// Records of a previous entity row (its state), with the strings they use. Its pages
+/// enter as their count (the list is merged when the row is rebuilt, see [`PagesMerge`]):
+/// hub entities list thousands.
+fn decompose_entity(b: &RecordBatch, i: usize, names: &mut Names, out: &mut Vec<(Rec, i64)>) -> anyhow::Result<()> {
     let k = parse_hex(col_str(b, "id")?.value(i))?;
     names.insert(k, col_str(b, "name")?.value(i).to_string());
     let freq = col_i64(b, "frequency")?.value(i);
     if freq != 0 {
         out.push((Rec::Freq(k), freq));
     }
-    let pages = col_list(b, "pages")?;
-    let values = pages
-        .values()
-        .as_any()
-        .downcast_ref::<StringArray>()
-        .ok_or_else(|| anyhow!("previous output: `pages` is not a list of strings"))?;
-    let offsets = pages.value_offsets();
-    for j in offsets[i] as usize..offsets[i + 1] as usize {
-        if values.is_null(j) {
-            continue;
-        }
-        let p: &'a str = values.value(j);
-        let ph = *page_hashes.entry(p).or_insert_with(|| {
-            let ph = h(p);
-            names.insert(ph, p.to_string());
-            ph
-        });
-        out.push((Rec::Touch(k, ph), 1));
+    let pages = col_list(b, "pages")?.value_length(i) as i64;
+    if pages > 0 {
+        out.push((Rec::PagesBase(k), pages));
     }
     let aliases = list_strs(col_list(b, "aliases")?, i);
     let counts = list_i64(col_list(b, "alias_counts")?, i);
@@ -1035,12 +1102,13 @@ fn incremental_run(
         }
     }
     ctx.metric("prep_rels_s", t.elapsed().as_secs_f64());
-    let mut page_hashes = PageHashes::default();
     // Previous rows of the touched entities and relations, as records.
+    let mut lists = PagesMerge { batch: pe, rows: Default::default() };
     for i in 0..pe.num_rows() {
         let k = parse_hex(ids.value(i))?;
         if keys.contains(&k) && !rset.contains(&k) {
-            decompose_entity(pe, i, &mut names, &mut page_hashes, &mut recs)?;
+            decompose_entity(pe, i, &mut names, &mut recs)?;
+            lists.rows.insert(k, i);
         }
     }
     ctx.metric("prep_entities_s", t.elapsed().as_secs_f64());
@@ -1108,7 +1176,13 @@ fn incremental_run(
         return Ok(Err("the previous output is inconsistent with its input"));
     }
     let t = Instant::now();
-    let (new_ents, new_rels) = build_batches(&out, s, pages, Some(&keys), ctx.threads)?;
+    let (new_ents, new_rels) = match build_batches(&out, s, pages, Some(&keys), Some(&lists), ctx.threads) {
+        Err(e) if e.downcast_ref::<Inconsistent>().is_some() => {
+            tracing::warn!("extract: {e:#}; rebuilding");
+            return Ok(Err("the previous output is inconsistent with its input"));
+        }
+        r => r?,
+    };
     ctx.metric("build_tables_s", t.elapsed().as_secs_f64());
     let drop_ent: Vec<bool> =
         (0..pe.num_rows()).map(|i| Ok(keys.contains(&parse_hex(ids.value(i))?))).collect::<anyhow::Result<_>>()?;
@@ -1124,38 +1198,41 @@ fn incremental_run(
     ctx.metric("graph_s", graph_s);
     ctx.metric("build_s", t.elapsed().as_secs_f64());
     let _ = ctx.memo.flush();
-    Ok(Ok((Table::new(ents.schema(), vec![ents]), Table::new(rels.schema(), vec![rels]), rejects_table(rejects)?)))
+    let (ent_schema, rel_schema) = (new_ents.schema(), new_rels.schema());
+    Ok(Ok((Table::new(ent_schema, ents), Table::new(rel_schema, rels), rejects_table(rejects)?)))
 }
 
-/// Previous rows minus those `drop` marks, merged with new rows; both sorted by `id`.
-fn splice(prev: &RecordBatch, new: &RecordBatch, drop: &[bool]) -> anyhow::Result<RecordBatch> {
+/// Previous rows minus those `drop` marks, merged with new rows (both sorted by `id`), as
+/// slices of the two: the runs of kept previous rows between changes are not copied.
+fn splice(prev: &RecordBatch, new: &RecordBatch, drop: &[bool]) -> anyhow::Result<Vec<RecordBatch>> {
     let schema = new.schema();
     let prev = RecordBatch::try_new(schema.clone(), prev.columns().to_vec())?;
     let (pid, nid) = (col_str(&prev, "id")?, col_str(new, "id")?);
-    let mut idx: Vec<(usize, usize)> = Vec::with_capacity(prev.num_rows() + new.num_rows());
+    let (n_prev, n_new) = (prev.num_rows(), new.num_rows());
+    let mut out = Vec::new();
     let (mut i, mut j) = (0, 0);
-    while i < prev.num_rows() || j < new.num_rows() {
-        if i < prev.num_rows() && drop.get(i).copied().unwrap_or(false) {
+    while i < n_prev || j < n_new {
+        // A run of kept previous rows that sort before the next new row.
+        let start = i;
+        while i < n_prev && !drop.get(i).copied().unwrap_or(false) && (j == n_new || pid.value(i) < nid.value(j)) {
             i += 1;
-            continue;
         }
-        let take_prev = match (i < prev.num_rows(), j < new.num_rows()) {
-            (true, true) => pid.value(i) < nid.value(j),
-            (true, false) => true,
-            _ => false,
-        };
-        if take_prev {
-            idx.push((0, i));
+        if i > start {
+            out.push(prev.slice(start, i - start));
+        }
+        while i < n_prev && drop.get(i).copied().unwrap_or(false) {
             i += 1;
-        } else {
-            idx.push((1, j));
+        }
+        // A run of new rows that sort before the next kept previous row.
+        let start = j;
+        while j < n_new && (i == n_prev || drop.get(i).copied().unwrap_or(false) || nid.value(j) <= pid.value(i)) {
             j += 1;
         }
+        if j > start {
+            out.push(new.slice(start, j - start));
+        }
     }
-    let cols = (0..schema.fields().len())
-        .map(|c| arrow::compute::interleave(&[prev.column(c).as_ref(), new.column(c).as_ref()], &idx))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(RecordBatch::try_new(schema, cols)?)
+    Ok(out)
 }
 
 #[cfg(test)]

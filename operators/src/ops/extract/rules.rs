@@ -529,6 +529,9 @@ pub enum Rec {
     /// Relations of an entity that an incremental run keeps as they are (the diff is the
     /// count); added to the degree the dataflow counts over the rebuilt relations.
     DegreeBase(u64),
+    /// Pages of an entity's previous row, which an incremental run keeps as a list (the diff
+    /// is their count); the changed pages' touches add to it and take from it.
+    PagesBase(u64),
 }
 
 impl Rec {
@@ -540,7 +543,8 @@ impl Rec {
             | Rec::Alias(k, _)
             | Rec::Vote(k, _)
             | Rec::Own(k, _)
-            | Rec::DegreeBase(k) => (k, None),
+            | Rec::DegreeBase(k)
+            | Rec::PagesBase(k) => (k, None),
             Rec::Support((s, _, o), _) => (s, Some(o)),
         }
     }

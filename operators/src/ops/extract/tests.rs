@@ -745,6 +745,45 @@ fn incremental_add_remove_and_redirect_changes_equal_full_run() {
     incremental_equals_full(after, before, &lex);
 }
 
+/// A previous output that does not come from the previous input (here: made without the
+/// `Pneumonia` page that the input has) cannot be updated: the rerun says so and makes a
+/// full run, whose result is right.
+#[test]
+fn incremental_falls_back_when_the_previous_output_does_not_fit_its_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let lex = lexicon_file(dir.path());
+    let op = Arc::new(Extract);
+    let mut without = small_wiki();
+    without.retain(|r| r.title != "Pneumonia");
+    let first = run(without, 1, &lex);
+    let mut outputs = BTreeMap::new();
+    for port in ["entities", "relations", "rejects"] {
+        outputs.insert(port.to_string(), first.table(port).unwrap().clone());
+    }
+    let mut inputs = BTreeMap::new();
+    inputs.insert("pages".to_string(), vec![pages_table(small_wiki()).unwrap()]);
+    // Pneumonia edited: its old records are taken from lists that never had them.
+    let mut after = small_wiki();
+    for r in after.iter_mut().filter(|r| r.title == "Pneumonia") {
+        *r = row("Pneumonia", &r.wikitext.replace("[[Cough]], ", ""));
+    }
+    let params = json!({"lexicon": lex.to_string_lossy(), "min_confidence": 0.5});
+    let inc = Harness::new(op)
+        .param("lexicon", lex.to_string_lossy().to_string())
+        .input("pages", pages_table(after.clone()).unwrap())
+        .previous(params, inputs, outputs)
+        .unwrap()
+        .run()
+        .unwrap();
+    assert_eq!(inc.metrics.get("mode").and_then(|m| m.as_str()), Some("full"), "{:?}", inc.metrics);
+    let reason = inc.metrics.get("full_reason").and_then(|m| m.as_str()).unwrap_or_default();
+    assert!(reason.contains("inconsistent"), "{reason}");
+    let full = run(after, 1, &lex);
+    for port in ["entities", "relations", "rejects"] {
+        assert_eq!(inc.digest(port).unwrap(), full.digest(port).unwrap(), "{port}");
+    }
+}
+
 mod incremental_fuzz {
     use proptest::prelude::*;
 
