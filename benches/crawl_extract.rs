@@ -93,18 +93,34 @@ fn strings(t: &Table, col: &str) -> Vec<String> {
     (0..c.len()).map(|i| if c.is_null(i) { String::new() } else { c.value(i).to_string() }).collect()
 }
 
-/// The fixture with 1% of its article pages edited (a symptom link added, a sentence
-/// changed).
+/// The fixture with 1% of its article pages edited: half of them get a symptom link in a
+/// new section; the other half get their first sentence changed and their last article link
+/// unlinked (so that entities and relations also lose support).
 fn edited(fx: &fixtures::Fixture) -> fixtures::Fixture {
     let mut pages = fx.pages.clone();
     let n = pages.len();
     let step = 100;
     let mut changed = 0;
     for (i, (_, text)) in pages.iter_mut().enumerate() {
-        if i % step == 0 && !text.starts_with("#REDIRECT") {
-            text.push_str("\n== Signs and symptoms ==\nSome patients also report [[Fatigue]].\n");
-            changed += 1;
+        if i % step != 0 || text.starts_with("#REDIRECT") {
+            continue;
         }
+        if (i / step) % 2 == 0 {
+            text.push_str("\n== Signs and symptoms ==\nSome patients also report [[Fatigue]].\n");
+        } else {
+            *text = text.replacen(" is ", " is often ", 1);
+            let last_link = text
+                .rmatch_indices("[[")
+                .map(|(at, _)| at)
+                .find(|&at| text[at..].find("]]").is_some_and(|end| !text[at..at + end].contains(':')));
+            if let Some(at) = last_link {
+                let end = at + text[at..].find("]]").unwrap_or(0);
+                let inner = text[at + 2..end].to_string();
+                let shown = inner.rsplit('|').next().unwrap_or(&inner).to_string();
+                text.replace_range(at..end + 2, &shown);
+            }
+        }
+        changed += 1;
     }
     eprintln!("edited {changed} of {n} pages");
     fixtures::Fixture { pages, lexicon: fx.lexicon.clone(), truth: fx.truth.clone(), stats: Default::default() }
@@ -157,9 +173,10 @@ fn incremental(
             .input("pages", pages2.clone())
             .previous(json!({}), inputs.clone(), outputs.clone())
             .expect("previous");
-        let t = Instant::now();
+        let (t, m0) = (Instant::now(), monotonic_s());
         let inc = h.run().expect("incremental extract");
         let inc_s = t.elapsed().as_secs_f64();
+        eprintln!("incremental rerun window (monotonic) {m0:.6} {:.6}", monotonic_s());
         note(
             "extract: incremental rerun, 1% of pages changed",
             format!(
@@ -173,9 +190,11 @@ fn incremental(
         note(
             "extract incremental: previous / prep / graph / build",
             format!(
-                "{} ({} relations rebuilt; of the build, tables {:.2} s)",
+                "{} ({} relation rows replaced, {} entity and {} relation rows built; of the build, tables {:.2} s)",
                 breakdown(&inc, &["previous_s", "prep_s", "graph_s", "build_s"]),
                 raw(&inc, "replaced_relations"),
+                raw(&inc, "built_entities"),
+                raw(&inc, "built_relations"),
                 metric(&inc, "build_tables_s"),
             ),
         );

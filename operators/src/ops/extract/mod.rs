@@ -252,47 +252,51 @@ impl PagesView {
         PageRef { id: self.id.value(i), title: self.title.value(i), redirect_to: self.redirect(i) }
     }
 
-    /// Which rows are used (articles with a title, first of duplicate titles), and rejects.
-    fn usable(&self) -> (Vec<bool>, Vec<(String, String, String)>) {
+    /// Which rows are used: articles with a title, the first row (in id order) of each
+    /// title and of each id.
+    fn usable(&self) -> Usable {
         let mut keep = vec![false; self.len()];
         let mut rejects = Vec::new();
-        let mut first: HashMap<String, usize> = HashMap::new();
+        let mut first: rustc_hash::FxHashMap<std::borrow::Cow<'_, str>, usize> = Default::default();
+        first.reserve(self.len());
         let mut order: Vec<usize> = (0..self.len()).collect();
         // `crawl` writes its rows sorted by id already.
         if !(1..self.len()).all(|i| self.id.value(i - 1) <= self.id.value(i)) {
             order.sort_by(|&a, &b| self.id.value(a).cmp(self.id.value(b)));
         }
+        let mut by_id = Vec::with_capacity(self.len());
+        let mut reject = |i: usize, why: String| {
+            rejects.push((self.id.value(i).to_string(), self.title.value(i).to_string(), why));
+        };
         for i in order {
             if self.ns(i) != 0 {
                 continue;
             }
-            let t = normalize_title(self.title.value(i));
+            let id = self.id.value(i);
+            if by_id.last().is_some_and(|&j| self.id.value(j) == id) {
+                reject(i, format!("duplicate page id `{id}`"));
+                continue;
+            }
+            let t = wikitext::normalized_title(self.title.value(i));
             if t.is_empty() {
-                rejects.push((
-                    self.id.value(i).to_string(),
-                    self.title.value(i).to_string(),
-                    "empty title".to_string(),
-                ));
+                reject(i, "empty title".to_string());
                 continue;
             }
             match first.get(&t) {
-                Some(&j) => rejects.push((
-                    self.id.value(i).to_string(),
-                    self.title.value(i).to_string(),
-                    format!("duplicate title `{t}` (page {} is used)", self.id.value(j)),
-                )),
+                Some(&j) => reject(i, format!("duplicate title `{t}` (page {} is used)", self.id.value(j))),
                 None => {
                     first.insert(t, i);
                     keep[i] = true;
+                    by_id.push(i);
                 }
             }
         }
-        (keep, rejects)
+        Usable { keep, by_id, rejects }
     }
 
     /// Redirect map: normalised title -> normalised target.
-    fn redirects(&self, keep: &[bool]) -> HashMap<String, String> {
-        let mut m = HashMap::new();
+    fn redirects(&self, keep: &[bool]) -> Redirects {
+        let mut m = Redirects::default();
         for (i, _) in keep.iter().enumerate().filter(|(_, k)| **k) {
             let target = self.redirect(i).map(normalize_title).or_else(|| wikitext::parse_redirect(self.text(i)));
             if let Some(t) = target {
@@ -304,6 +308,50 @@ impl PagesView {
         }
         m
     }
+}
+
+/// The rows of a pages table that extract uses.
+struct Usable {
+    /// Per row: whether it is used.
+    keep: Vec<bool>,
+    /// The used rows in id order.
+    by_id: Vec<usize>,
+    /// (page id, title, reason) of the rows left out for a reason.
+    rejects: Vec<(String, String, String)>,
+}
+
+/// Normalised title -> the normalised title it redirects to.
+type Redirects = rustc_hash::FxHashMap<String, String>;
+
+/// The used rows of `old` and of `new` whose page changed (its id is on one side only, or
+/// its digest differs), each in row order: a merge of the two id orders.
+fn changed_pages(old: &PagesView, old_rows: &Usable, new: &PagesView, new_rows: &Usable) -> (Vec<usize>, Vec<usize>) {
+    use std::cmp::Ordering;
+    let (a, b) = (&old_rows.by_id, &new_rows.by_id);
+    let (mut changed_old, mut changed_new) = (Vec::new(), Vec::new());
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() || j < b.len() {
+        let order = match (a.get(i), b.get(j)) {
+            (Some(&x), Some(&y)) => old.id.value(x).cmp(new.id.value(y)),
+            (Some(_), None) => Ordering::Less,
+            _ => Ordering::Greater,
+        };
+        match order {
+            Ordering::Less => changed_old.push(a[i]),
+            Ordering::Greater => changed_new.push(b[j]),
+            Ordering::Equal => {
+                if old.digest_str(a[i]) != new.digest_str(b[j]) {
+                    changed_old.push(a[i]);
+                    changed_new.push(b[j]);
+                }
+            }
+        }
+        i += usize::from(order != Ordering::Greater);
+        j += usize::from(order != Ordering::Less);
+    }
+    changed_old.sort_unstable();
+    changed_new.sort_unstable();
+    (changed_old, changed_new)
 }
 
 /// Facts of a page: from the memo, else parsed (and memoised).
@@ -403,7 +451,7 @@ type Built = (Table, Table, Table);
 
 fn full_run(ctx: &mut OpContext, s: &Settings, pages: &Arc<PagesView>) -> anyhow::Result<Built> {
     let t = Instant::now();
-    let (keep, rejects) = pages.usable();
+    let Usable { keep, rejects, .. } = pages.usable();
     let keep = Arc::new(keep);
     let redirects = Arc::new(pages.redirects(&keep));
     let memo = ctx.memo.clone();
@@ -974,24 +1022,13 @@ fn incremental_run(
     prev: &Previous,
 ) -> anyhow::Result<Result<Built, &'static str>> {
     let t = Instant::now();
-    let (keep_new, rejects) = pages.usable();
-    let (keep_old, old_rejects) = prev.pages.usable();
-    if !rejects.iter().chain(old_rejects.iter()).all(|r| r.2 == "empty title") {
+    let (new_rows, old_rows) = (pages.usable(), prev.pages.usable());
+    if !new_rows.rejects.iter().chain(old_rows.rejects.iter()).all(|r| r.2 == "empty title") {
         // Duplicate titles make "which page is the entity's own" depend on both versions.
-        return Ok(Err("duplicate page titles"));
+        return Ok(Err("duplicate page titles or ids"));
     }
-    // Changed pages.
-    fn index_of<'a>(v: &'a PagesView, keep: &[bool]) -> HashMap<&'a str, (usize, std::borrow::Cow<'a, str>)> {
-        (0..v.len()).filter(|&i| keep[i]).map(|i| (v.id.value(i), (i, v.digest_str(i)))).collect()
-    }
-    let now = index_of(pages, &keep_new);
-    let before = index_of(&prev.pages, &keep_old);
-    let mut changed_new: Vec<usize> =
-        now.iter().filter(|(id, (_, d))| before.get(*id).is_none_or(|(_, d0)| d0 != d)).map(|(_, (i, _))| *i).collect();
-    let mut changed_old: Vec<usize> =
-        before.iter().filter(|(id, (_, d))| now.get(*id).is_none_or(|(_, d1)| d1 != d)).map(|(_, (i, _))| *i).collect();
-    changed_new.sort();
-    changed_old.sort();
+    let (changed_old, changed_new) = changed_pages(&prev.pages, &old_rows, pages, &new_rows);
+    let (keep_new, keep_old) = (&new_rows.keep, &old_rows.keep);
     let changed = changed_new.len().max(changed_old.len());
     ctx.metric("changed_pages", (changed_new.len() + changed_old.len()) as u64);
     if pages.len() > 1000 && changed * 3 > pages.len() {
@@ -999,8 +1036,8 @@ fn incremental_run(
         return Ok(Err("more than a third of the pages changed"));
     }
     ctx.metric("prep_diff_s", t.elapsed().as_secs_f64());
-    let new_map = pages.redirects(&keep_new);
-    let old_map = prev.pages.redirects(&keep_old);
+    let new_map = pages.redirects(keep_new);
+    let old_map = prev.pages.redirects(keep_old);
     let new_res = |t: &str| new_map.get(t).cloned();
     let old_res = |t: &str| old_map.get(t).cloned();
     // Keys whose resolution changes: their entities are recomputed from all their pages.
@@ -1032,30 +1069,33 @@ fn incremental_run(
     let mut names = Names::default();
     let mut parsed = 0u64;
     let memo = ctx.memo.clone();
-    // Delta: old records out, new records in (those not about re-resolved keys).
-    let mut recs: Vec<(Rec, i64)> = Vec::new();
+    // Delta: old records out, new records in (those not about re-resolved keys), summed: what
+    // a changed page says as before cancels out, so that only the entities and relations
+    // whose records changed are rebuilt.
+    let mut delta: rustc_hash::FxHashMap<Rec, i64> = Default::default();
     let mut keys: KeySet = rset.clone();
-    for &i in &changed_old {
-        let f = facts_for(&memo, prev.pages.title.value(i), &prev.pages.digest(i), prev.pages.text(i), &mut parsed);
-        for (r, d) in rules::records(&prev.pages.page_ref(i), &f, &interp, &old_res, &mut names) {
-            let (a, b) = r.keys();
-            keys.insert(a);
-            keys.extend(b);
-            if !touches(&r, &rset) {
-                recs.push((r, -d));
+    let sides: [(&PagesView, &[usize], &dyn Fn(&str) -> Option<String>, i64); 2] =
+        [(&prev.pages, &changed_old, &old_res, -1), (pages, &changed_new, &new_res, 1)];
+    for (view, rows, resolve, sign) in sides {
+        for &i in rows {
+            let f = facts_for(&memo, view.title.value(i), &view.digest(i), view.text(i), &mut parsed);
+            for (r, d) in rules::records(&view.page_ref(i), &f, &interp, resolve, &mut names) {
+                if touches(&r, &rset) {
+                    let (a, b) = r.keys();
+                    keys.insert(a);
+                    keys.extend(b);
+                } else {
+                    *delta.entry(r).or_default() += sign * d;
+                }
             }
         }
     }
-    for &i in &changed_new {
-        let f = facts_for(&memo, pages.title.value(i), &pages.digest(i), pages.text(i), &mut parsed);
-        for (r, d) in rules::records(&pages.page_ref(i), &f, &interp, &new_res, &mut names) {
-            let (a, b) = r.keys();
-            keys.insert(a);
-            keys.extend(b);
-            if !touches(&r, &rset) {
-                recs.push((r, d));
-            }
-        }
+    let mut recs: Vec<(Rec, i64)> = delta.into_iter().filter(|(_, d)| *d != 0).collect();
+    recs.sort_unstable();
+    for (r, _) in &recs {
+        let (a, b) = r.keys();
+        keys.insert(a);
+        keys.extend(b);
     }
     ctx.metric("prep_parse_s", t.elapsed().as_secs_f64());
     // Re-resolved keys: everything the pages touching them say about them, as it is now.
@@ -1193,13 +1233,15 @@ fn incremental_run(
     ctx.metric("parsed_pages", parsed);
     ctx.metric("touched_entities", keys.len() as u64);
     ctx.metric("replaced_relations", replaced_rels);
+    ctx.metric("built_relations", new_rels.num_rows() as u64);
+    ctx.metric("built_entities", new_ents.num_rows() as u64);
     ctx.metric("records", n_recs as u64);
     ctx.metric("prep_s", prep_s);
     ctx.metric("graph_s", graph_s);
     ctx.metric("build_s", t.elapsed().as_secs_f64());
     let _ = ctx.memo.flush();
     let (ent_schema, rel_schema) = (new_ents.schema(), new_rels.schema());
-    Ok(Ok((Table::new(ent_schema, ents), Table::new(rel_schema, rels), rejects_table(rejects)?)))
+    Ok(Ok((Table::new(ent_schema, ents), Table::new(rel_schema, rels), rejects_table(new_rows.rejects)?)))
 }
 
 /// Previous rows minus those `drop` marks, merged with new rows (both sorted by `id`), as

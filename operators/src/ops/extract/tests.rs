@@ -394,6 +394,7 @@ mod fuzz {
     use proptest::prelude::*;
 
     use super::parse;
+    use crate::ops::extract::wikitext::{normalize_title, normalized_title};
 
     const PIECES: &[&str] = &[
         "{{",
@@ -470,6 +471,12 @@ mod fuzz {
         #[test]
         fn never_panics_on_arbitrary_strings(text in "\\PC{0,400}") {
             let _ = parse(&text);
+        }
+
+        /// The borrowing fast path normalises exactly as `normalize_title` does.
+        #[test]
+        fn normalized_title_is_normalize_title(t in "[ _a-zA-Z&;#0-9\t\u{a0}é]{0,12}") {
+            prop_assert_eq!(normalized_title(&t).into_owned(), normalize_title(&t));
         }
     }
 
