@@ -1074,7 +1074,7 @@ fn incremental_run(
     // whose records changed are rebuilt.
     let mut delta: rustc_hash::FxHashMap<Rec, i64> = Default::default();
     let mut keys: KeySet = rset.clone();
-    let sides: [(&PagesView, &[usize], &dyn Fn(&str) -> Option<String>, i64); 2] =
+    let sides: [(&PagesView, &[usize], &rules::Resolve<'_>, i64); 2] =
         [(&prev.pages, &changed_old, &old_res, -1), (pages, &changed_new, &new_res, 1)];
     for (view, rows, resolve, sign) in sides {
         for &i in rows {

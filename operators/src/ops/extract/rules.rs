@@ -568,13 +568,16 @@ pub struct PageRef<'a> {
     pub redirect_to: Option<&'a str>,
 }
 
+/// Maps a normalised title to the title it redirects to (if any).
+pub type Resolve<'a> = dyn Fn(&str) -> Option<String> + 'a;
+
 /// The records of one page, with the strings their hashes stand for. `resolve` maps a
 /// normalised title to the title it redirects to (if any).
 pub fn records(
     page: &PageRef<'_>,
     facts: &PageFacts,
     interp: &Interp<'_>,
-    resolve: &dyn Fn(&str) -> Option<String>,
+    resolve: &Resolve<'_>,
     names: &mut Names,
 ) -> Vec<(Rec, i64)> {
     let mut out = Vec::new();
