@@ -221,11 +221,16 @@ impl Store {
 
     /// Reads a stored table.
     pub fn read_table(&self, aref: &ArtifactRef) -> Result<Table, StoreError> {
+        self.read_table_columns(aref, None)
+    }
+
+    /// Reads a table object, only the named columns if given.
+    pub fn read_table_columns(&self, aref: &ArtifactRef, columns: Option<&[&str]>) -> Result<Table, StoreError> {
         let p = self.object_path(ArtifactKind::Table, &aref.digest);
         if !p.exists() {
             return Err(StoreError::Missing(aref.digest));
         }
-        Ok(Table::read_parquet(&p)?)
+        Ok(Table::read_parquet_columns(&p, columns)?)
     }
 
     /// Moves a directory into the store as a tree object; returns its reference.

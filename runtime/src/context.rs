@@ -158,8 +158,9 @@ impl RecordMemo {
     }
 }
 
-/// Reads a table from the store by digest (`None`: the object is gone).
-pub type TableReader = Arc<dyn Fn(&Digest) -> anyhow::Result<Option<Table>> + Send + Sync>;
+/// Reads a table from the store by digest, only the named columns if given (`None`: the
+/// object is gone).
+pub type TableReader = Arc<dyn Fn(&Digest, Option<&[&str]>) -> anyhow::Result<Option<Table>> + Send + Sync>;
 
 /// The last successful run of the same stage (same pipeline and stage name), for
 /// incremental operators: its parameters, input digests and outputs.
@@ -181,15 +182,21 @@ impl PreviousRun {
     /// The previous output table of a port, if still in the store.
     pub fn output(&self, port: &str) -> anyhow::Result<Option<Table>> {
         match self.outputs.get(port) {
-            Some(r) => (self.reader)(&r.digest),
+            Some(r) => (self.reader)(&r.digest, None),
             None => Ok(None),
         }
     }
 
     /// The previous input table of a port (the `index`th connected), if still in the store.
     pub fn input(&self, port: &str, index: usize) -> anyhow::Result<Option<Table>> {
+        self.input_columns(port, index, None)
+    }
+
+    /// [`PreviousRun::input`], only the named columns (those it has) if given: a diff of
+    /// large inputs need not read their bulky columns.
+    pub fn input_columns(&self, port: &str, index: usize, columns: Option<&[&str]>) -> anyhow::Result<Option<Table>> {
         match self.input_digests.get(port).and_then(|d| d.get(index)) {
-            Some(d) => (self.reader)(d),
+            Some(d) => (self.reader)(d, columns),
             None => Ok(None),
         }
     }

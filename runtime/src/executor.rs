@@ -1105,9 +1105,9 @@ impl<'a> Executor<'a> {
             params: r.parts.params.clone(),
             input_digests: r.parts.inputs.clone(),
             outputs: r.outputs.clone(),
-            reader: Arc::new(move |d: &Digest| {
+            reader: Arc::new(move |d: &Digest, columns: Option<&[&str]>| {
                 let aref = ArtifactRef { kind: ArtifactKind::Table, digest: *d, rows: None, bytes: 0, schema: None };
-                if store.has(&aref) { Ok(Some(store.read_table(&aref)?)) } else { Ok(None) }
+                if store.has(&aref) { Ok(Some(store.read_table_columns(&aref, columns)?)) } else { Ok(None) }
             }),
         }))
     }

@@ -180,7 +180,10 @@ impl Harness {
             params,
             input_digests,
             outputs: out_refs,
-            reader: Arc::new(move |d| Ok(tables.get(d).cloned())),
+            reader: Arc::new(move |d, columns| match (tables.get(d), columns) {
+                (Some(t), Some(columns)) => Ok(Some(t.project(columns)?)),
+                (t, _) => Ok(t.cloned()),
+            }),
         });
         Ok(self)
     }

@@ -181,7 +181,8 @@ type KeySet = rustc_hash::FxHashSet<u64>;
 pub struct PagesView {
     id: StringArray,
     title: StringArray,
-    wikitext: StringArray,
+    /// `None` for a previous input read without it (see [`Previous`]).
+    wikitext: Option<StringArray>,
     ns: Option<Int64Array>,
     redirect_to: Option<StringArray>,
     digest: Option<StringArray>,
@@ -207,7 +208,7 @@ impl PagesView {
         Ok(PagesView {
             id: need("id")?,
             title: need("title")?,
-            wikitext: need("wikitext")?,
+            wikitext: utf8(&b, "wikitext")?,
             ns,
             redirect_to: utf8(&b, "redirect_to")?,
             digest: utf8(&b, "digest")?,
@@ -225,7 +226,10 @@ impl PagesView {
     }
 
     fn text(&self, i: usize) -> &str {
-        if self.wikitext.is_null(i) { "" } else { self.wikitext.value(i) }
+        match &self.wikitext {
+            Some(w) if !w.is_null(i) => w.value(i),
+            _ => "",
+        }
     }
 
     fn redirect(&self, i: usize) -> Option<&str> {
@@ -354,6 +358,16 @@ fn changed_pages(old: &PagesView, old_rows: &Usable, new: &PagesView, new_rows: 
     (changed_old, changed_new)
 }
 
+fn memo_key(memo: &fleming_runtime::context::RecordMemo, title: &str, digest: &str) -> fleming_artifacts::Digest {
+    memo.key(&json!({}), format!("{title}\0{digest}").as_bytes())
+}
+
+/// Facts of a page from the memo, if there.
+fn memo_facts(memo: &fleming_runtime::context::RecordMemo, title: &str, digest: &str) -> Option<PageFacts> {
+    let bytes = memo.get(&memo_key(memo, title, digest))?;
+    postcard::from_bytes::<PageFacts>(&bytes).ok()
+}
+
 /// Facts of a page: from the memo, else parsed (and memoised).
 fn facts_for(
     memo: &fleming_runtime::context::RecordMemo,
@@ -362,16 +376,13 @@ fn facts_for(
     text: &str,
     parsed: &mut u64,
 ) -> PageFacts {
-    let key = memo.key(&json!({}), format!("{title}\0{digest}").as_bytes());
-    if let Some(bytes) = memo.get(&key)
-        && let Ok(f) = postcard::from_bytes::<PageFacts>(&bytes)
-    {
+    if let Some(f) = memo_facts(memo, title, digest) {
         return f;
     }
     *parsed += 1;
     let f = PageFacts::of_text(text);
     if let Ok(bytes) = postcard::to_allocvec(&f) {
-        let _ = memo.put(key, &bytes);
+        let _ = memo.put(memo_key(memo, title, digest), &bytes);
     }
     f
 }
@@ -403,6 +414,9 @@ impl Operator for Extract {
         ctx.metric("lexicon_names", s.lexicon.len() as u64);
         ctx.metric("lexicon_s", t0.elapsed().as_secs_f64());
         let pages = Arc::new(PagesView::new(ctx.input_table("pages")?)?);
+        if pages.wikitext.is_none() {
+            anyhow::bail!("the pages table has no `wikitext` column");
+        }
         let incremental = ctx.params.bool("incremental")?;
         let t_prev = Instant::now();
         let prev = if incremental { previous_state(ctx, &s.state)? } else { Err("`incremental` is off") };
@@ -430,21 +444,41 @@ impl Operator for Extract {
 struct Previous {
     entities: RecordBatch,
     relations: RecordBatch,
+    /// Its pages, read without their wikitext when they have digests (see [`Previous::texts`]).
     pages: PagesView,
+    run: fleming_runtime::context::PreviousRun,
+}
+
+/// The columns of the previous pages that the diff reads: the wikitext, most of the bytes,
+/// is only needed for a changed page whose facts are not in the memo.
+const DIFF_COLUMNS: &[&str] = &["id", "title", "ns", "redirect_to", "digest"];
+
+impl Previous {
+    /// The previous pages with their wikitext (same rows as `pages`), when `pages` lacks it.
+    fn texts(&self) -> anyhow::Result<Option<PagesView>> {
+        if self.pages.wikitext.is_some() {
+            return Ok(None);
+        }
+        let p = self.run.input("pages", 0)?.ok_or_else(|| anyhow!("the previous pages are no longer in the store"))?;
+        Ok(Some(PagesView::new(&p)?))
+    }
 }
 
 fn previous_state(ctx: &OpContext, state: &str) -> anyhow::Result<Result<Previous, &'static str>> {
     let Some(prev) = &ctx.previous else { return Ok(Err("no previous run of this stage")) };
-    let (Ok(Some(e)), Ok(Some(r)), Ok(Some(p))) =
-        (prev.output("entities"), prev.output("relations"), prev.input("pages", 0))
-    else {
+    let pages = match prev.input_columns("pages", 0, Some(DIFF_COLUMNS)) {
+        // Without digests the diff hashes the text.
+        Ok(Some(p)) if p.schema.column_with_name("digest").is_none() => prev.input("pages", 0),
+        other => other,
+    };
+    let (Ok(Some(e)), Ok(Some(r)), Ok(Some(p))) = (prev.output("entities"), prev.output("relations"), pages) else {
         return Ok(Err("the previous output or input is no longer in the store"));
     };
     let same = |t: &Table| t.schema.metadata().get(STATE_KEY).map(String::as_str) == Some(state);
     if !same(&e) || !same(&r) {
         return Ok(Err("the previous output was made with other settings"));
     }
-    Ok(Ok(Previous { entities: e.concat()?, relations: r.concat()?, pages: PagesView::new(&p)? }))
+    Ok(Ok(Previous { entities: e.concat()?, relations: r.concat()?, pages: PagesView::new(&p)?, run: prev.clone() }))
 }
 
 type Built = (Table, Table, Table);
@@ -1028,7 +1062,7 @@ fn incremental_run(
         return Ok(Err("duplicate page titles or ids"));
     }
     let (changed_old, changed_new) = changed_pages(&prev.pages, &old_rows, pages, &new_rows);
-    let (keep_new, keep_old) = (&new_rows.keep, &old_rows.keep);
+    let keep_new = &new_rows.keep;
     let changed = changed_new.len().max(changed_old.len());
     ctx.metric("changed_pages", (changed_new.len() + changed_old.len()) as u64);
     if pages.len() > 1000 && changed * 3 > pages.len() {
@@ -1036,8 +1070,40 @@ fn incremental_run(
         return Ok(Err("more than a third of the pages changed"));
     }
     ctx.metric("prep_diff_s", t.elapsed().as_secs_f64());
+    let memo = ctx.memo.clone();
+    let mut parsed = 0u64;
+    // Facts of the changed pages. The previous pages come without their text: their facts
+    // are in the memo (the previous run put them there), and the text is read only if not.
+    let new_facts: Vec<PageFacts> = changed_new
+        .iter()
+        .map(|&i| facts_for(&memo, pages.title.value(i), &pages.digest(i), pages.text(i), &mut parsed))
+        .collect();
+    let memo_old: Option<Vec<PageFacts>> =
+        changed_old.iter().map(|&i| memo_facts(&memo, prev.pages.title.value(i), &prev.pages.digest(i))).collect();
+    let old_facts = match memo_old {
+        Some(f) => f,
+        None => {
+            let texts = prev.texts()?;
+            let v = texts.as_ref().unwrap_or(&prev.pages);
+            changed_old
+                .iter()
+                .map(|&i| facts_for(&memo, v.title.value(i), &v.digest(i), v.text(i), &mut parsed))
+                .collect()
+        }
+    };
+    // The previous redirect map is the current one with the changed pages as they were.
     let new_map = pages.redirects(keep_new);
-    let old_map = prev.pages.redirects(keep_old);
+    let mut old_map = new_map.clone();
+    for &i in &changed_new {
+        old_map.remove(&normalize_title(pages.title.value(i)));
+    }
+    for (&i, f) in changed_old.iter().zip(&old_facts) {
+        let from = normalize_title(prev.pages.title.value(i));
+        let target = prev.pages.redirect(i).map(normalize_title).or_else(|| f.redirect.clone());
+        if let Some(t) = target.filter(|t| !t.is_empty() && *t != from) {
+            old_map.insert(from, t);
+        }
+    }
     let new_res = |t: &str| new_map.get(t).cloned();
     let old_res = |t: &str| old_map.get(t).cloned();
     // Keys whose resolution changes: their entities are recomputed from all their pages.
@@ -1048,38 +1114,29 @@ fn incremental_run(
         rset.insert(h(&old_res(&k).unwrap_or_else(|| k.clone())));
         rset.insert(h(&new_res(&k).unwrap_or_else(|| k.clone())));
     };
-    for &i in &changed_new {
-        if pages.redirect(i).is_some()
-            || wikitext::parse_redirect(pages.text(i)).is_some()
-            || old_map.contains_key(&normalize_title(pages.title.value(i)))
-        {
-            note(pages.title.value(i));
+    for (&i, f) in changed_new.iter().zip(&new_facts) {
+        let title = pages.title.value(i);
+        if pages.redirect(i).is_some() || f.redirect.is_some() || old_map.contains_key(&normalize_title(title)) {
+            note(title);
         }
     }
-    for &i in &changed_old {
-        if prev.pages.redirect(i).is_some()
-            || wikitext::parse_redirect(prev.pages.text(i)).is_some()
-            || new_map.contains_key(&normalize_title(prev.pages.title.value(i)))
-        {
-            note(prev.pages.title.value(i));
+    for (&i, f) in changed_old.iter().zip(&old_facts) {
+        let title = prev.pages.title.value(i);
+        if prev.pages.redirect(i).is_some() || f.redirect.is_some() || new_map.contains_key(&normalize_title(title)) {
+            note(title);
         }
     }
     ctx.metric("prep_redirects_s", t.elapsed().as_secs_f64());
     let interp = Interp { lexicon: &s.lexicon, min_conf: s.min_conf };
     let mut names = Names::default();
-    let mut parsed = 0u64;
-    let memo = ctx.memo.clone();
     // Delta: old records out, new records in (those not about re-resolved keys), summed: what
     // a changed page says as before cancels out, so that only the entities and relations
     // whose records changed are rebuilt.
     let mut delta: rustc_hash::FxHashMap<Rec, i64> = Default::default();
     let mut keys: KeySet = rset.clone();
-    let sides: [(&PagesView, &[usize], &rules::Resolve<'_>, i64); 2] =
-        [(&prev.pages, &changed_old, &old_res, -1), (pages, &changed_new, &new_res, 1)];
-    for (view, rows, resolve, sign) in sides {
-        for &i in rows {
-            let f = facts_for(&memo, view.title.value(i), &view.digest(i), view.text(i), &mut parsed);
-            for (r, d) in rules::records(&view.page_ref(i), &f, &interp, resolve, &mut names) {
+    let mut add = |view: &PagesView, rows: &[usize], facts: &[PageFacts], resolve: &rules::Resolve<'_>, sign: i64| {
+        for (&i, f) in rows.iter().zip(facts) {
+            for (r, d) in rules::records(&view.page_ref(i), f, &interp, resolve, &mut names) {
                 if touches(&r, &rset) {
                     let (a, b) = r.keys();
                     keys.insert(a);
@@ -1089,7 +1146,9 @@ fn incremental_run(
                 }
             }
         }
-    }
+    };
+    add(&prev.pages, &changed_old, &old_facts, &old_res, -1);
+    add(pages, &changed_new, &new_facts, &new_res, 1);
     let mut recs: Vec<(Rec, i64)> = delta.into_iter().filter(|(_, d)| *d != 0).collect();
     recs.sort_unstable();
     for (r, _) in &recs {

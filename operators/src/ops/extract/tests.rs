@@ -670,8 +670,20 @@ fn incremental_equals_full(
     after: Vec<PageRow>,
     lex: &std::path::Path,
 ) -> serde_json::Map<String, serde_json::Value> {
+    incremental_equals_full_with(before, after, lex, true)
+}
+
+/// [`incremental_equals_full`]; without `share_memo` the rerun finds no facts in the memo
+/// and reads the previous pages' text.
+fn incremental_equals_full_with(
+    before: Vec<PageRow>,
+    after: Vec<PageRow>,
+    lex: &std::path::Path,
+    share_memo: bool,
+) -> serde_json::Map<String, serde_json::Value> {
     let op = Arc::new(Extract);
     let memo = Harness::new_memo(op.as_ref());
+    let rerun_memo = if share_memo { memo.clone() } else { Harness::new_memo(op.as_ref()) };
     let first = Harness::new(op.clone())
         .param("lexicon", lex.to_string_lossy().to_string())
         .memo(memo.clone())
@@ -687,7 +699,7 @@ fn incremental_equals_full(
     let params = json!({"lexicon": lex.to_string_lossy(), "min_confidence": 0.5});
     let inc = Harness::new(op.clone())
         .param("lexicon", lex.to_string_lossy().to_string())
-        .memo(memo)
+        .memo(rerun_memo)
         .input("pages", pages_table(after.clone()).unwrap())
         .previous(params, inputs, outputs)
         .unwrap()
@@ -727,8 +739,12 @@ fn incremental_edit_equals_full_run() {
             .replace("[[headache]]", "[[sore throat]]")
             .replace("== History ==", "== Risk factors ==\n[[Pregnancy]]\n== History =="),
     );
-    let m = incremental_equals_full(before, after, &lex);
+    let m = incremental_equals_full(before.clone(), after.clone(), &lex);
     assert_eq!(m.get("parsed_pages").and_then(|v| v.as_u64()), Some(1), "only the edited page is parsed: {m:?}");
+    // With an empty memo, both versions of the page are parsed (the old one from the
+    // previous input's text, which the diff itself does not read).
+    let m = incremental_equals_full_with(before, after, &lex, false);
+    assert_eq!(m.get("parsed_pages").and_then(|v| v.as_u64()), Some(2), "{m:?}");
 }
 
 #[test]
