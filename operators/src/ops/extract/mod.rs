@@ -442,8 +442,8 @@ impl Operator for Extract {
 
 /// The previous run's outputs and input, when they were made with the same settings.
 struct Previous {
-    entities: RecordBatch,
-    relations: RecordBatch,
+    entities: Vec<RecordBatch>,
+    relations: Vec<RecordBatch>,
     /// Its pages, read without their wikitext when they have digests (see [`Previous::texts`]).
     pages: PagesView,
     run: fleming_runtime::context::PreviousRun,
@@ -478,7 +478,7 @@ fn previous_state(ctx: &OpContext, state: &str) -> anyhow::Result<Result<Previou
     if !same(&e) || !same(&r) {
         return Ok(Err("the previous output was made with other settings"));
     }
-    Ok(Ok(Previous { entities: e.concat()?, relations: r.concat()?, pages: PagesView::new(&p)?, run: prev.clone() }))
+    Ok(Ok(Previous { entities: e.batches, relations: r.batches, pages: PagesView::new(&p)?, run: prev.clone() }))
 }
 
 type Built = (Table, Table, Table);
@@ -731,9 +731,9 @@ fn entities_batch(
 /// to their `pages` lists, and the lists are merged here (hub entities list thousands of
 /// pages, too many to feed back through the dataflow).
 struct PagesMerge<'a> {
-    batch: &'a RecordBatch,
-    /// Entity key -> its previous row.
-    rows: rustc_hash::FxHashMap<u64, usize>,
+    batches: &'a [RecordBatch],
+    /// Entity key -> its previous row (batch, row).
+    rows: rustc_hash::FxHashMap<u64, (usize, usize)>,
 }
 
 /// The previous output does not fit its input (an incremental run then makes a full run).
@@ -756,8 +756,8 @@ impl<'a> PagesMerge<'a> {
         'a: 's,
     {
         out.clear();
-        let &row = self.rows.get(&k).ok_or(Inconsistent("an entity's previous row is missing"))?;
-        let list = col_list(self.batch, "pages")?;
+        let &(batch, row) = self.rows.get(&k).ok_or(Inconsistent("an entity's previous row is missing"))?;
+        let list = col_list(&self.batches[batch], "pages")?;
         let values: &'a StringArray = list
             .values()
             .as_any()
@@ -1158,14 +1158,17 @@ fn incremental_run(
     }
     ctx.metric("prep_parse_s", t.elapsed().as_secs_f64());
     // Re-resolved keys: everything the pages touching them say about them, as it is now.
-    let pe = &prev.entities;
-    let pr = &prev.relations;
-    let ids = col_str(pe, "id")?;
+    // The previous tables are walked batch by batch, as they were read: concatenating them
+    // would copy every row.
+    let (pe, pr) = (&prev.entities, &prev.relations);
     if !rset.is_empty() {
         let mut fallback_pages: BTreeSet<String> = BTreeSet::new();
-        for i in 0..pe.num_rows() {
-            if rset.contains(&parse_hex(ids.value(i))?) {
-                fallback_pages.extend(list_strs(col_list(pe, "pages")?, i).into_iter().flatten());
+        for b in pe {
+            let ids = col_str(b, "id")?;
+            for i in 0..b.num_rows() {
+                if rset.contains(&parse_hex(ids.value(i))?) {
+                    fallback_pages.extend(list_strs(col_list(b, "pages")?, i).into_iter().flatten());
+                }
             }
         }
         for &i in &changed_new {
@@ -1190,25 +1193,37 @@ fn incremental_run(
     ctx.metric("prep_rset_s", t.elapsed().as_secs_f64());
     // Relations about re-resolved keys are recomputed from the pages, so they may vanish or
     // appear: the degrees of both their ends must be recomputed too.
-    let (subj, obj) = (col_str(pr, "subject")?, col_str(pr, "object")?);
     if !rset.is_empty() {
-        for i in 0..pr.num_rows() {
-            let (a, b) = (parse_hex(subj.value(i))?, parse_hex(obj.value(i))?);
-            if rset.contains(&a) || rset.contains(&b) {
-                keys.insert(a);
-                keys.insert(b);
+        for b in pr {
+            let (subj, obj) = (col_str(b, "subject")?, col_str(b, "object")?);
+            for i in 0..b.num_rows() {
+                let (a, b) = (parse_hex(subj.value(i))?, parse_hex(obj.value(i))?);
+                if rset.contains(&a) || rset.contains(&b) {
+                    keys.insert(a);
+                    keys.insert(b);
+                }
             }
         }
     }
     ctx.metric("prep_rels_s", t.elapsed().as_secs_f64());
-    // Previous rows of the touched entities and relations, as records.
-    let mut lists = PagesMerge { batch: pe, rows: Default::default() };
-    for i in 0..pe.num_rows() {
-        let k = parse_hex(ids.value(i))?;
-        if keys.contains(&k) && !rset.contains(&k) {
-            decompose_entity(pe, i, &mut names, &mut recs)?;
-            lists.rows.insert(k, i);
+    // Previous rows of the touched entities and relations, as records; the entity rows are
+    // replaced.
+    let mut lists = PagesMerge { batches: pe, rows: Default::default() };
+    let mut drop_ent: Vec<Vec<bool>> = Vec::with_capacity(pe.len());
+    for (bi, b) in pe.iter().enumerate() {
+        let ids = col_str(b, "id")?;
+        let mut dropped = vec![false; b.num_rows()];
+        for (i, d) in dropped.iter_mut().enumerate() {
+            let k = parse_hex(ids.value(i))?;
+            if keys.contains(&k) {
+                *d = true;
+                if !rset.contains(&k) {
+                    decompose_entity(b, i, &mut names, &mut recs)?;
+                    lists.rows.insert(k, (bi, i));
+                }
+            }
         }
+        drop_ent.push(dropped);
     }
     ctx.metric("prep_entities_s", t.elapsed().as_secs_f64());
     // Triples the changed pages support (before or after): their rows are rebuilt from all
@@ -1217,37 +1232,39 @@ fn incremental_run(
     // rebuilt relations plus that base).
     let affected: rustc_hash::FxHashSet<RelKey> =
         recs.iter().filter_map(|(r, _)| if let Rec::Support(k, _) = r { Some(*k) } else { None }).collect();
-    let preds = col_str(pr, "predicate")?;
-    let pred_of = |i: usize| -> anyhow::Result<u8> {
-        Ok(Predicate::parse(preds.value(i)).ok_or_else(|| anyhow!("previous output: unknown predicate"))? as u8)
-    };
     let mut replaced_rels = 0u64;
-    let mut drop_rel = vec![false; pr.num_rows()];
+    let mut drop_rel: Vec<Vec<bool>> = Vec::with_capacity(pr.len());
     let mut base: rustc_hash::FxHashMap<u64, i64> = Default::default();
-    for (i, dropped) in drop_rel.iter_mut().enumerate() {
-        let (a, b) = (parse_hex(subj.value(i))?, parse_hex(obj.value(i))?);
-        // Rows touching no touched entity stay as they are (the common case: one check).
-        let (ka, kb) = (keys.contains(&a), keys.contains(&b));
-        if !ka && !kb {
-            continue;
+    for batch in pr {
+        let (subj, obj, preds) = (col_str(batch, "subject")?, col_str(batch, "object")?, col_str(batch, "predicate")?);
+        let mut dropped = vec![false; batch.num_rows()];
+        for (i, d) in dropped.iter_mut().enumerate() {
+            let (a, b) = (parse_hex(subj.value(i))?, parse_hex(obj.value(i))?);
+            // Rows touching no touched entity stay as they are (the common case: one check).
+            let (ka, kb) = (keys.contains(&a), keys.contains(&b));
+            if !ka && !kb {
+                continue;
+            }
+            if rset.contains(&a) || rset.contains(&b) {
+                replaced_rels += 1;
+                *d = true;
+                continue;
+            }
+            let p = Predicate::parse(preds.value(i)).ok_or_else(|| anyhow!("previous output: unknown predicate"))?;
+            if affected.contains(&(a, p as u8, b)) {
+                replaced_rels += 1;
+                *d = true;
+                decompose_relation(batch, i, &mut names, &mut recs)?;
+                continue;
+            }
+            if ka {
+                *base.entry(a).or_default() += 1;
+            }
+            if kb && b != a {
+                *base.entry(b).or_default() += 1;
+            }
         }
-        if rset.contains(&a) || rset.contains(&b) {
-            replaced_rels += 1;
-            *dropped = true;
-            continue;
-        }
-        if affected.contains(&(a, pred_of(i)?, b)) {
-            replaced_rels += 1;
-            *dropped = true;
-            decompose_relation(pr, i, &mut names, &mut recs)?;
-            continue;
-        }
-        if ka {
-            *base.entry(a).or_default() += 1;
-        }
-        if kb && b != a {
-            *base.entry(b).or_default() += 1;
-        }
+        drop_rel.push(dropped);
     }
     recs.extend(base.into_iter().map(|(k, n)| (Rec::DegreeBase(k), n)));
     let prep_s = t.elapsed().as_secs_f64();
@@ -1283,8 +1300,6 @@ fn incremental_run(
         r => r?,
     };
     ctx.metric("build_tables_s", t.elapsed().as_secs_f64());
-    let drop_ent: Vec<bool> =
-        (0..pe.num_rows()).map(|i| Ok(keys.contains(&parse_hex(ids.value(i))?))).collect::<anyhow::Result<_>>()?;
     let ents = splice(pe, &new_ents, &drop_ent)?;
     let new_rels = arrow::compute::concat_batches(&schema(relation_columns(), &s.state), &new_rels)?;
     let rels = splice(pr, &new_rels, &drop_rel)?;
@@ -1303,35 +1318,46 @@ fn incremental_run(
     Ok(Ok((Table::new(ent_schema, ents), Table::new(rel_schema, rels), rejects_table(new_rows.rejects)?)))
 }
 
-/// Previous rows minus those `drop` marks, merged with new rows (both sorted by `id`), as
-/// slices of the two: the runs of kept previous rows between changes are not copied.
-fn splice(prev: &RecordBatch, new: &RecordBatch, drop: &[bool]) -> anyhow::Result<Vec<RecordBatch>> {
+/// Previous rows (in batches) minus those `drop` marks (per batch), merged with new rows;
+/// all sorted by `id`. The result is slices of the two: the runs of kept previous rows
+/// between changes are not copied.
+fn splice(prev: &[RecordBatch], new: &RecordBatch, drop: &[Vec<bool>]) -> anyhow::Result<Vec<RecordBatch>> {
     let schema = new.schema();
-    let prev = RecordBatch::try_new(schema.clone(), prev.columns().to_vec())?;
-    let (pid, nid) = (col_str(&prev, "id")?, col_str(new, "id")?);
-    let (n_prev, n_new) = (prev.num_rows(), new.num_rows());
+    let nid = col_str(new, "id")?;
+    let n_new = new.num_rows();
     let mut out = Vec::new();
-    let (mut i, mut j) = (0, 0);
-    while i < n_prev || j < n_new {
-        // A run of kept previous rows that sort before the next new row.
-        let start = i;
-        while i < n_prev && !drop.get(i).copied().unwrap_or(false) && (j == n_new || pid.value(i) < nid.value(j)) {
-            i += 1;
+    let mut j = 0;
+    for (b, dropped) in prev.iter().zip(drop) {
+        let b = RecordBatch::try_new(schema.clone(), b.columns().to_vec())?;
+        let pid = col_str(&b, "id")?;
+        let (n, mut i) = (b.num_rows(), 0);
+        let is_dropped = |i: usize| dropped.get(i).copied().unwrap_or(false);
+        while i < n {
+            if !is_dropped(i) {
+                // The new rows that sort before this kept row.
+                let start = j;
+                while j < n_new && nid.value(j) <= pid.value(i) {
+                    j += 1;
+                }
+                if j > start {
+                    out.push(new.slice(start, j - start));
+                }
+            }
+            // A run of kept rows before the next new row.
+            let start = i;
+            while i < n && !is_dropped(i) && (j == n_new || pid.value(i) < nid.value(j)) {
+                i += 1;
+            }
+            if i > start {
+                out.push(b.slice(start, i - start));
+            }
+            while i < n && is_dropped(i) {
+                i += 1;
+            }
         }
-        if i > start {
-            out.push(prev.slice(start, i - start));
-        }
-        while i < n_prev && drop.get(i).copied().unwrap_or(false) {
-            i += 1;
-        }
-        // A run of new rows that sort before the next kept previous row.
-        let start = j;
-        while j < n_new && (i == n_prev || drop.get(i).copied().unwrap_or(false) || nid.value(j) <= pid.value(i)) {
-            j += 1;
-        }
-        if j > start {
-            out.push(new.slice(start, j - start));
-        }
+    }
+    if j < n_new {
+        out.push(new.slice(j, n_new - j));
     }
     Ok(out)
 }
