@@ -211,6 +211,45 @@ fn incremental(
     runs
 }
 
+/// Extract as a pipeline stage, through the real `fleming run` with its store on disk: the
+/// full run, then the rerun after 1% of the pages changed, each timed end to end (reading
+/// its inputs and previous outputs from Parquet, writing and hashing its outputs). `crawl`
+/// runs first in each case, untimed.
+fn stage_runs(work: &Path, dumps: [&Path; 2], lexicon: &Path, note: &mut impl FnMut(&str, String)) {
+    let _ = std::fs::remove_dir_all(work);
+    std::fs::create_dir_all(work).expect("stage bench dir");
+    let fleming = env!("CARGO_BIN_EXE_fleming");
+    let run = |file: &str, args: &[&str]| -> f64 {
+        let t = Instant::now();
+        let out = std::process::Command::new(fleming)
+            .current_dir(work)
+            .args(["-q", "run", file])
+            .args(args)
+            .output()
+            .expect("run fleming");
+        assert!(out.status.success(), "fleming run {file} {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        t.elapsed().as_secs_f64()
+    };
+    let mut secs = Vec::new();
+    for (file, dump) in ["before.yaml", "after.yaml"].into_iter().zip(dumps) {
+        // Same pipeline and stage names: the second is a rerun of the first.
+        let yaml = format!(
+            "name: extract-stage\nstages:\n  pages:\n    op: crawl\n    params: {{ dump: {:?}, max_pages: 0 }}\n  graph:\n    op: extract\n    inputs: {{ pages: pages }}\n    params: {{ lexicon: {:?} }}\n",
+            dump.display().to_string(),
+            lexicon.display().to_string()
+        );
+        std::fs::write(work.join(file), yaml).expect("pipeline file");
+        run(file, &["--until", "pages"]);
+        secs.push(run(file, &["--stage", "graph"]));
+    }
+    let (full, rerun) = (secs[0], secs[1]);
+    note(
+        "extract stage (`fleming run`): full / rerun after 1% changed",
+        format!("{full:.2} s / {rerun:.2} s ({:.0}% of the full run)", 100.0 * rerun / full),
+    );
+    let _ = std::fs::remove_dir_all(work);
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--child-crawl") {
@@ -285,6 +324,8 @@ fn main() {
         let lexicon = dir.join("lexicon.tsv");
         let times = args.iter().position(|a| a == "--times").and_then(|i| args.get(i + 1)?.parse().ok());
         let runs = incremental(&pages, &pages2, &lexicon, times.unwrap_or(3), &mut note);
+        let work = target.join("bench-fixtures/extract-stage");
+        stage_runs(&work, [&dir.join("wiki.xml"), &dir2.join("wiki.xml")], &lexicon, &mut note);
         let (fresh, _) = extract(&pages2, &lexicon, 1, None);
         for (inc, port) in runs.iter().flat_map(|r| [(r, "entities"), (r, "relations")]) {
             assert_eq!(inc.digest(port).ok(), fresh.digest(port).ok(), "incremental {port} differ from a full run");
@@ -353,6 +394,8 @@ fn main() {
 
     // Extract: incremental after 1% changed (memo warm from the full run, as in a store).
     let inc = incremental(&pages, &pages2, &lexicon, 1, &mut note).pop().expect("one rerun");
+    let work = target.join("bench-fixtures/extract-stage");
+    stage_runs(&work, [&dir.join("wiki.xml.bz2"), &dir2.join("wiki.xml.bz2")], &lexicon, &mut note);
     let (scratch, _) = extract(&pages2, &lexicon, 2, None);
     for port in ["entities", "relations"] {
         assert_eq!(inc.digest(port).ok(), scratch.digest(port).ok(), "incremental {port} differ from a full run");

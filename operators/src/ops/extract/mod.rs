@@ -9,12 +9,17 @@
 //!
 //! **Incremental.** When the stage ran before with the same settings (same version,
 //! `min_confidence` and lexicon: recorded in the outputs' schema metadata) and the pages
-//! changed, only the changed pages are parsed: the previous output rows of the entities
-//! and relations those pages touch are decomposed into records, the changed pages' old
-//! records are retracted and their new ones added, the dataflow recomputes those rows, and
-//! they replace the old ones in the previous output. Redirect changes, which move whole
-//! entities, recompute the entities involved from all pages that touch them. The result is
-//! the same table, byte for byte, as a run from scratch (tested).
+//! changed, only the changed pages are parsed. Their old records are retracted and their
+//! new ones added, summed first, so that what a page says as before cancels out. The
+//! previous rows of the entities and relations whose records changed are decomposed into
+//! records (an entity's page list enters as its length and is merged with the changes when
+//! the row is rebuilt: hub entities list thousands of pages), the dataflow recomputes those
+//! rows, and they replace the old ones; every other previous row is kept as a zero-copy
+//! slice. Redirect changes, which move whole entities, recompute the entities involved
+//! from all pages that touch them. The diff reads the previous pages without their
+//! wikitext (the old facts come from the memo). The result is the same table, byte for
+//! byte, as a run from scratch (tested); a previous output that does not fit its input is
+//! detected and answered with a full run.
 
 pub mod graph;
 pub mod lexicon;
