@@ -3,7 +3,7 @@
 //! ```sh
 //! cargo bench --bench crawl_extract                  # 100k entities (needs ../shared/data)
 //! cargo bench --bench crawl_extract -- --entities 20000
-//! cargo bench --bench crawl_extract -- --only extract  # extract -w 1 only (profiling)
+//! cargo bench --bench crawl_extract -- --only extract [--workers N]  # extract only (profiling)
 //! cargo bench --bench crawl_extract -- --only incremental [--times N]  # incremental extract
 //! ```
 //!
@@ -302,12 +302,14 @@ fn main() {
     if args.windows(2).any(|w| w[0] == "--only" && w[1] == "extract") {
         let pages = crawl(&dir.join("wiki.xml"), None).table("pages").expect("pages").clone();
         let bytes = fx.stats.bytes as f64 / 1e6;
+        let workers = args.iter().position(|a| a == "--workers").and_then(|i| args.get(i + 1)?.parse().ok());
+        let w = workers.unwrap_or(1);
         for _ in 0..2 {
-            let (one, s1) = extract(&pages, &dir.join("lexicon.tsv"), 1, None);
-            note("extract -w 1: full run", format!("{s1:.2} s, {:.1} MB/s", bytes / s1));
+            let (one, s1) = extract(&pages, &dir.join("lexicon.tsv"), w, None);
+            note(&format!("extract -w {w}: full run"), format!("{s1:.2} s, {:.1} MB/s", bytes / s1));
             note(
-                "extract -w 1: lexicon / parse+dataflow / build",
-                breakdown(&one, &["lexicon_s", "graph_s", "build_s"]),
+                &format!("extract -w {w}: lexicon / prep / parse+dataflow (of it, after the workers) / build"),
+                breakdown(&one, &["lexicon_s", "prep_s", "graph_s", "graph_finish_s", "build_s"]),
             );
         }
         return;

@@ -75,6 +75,8 @@ pub struct GraphOut {
     pub negative: u64,
     /// Strings of the hashes, gathered from the workers.
     pub names: Names,
+    /// Seconds spent after the workers finished: merging their strings, sorting the rows.
+    pub finish_s: f64,
 }
 
 /// Feeds a worker's share of the records: called with (worker index, workers, emit), where
@@ -286,11 +288,13 @@ pub fn run(threads: usize, feed: Arc<Feed>) -> anyhow::Result<GraphOut> {
     if let Some(e) = errors.lock().unwrap_or_else(|e| e.into_inner()).first() {
         anyhow::bail!("{e}");
     }
+    let finish = std::time::Instant::now();
     let mut out = GraphOut {
         entities: std::mem::take(&mut *entities.lock().unwrap_or_else(|e| e.into_inner())),
         relations: std::mem::take(&mut *relations.lock().unwrap_or_else(|e| e.into_inner())),
         negative: *negative.lock().unwrap_or_else(|e| e.into_inner()),
         names: Names::default(),
+        finish_s: 0.0,
     };
     let mut maps = std::mem::take(&mut *names.lock().unwrap_or_else(|e| e.into_inner()));
     maps.sort_by_key(|m| std::cmp::Reverse(m.len()));
@@ -303,5 +307,6 @@ pub fn run(threads: usize, feed: Arc<Feed>) -> anyhow::Result<GraphOut> {
     out.names = merged;
     out.entities.sort_by_key(|(k, _)| *k);
     out.relations.sort_by_key(|(k, _)| *k);
+    out.finish_s = finish.elapsed().as_secs_f64();
     Ok(out)
 }

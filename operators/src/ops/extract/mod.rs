@@ -529,9 +529,11 @@ fn full_run(ctx: &mut OpContext, s: &Settings, pages: &Arc<PagesView>) -> anyhow
         parsed2.fetch_add(n_parsed, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     });
+    ctx.metric("prep_s", t.elapsed().as_secs_f64());
     let out = graph::run(ctx.threads, feed)?;
     let _ = ctx.memo.flush();
     let graph_s = t.elapsed().as_secs_f64();
+    ctx.metric("graph_finish_s", out.finish_s);
     ctx.metric("mode", "full");
     ctx.metric("parsed_pages", parsed.load(std::sync::atomic::Ordering::Relaxed));
     ctx.metric("wikitext_bytes", bytes);
@@ -563,7 +565,7 @@ fn build_batches(
     // Relations are most of the work: their rows are cut into one slice per thread (the
     // table's digest does not depend on how it is cut into batches).
     let rels = || -> anyhow::Result<Vec<RecordBatch>> {
-        let (rows, titles) = rayon::join(|| relation_rows(out), || page_titles(pages));
+        let (rows, titles) = rayon::join(|| relation_rows_parallel(out), || page_titles(pages));
         let chunk = rows.len().div_ceil(threads).max(1);
         rows.par_chunks(chunk).map(|part| relations_batch(part, out, s, &titles)).collect()
     };
@@ -832,6 +834,19 @@ fn relation_rows(out: &GraphOut) -> Vec<RelationRow<'_>> {
         .map(|(k, v)| (relation_key(k.0, k.1, k.2, &mut buf), k, v))
         .collect();
     rows.sort_unstable_by_key(|r| (r.0, *r.1));
+    rows
+}
+
+/// [`relation_rows`] on the rayon pool: hashing and sorting 650k relations is a large
+/// serial part of a run otherwise.
+fn relation_rows_parallel(out: &GraphOut) -> Vec<RelationRow<'_>> {
+    let mut rows: Vec<RelationRow<'_>> = out
+        .relations
+        .par_iter()
+        .filter(|((a, _, b), _)| a != b)
+        .map_init(String::new, |buf, (k, v)| (relation_key(k.0, k.1, k.2, buf), k, v))
+        .collect();
+    rows.par_sort_unstable_by_key(|r| (r.0, *r.1));
     rows
 }
 
