@@ -10,7 +10,8 @@
 //! It generates the fixture (`fleming fixtures wiki`, cached under
 //! `$CARGO_TARGET_DIR/bench-fixtures/`), then measures: crawl from the `.bz2` dump (time,
 //! breakdown, peak RSS in a child process), crawl's rerun after 1% of the pages changed
-//! (decompress, parse, diff, write), extract with 1 and 2 workers (MB/s of wikitext),
+//! (decompress, parse, diff, write), extract with 1 and 2 workers (MB/s of wikitext; each
+//! twice, alternating, the faster run counting),
 //! extract's incremental rerun after 1% of the pages changed (checked equal to a full run),
 //! and relation precision/recall per predicate against the generator's truth. Under
 //! `cargo test` (no `--bench` argument) it does nothing.
@@ -378,11 +379,23 @@ fn main() {
     // Extract: throughput with 1 and 2 workers.
     let lexicon = dir.join("lexicon.tsv");
     let bytes = fx.stats.bytes as f64 / 1e6;
-    let (one, s1) = extract(&pages, &lexicon, 1, None);
-    note("extract -w 1: full run", format!("{s1:.2} s, {:.1} MB/s", bytes / s1));
+    // Twice each, alternating, on this noisy shared VM: the figures are the faster run of
+    // each (both runs are printed).
+    let (mut one, mut s1) = extract(&pages, &lexicon, 1, None);
+    let (mut two, mut s2) = extract(&pages, &lexicon, 2, None);
+    let (again1, r1) = extract(&pages, &lexicon, 1, None);
+    let (again2, r2) = extract(&pages, &lexicon, 2, None);
+    note("extract -w 1 / -w 2: both runs", format!("{s1:.2}, {r1:.2} s / {s2:.2}, {r2:.2} s"));
+    if r1 < s1 {
+        (one, s1) = (again1, r1);
+    }
+    if r2 < s2 {
+        (two, s2) = (again2, r2);
+    }
+    note("extract -w 1: full run (faster of 2)", format!("{s1:.2} s, {:.1} MB/s", bytes / s1));
     note("extract -w 1: lexicon / parse+dataflow / build", breakdown(&one, &["lexicon_s", "graph_s", "build_s"]));
-    let (two, s2) = extract(&pages, &lexicon, 2, None);
-    note("extract -w 2: full run", format!("{s2:.2} s, {:.1} MB/s ({:.2}x)", bytes / s2, s1 / s2));
+    note("extract -w 2: full run (faster of 2)", format!("{s2:.2} s, {:.1} MB/s ({:.2}x)", bytes / s2, s1 / s2));
+    note("extract -w 2: lexicon / parse+dataflow / build", breakdown(&two, &["lexicon_s", "graph_s", "build_s"]));
     assert_eq!(one.digest("entities").ok(), two.digest("entities").ok(), "-w 1 and -w 2 differ");
     assert_eq!(one.digest("relations").ok(), two.digest("relations").ok(), "-w 1 and -w 2 differ");
     note(
