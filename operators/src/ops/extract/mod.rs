@@ -105,7 +105,11 @@ static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
             relation_columns(),
             "relations with their evidence; `parents` are the supporting pages",
         ),
-        PortSpec::table_with("rejects", reject_columns(), "pages that were not used, with the reason"),
+        PortSpec::table_with(
+            "rejects",
+            reject_columns(),
+            "pages that were not used, with the reason (empty title, duplicate title, duplicate page id)",
+        ),
     ],
     execution: Execution::Cpu,
     fingerprint: crate::fingerprint("extract"),
