@@ -309,8 +309,21 @@ fn main() {
             let (one, s1) = extract(&pages, &dir.join("lexicon.tsv"), w, None);
             note(&format!("extract -w {w}: full run"), format!("{s1:.2} s, {:.1} MB/s", bytes / s1));
             note(
-                &format!("extract -w {w}: lexicon / prep / parse+dataflow (of it, after the workers) / build"),
-                breakdown(&one, &["lexicon_s", "prep_s", "graph_s", "graph_finish_s", "build_s"]),
+                &format!(
+                    "extract -w {w}: lexicon / prep / parse+dataflow (of it: parse, dataflow, after the workers) / build"
+                ),
+                breakdown(
+                    &one,
+                    &[
+                        "lexicon_s",
+                        "prep_s",
+                        "graph_s",
+                        "graph_feed_s",
+                        "graph_dataflow_s",
+                        "graph_finish_s",
+                        "build_s",
+                    ],
+                ),
             );
         }
         return;

@@ -77,6 +77,10 @@ pub struct GraphOut {
     pub names: Names,
     /// Seconds spent after the workers finished: merging their strings, sorting the rows.
     pub finish_s: f64,
+    /// Seconds the slowest worker spent feeding its records (parsing, in a full run).
+    pub feed_s: f64,
+    /// Seconds the slowest worker then spent running the dataflow to completion.
+    pub dataflow_s: f64,
 }
 
 /// Feeds a worker's share of the records: called with (worker index, workers, emit), where
@@ -145,6 +149,9 @@ pub fn run(threads: usize, feed: Arc<Feed>) -> anyhow::Result<GraphOut> {
     let negative: Arc<Mutex<u64>> = Arc::default();
     let names: Arc<Mutex<Vec<Names>>> = Arc::default();
     let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+    // (feed, dataflow) seconds per worker.
+    let timings: Arc<Mutex<Vec<(f64, f64)>>> = Arc::default();
+    let timings2 = timings.clone();
     let (e2, r2, n2, names2, err2) =
         (entities.clone(), relations.clone(), negative.clone(), names.clone(), errors.clone());
     let guards = timely::execute(timely::Config::process(threads.max(1)), move |worker| {
@@ -274,11 +281,15 @@ pub fn run(threads: usize, feed: Arc<Feed>) -> anyhow::Result<GraphOut> {
         });
         let mut local = Names::default();
         let mut emit = |r: Rec, d: i64| inputs.update(r, d as isize);
+        let started = std::time::Instant::now();
         if let Err(e) = feed(index, peers, &mut emit, &mut local) {
             err2.lock().unwrap_or_else(|e| e.into_inner()).push(format!("{e:#}"));
         }
         inputs.close();
+        let fed = started.elapsed().as_secs_f64();
         worker.step_while(|| probe.less_than(&1));
+        let done = started.elapsed().as_secs_f64() - fed;
+        timings2.lock().unwrap_or_else(|e| e.into_inner()).push((fed, done));
         names2.lock().unwrap_or_else(|e| e.into_inner()).push(local);
     })
     .map_err(|e| anyhow::anyhow!("starting the timely workers: {e}"))?;
@@ -295,7 +306,13 @@ pub fn run(threads: usize, feed: Arc<Feed>) -> anyhow::Result<GraphOut> {
         negative: *negative.lock().unwrap_or_else(|e| e.into_inner()),
         names: Names::default(),
         finish_s: 0.0,
+        feed_s: 0.0,
+        dataflow_s: 0.0,
     };
+    for (fed, done) in timings.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        out.feed_s = out.feed_s.max(*fed);
+        out.dataflow_s = out.dataflow_s.max(*done);
+    }
     let mut maps = std::mem::take(&mut *names.lock().unwrap_or_else(|e| e.into_inner()));
     maps.sort_by_key(|m| std::cmp::Reverse(m.len()));
     let mut merged = if maps.is_empty() { Names::default() } else { maps.remove(0) };

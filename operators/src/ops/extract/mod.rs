@@ -538,6 +538,8 @@ fn full_run(ctx: &mut OpContext, s: &Settings, pages: &Arc<PagesView>) -> anyhow
     let _ = ctx.memo.flush();
     let graph_s = t.elapsed().as_secs_f64();
     ctx.metric("graph_finish_s", out.finish_s);
+    ctx.metric("graph_feed_s", out.feed_s);
+    ctx.metric("graph_dataflow_s", out.dataflow_s);
     ctx.metric("mode", "full");
     ctx.metric("parsed_pages", parsed.load(std::sync::atomic::Ordering::Relaxed));
     ctx.metric("wikitext_bytes", bytes);
