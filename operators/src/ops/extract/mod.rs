@@ -373,8 +373,11 @@ fn memo_key(memo: &fleming_runtime::context::RecordMemo, title: &str, digest: &s
 
 /// Facts of a page from the memo, if there.
 fn memo_facts(memo: &fleming_runtime::context::RecordMemo, title: &str, digest: &str) -> Option<PageFacts> {
-    let bytes = memo.get(&memo_key(memo, title, digest))?;
-    postcard::from_bytes::<PageFacts>(&bytes).ok()
+    memo_facts_at(memo, &memo_key(memo, title, digest))
+}
+
+fn memo_facts_at(memo: &fleming_runtime::context::RecordMemo, key: &fleming_artifacts::Digest) -> Option<PageFacts> {
+    postcard::from_bytes::<PageFacts>(&memo.get(key)?).ok()
 }
 
 /// Facts of a page: from the memo, else parsed (and memoised).
@@ -385,13 +388,14 @@ fn facts_for(
     text: &str,
     parsed: &mut u64,
 ) -> PageFacts {
-    if let Some(f) = memo_facts(memo, title, digest) {
+    let key = memo_key(memo, title, digest);
+    if let Some(f) = memo_facts_at(memo, &key) {
         return f;
     }
     *parsed += 1;
     let f = PageFacts::of_text(text);
     if let Ok(bytes) = postcard::to_allocvec(&f) {
-        let _ = memo.put(memo_key(memo, title, digest), &bytes);
+        let _ = memo.put(key, &bytes);
     }
     f
 }
@@ -565,13 +569,13 @@ fn build_batches(
     threads: usize,
 ) -> anyhow::Result<(RecordBatch, Vec<RecordBatch>)> {
     if threads <= 1 {
-        let rels = relations_batch(&relation_rows(out), out, s, &page_titles(pages))?;
+        let rels = relations_batch(&relation_rows(out, false), out, s, &page_titles(pages))?;
         return Ok((entities_batch(out, s, only, base)?, vec![rels]));
     }
     // Relations are most of the work: their rows are cut into one slice per thread (the
     // table's digest does not depend on how it is cut into batches).
     let rels = || -> anyhow::Result<Vec<RecordBatch>> {
-        let (rows, titles) = rayon::join(|| relation_rows_parallel(out), || page_titles(pages));
+        let (rows, titles) = rayon::join(|| relation_rows(out, true), || page_titles(pages));
         let chunk = rows.len().div_ceil(threads).max(1);
         rows.par_chunks(chunk).map(|part| relations_batch(part, out, s, &titles)).collect()
     };
@@ -830,30 +834,25 @@ fn relation_key(s: u64, p: u8, o: u64, buf: &mut String) -> u64 {
 /// A relation row to build: (the number behind its id, its key, its supports).
 type RelationRow<'a> = (u64, &'a RelKey, &'a Vec<SupportVal>);
 
-/// The graph's relations (but self-loops) in id order.
-fn relation_rows(out: &GraphOut) -> Vec<RelationRow<'_>> {
-    let mut buf = String::new();
-    let mut rows: Vec<RelationRow<'_>> = out
-        .relations
-        .iter()
-        .filter(|((a, _, b), _)| a != b)
-        .map(|(k, v)| (relation_key(k.0, k.1, k.2, &mut buf), k, v))
-        .collect();
-    rows.sort_unstable_by_key(|r| (r.0, *r.1));
-    rows
-}
-
-/// [`relation_rows`] on the rayon pool: hashing and sorting 650k relations is a large
-/// serial part of a run otherwise.
-fn relation_rows_parallel(out: &GraphOut) -> Vec<RelationRow<'_>> {
-    let mut rows: Vec<RelationRow<'_>> = out
-        .relations
-        .par_iter()
-        .filter(|((a, _, b), _)| a != b)
-        .map_init(String::new, |buf, (k, v)| (relation_key(k.0, k.1, k.2, buf), k, v))
-        .collect();
-    rows.par_sort_unstable_by_key(|r| (r.0, *r.1));
-    rows
+/// The graph's relations (but self-loops) in id order; hashed and sorted on the rayon pool
+/// when `parallel` (650k relations are a large serial part of a `-w > 1` run otherwise).
+fn relation_rows<'a>(out: &'a GraphOut, parallel: bool) -> Vec<RelationRow<'a>> {
+    let not_a_loop = |((a, _, b), _): &&graph::RelRow| a != b;
+    let row =
+        |buf: &mut String, (k, v): &'a graph::RelRow| -> RelationRow<'a> { (relation_key(k.0, k.1, k.2, buf), k, v) };
+    let order = |r: &RelationRow<'_>| (r.0, *r.1);
+    if parallel {
+        let mut rows: Vec<RelationRow<'_>> =
+            out.relations.par_iter().filter(not_a_loop).map_init(String::new, row).collect();
+        rows.par_sort_unstable_by_key(order);
+        rows
+    } else {
+        let mut buf = String::new();
+        let mut rows: Vec<RelationRow<'_>> =
+            out.relations.iter().filter(not_a_loop).map(|r| row(&mut buf, r)).collect();
+        rows.sort_unstable_by_key(order);
+        rows
+    }
 }
 
 /// The relation table's rows for `rows`.
