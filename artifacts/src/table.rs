@@ -13,10 +13,14 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use arrow::compute::concat_batches;
 use arrow::datatypes::{Schema, SchemaRef};
-use parquet::arrow::ArrowWriter;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection,
+};
+use parquet::arrow::arrow_writer::{ArrowColumnChunk, ArrowColumnWriter, ArrowLeafColumn, compute_leaves};
+use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::digest::{Digest, HashingWriter};
@@ -94,22 +98,14 @@ impl Table {
     /// Reads a Parquet file, only the named columns (those it has, in its order) if given:
     /// the others are not even decompressed.
     pub fn read_parquet_columns(path: &Path, columns: Option<&[&str]>) -> Result<Table, TableError> {
-        let file = File::open(path)?;
-        let mut builder = ParquetRecordBatchReaderBuilder::try_new(file)?.with_batch_size(CANONICAL_BATCH_ROWS);
-        // The builder's schema keeps the schema metadata (operators record state there);
-        // the reader's batches do not, so they get it back.
-        let mut schema = builder.schema().clone();
-        if let Some(columns) = columns {
-            // Arrow's top-level fields are the Parquet schema's roots, in order.
-            let roots: Vec<usize> =
-                (0..schema.fields().len()).filter(|&i| columns.contains(&schema.field(i).name().as_str())).collect();
-            let mask = parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), roots.iter().copied());
-            builder = builder.with_projection(mask);
-            schema = Arc::new(schema.project(&roots)?);
-        }
-        let batches =
-            builder.build()?.map(|b| b.and_then(|b| b.with_schema(schema.clone()))).collect::<Result<Vec<_>, _>>()?;
-        Ok(Table { schema, batches })
+        read_selected(path, columns, None)
+    }
+
+    /// Reads only the given rows (row numbers in the file, ascending, each once) of a
+    /// Parquet file, and only the named columns if given. Pages holding none of the rows
+    /// are skipped (the file's page index says where they are).
+    pub fn read_parquet_rows(path: &Path, columns: Option<&[&str]>, rows: &[usize]) -> Result<Table, TableError> {
+        read_selected(path, columns, Some(rows))
     }
 
     /// The table with only the named columns (those it has, in its order); no data is
@@ -129,17 +125,47 @@ impl Table {
     }
 
     /// Writes the canonical Parquet encoding to `w`; returns the writer, the digest of the
-    /// bytes and their count.
+    /// bytes and their count. The columns of a row group are encoded in parallel (on the
+    /// rayon pool); the bytes are those `ArrowWriter` writes serially (tested).
     pub fn write_parquet<W: Write + Send>(&self, w: W) -> Result<(W, Digest, u64), TableError> {
-        let props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
-            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-            .build();
-        let mut writer = ArrowWriter::try_new(HashingWriter::new(w), self.schema.clone(), Some(props))?;
-        for batch in Rechunk::new(self, CANONICAL_BATCH_ROWS) {
-            writer.write(&batch?)?;
+        let writer = ArrowWriter::try_new(HashingWriter::new(w), self.schema.clone(), Some(writer_properties()?))?;
+        // The Arrow writer adds the schema (and its metadata) to the footer; its lower-level
+        // parts then encode each row group's columns on their own.
+        let (mut file, columns) = writer.into_serialized_writer()?;
+        let mut batches = Rechunk::new(self, CANONICAL_BATCH_ROWS).peekable();
+        let mut row_group = 0;
+        while batches.peek().is_some() {
+            let group: Vec<RecordBatch> =
+                batches.by_ref().take(ROW_GROUP_ROWS / CANONICAL_BATCH_ROWS).collect::<Result<_, _>>()?;
+            // Leaves per column writer, in the writers' order (a nested field has several).
+            let mut writers: Vec<(ArrowColumnWriter, Vec<ArrowLeafColumn>)> =
+                columns.create_column_writers(row_group)?.into_iter().map(|w| (w, Vec::new())).collect();
+            for batch in &group {
+                let mut slot = 0;
+                for (field, column) in self.schema.fields().iter().zip(batch.columns()) {
+                    for leaf in compute_leaves(field, column)? {
+                        writers[slot].1.push(leaf);
+                        slot += 1;
+                    }
+                }
+            }
+            let chunks: Vec<ArrowColumnChunk> = writers
+                .into_par_iter()
+                .map(|(mut writer, leaves)| {
+                    for leaf in &leaves {
+                        writer.write(leaf)?;
+                    }
+                    writer.close()
+                })
+                .collect::<Result<_, _>>()?;
+            let mut group_writer = file.next_row_group()?;
+            for chunk in chunks {
+                chunk.append_to_row_group(&mut group_writer)?;
+            }
+            group_writer.close()?;
+            row_group += 1;
         }
-        let hashing = writer.into_inner()?;
+        let hashing = file.into_inner()?;
         Ok(hashing.finish())
     }
 
@@ -148,6 +174,83 @@ impl Table {
         let (_, d, _) = self.write_parquet(std::io::sink())?;
         Ok(d)
     }
+}
+
+/// The fixed writer properties of the canonical encoding.
+fn writer_properties() -> Result<WriterProperties, TableError> {
+    Ok(WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .build())
+}
+
+/// Reads some columns (all if `None`) and some rows (all if `None`) of a Parquet file,
+/// each column on its own on the rayon pool: the batches of every column have the same
+/// row boundaries (same batch size, same selection), so they are zipped back together.
+fn read_selected(path: &Path, columns: Option<&[&str]>, rows: Option<&[usize]>) -> Result<Table, TableError> {
+    let options = ArrowReaderOptions::new()
+        .with_page_index_policy(parquet::file::metadata::PageIndexPolicy::from(rows.is_some()));
+    let meta = ArrowReaderMetadata::load(&File::open(path)?, options)?;
+    // The metadata's schema keeps the schema metadata (operators record state there); the
+    // reader's batches do not, so they get it back.
+    let full = meta.schema().clone();
+    let roots: Vec<usize> = (0..full.fields().len())
+        .filter(|&i| columns.is_none_or(|c| c.contains(&full.field(i).name().as_str())))
+        .collect();
+    let schema = Arc::new(full.project(&roots)?);
+    let total = meta.metadata().file_metadata().num_rows() as usize;
+    let selection = match rows {
+        Some(rows) => {
+            if !rows.windows(2).all(|w| w[0] < w[1]) || rows.last().is_some_and(|&r| r >= total) {
+                return Err(arrow::error::ArrowError::InvalidArgumentError(format!(
+                    "rows to read must be ascending, distinct and below {total}"
+                ))
+                .into());
+            }
+            Some(row_ranges(rows))
+        }
+        None => None,
+    };
+    let read = |roots: &[usize]| -> Result<Vec<RecordBatch>, TableError> {
+        let mut builder = ParquetRecordBatchReaderBuilder::new_with_metadata(File::open(path)?, meta.clone())
+            .with_batch_size(CANONICAL_BATCH_ROWS)
+            .with_projection(ProjectionMask::roots(meta.parquet_schema(), roots.iter().copied()));
+        if let Some(ranges) = &selection {
+            builder = builder.with_row_selection(RowSelection::from_consecutive_ranges(ranges.iter().cloned(), total));
+        }
+        Ok(builder.build()?.collect::<Result<Vec<_>, _>>()?)
+    };
+    if roots.len() < 2 {
+        let batches = read(&roots)?.into_iter().map(|b| b.with_schema(schema.clone())).collect::<Result<_, _>>()?;
+        return Ok(Table { schema, batches });
+    }
+    // Each column from its own file handle: clones of one handle would share its offset.
+    let per_column: Vec<Vec<RecordBatch>> = roots.par_iter().map(|&i| read(&[i])).collect::<Result<_, TableError>>()?;
+    let n = per_column[0].len();
+    let mut batches = Vec::with_capacity(n);
+    for j in 0..n {
+        let mut cols = Vec::with_capacity(roots.len());
+        for c in &per_column {
+            let b = c.get(j).ok_or_else(|| {
+                arrow::error::ArrowError::ComputeError("columns read with different batch boundaries".into())
+            })?;
+            cols.push(b.column(0).clone());
+        }
+        batches.push(RecordBatch::try_new(schema.clone(), cols)?);
+    }
+    Ok(Table { schema, batches })
+}
+
+/// Ascending distinct row numbers as ranges of consecutive rows.
+fn row_ranges(rows: &[usize]) -> Vec<std::ops::Range<usize>> {
+    let mut ranges: Vec<std::ops::Range<usize>> = Vec::new();
+    for &r in rows {
+        match ranges.last_mut() {
+            Some(last) if last.end == r => last.end += 1,
+            _ => ranges.push(r..r + 1),
+        }
+    }
+    ranges
 }
 
 /// Re-slices a table's batches into batches of exactly `rows` rows (the last one shorter).
@@ -320,5 +423,66 @@ mod tests {
         assert_eq!(v.schema.metadata(), &meta);
         assert_eq!(v.digest().unwrap(), back.project(&["v"]).unwrap().digest().unwrap());
         assert_ne!(v.digest().unwrap(), back.project(&["id"]).unwrap().digest().unwrap());
+    }
+
+    /// A table of several row groups with a nested (list) column and nulls.
+    fn nested(n: usize) -> Table {
+        use arrow::array::{ListBuilder, StringBuilder};
+        let mut lists = ListBuilder::new(StringBuilder::new());
+        for i in 0..n {
+            if i % 7 == 0 {
+                lists.append_null();
+                continue;
+            }
+            for j in 0..i % 4 {
+                lists.values().append_value(format!("v{}", i * j));
+            }
+            lists.append(true);
+        }
+        let ids: ArrayRef = Arc::new(StringArray::from_iter_values((0..n).map(|i| format!("r{i}"))));
+        let vals: ArrayRef = Arc::new(Int64Array::from_iter((0..n as i64).map(|i| (i % 5 != 0).then_some(i))));
+        table_from_columns(vec![("id", ids), ("v", vals), ("list", Arc::new(lists.finish()))]).unwrap()
+    }
+
+    #[test]
+    fn parallel_encoding_writes_the_serial_writers_bytes() {
+        for n in [0, 1, 9_000, ROW_GROUP_ROWS + 5_000] {
+            let t = nested(n);
+            let mut serial =
+                ArrowWriter::try_new(Vec::new(), t.schema.clone(), Some(writer_properties().unwrap())).unwrap();
+            for b in Rechunk::new(&t, CANONICAL_BATCH_ROWS) {
+                serial.write(&b.unwrap()).unwrap();
+            }
+            let serial = serial.into_inner().unwrap();
+            let (parallel, digest, bytes) = t.write_parquet(Vec::new()).unwrap();
+            assert_eq!(parallel, serial, "{n} rows");
+            assert_eq!(bytes as usize, serial.len());
+            assert_eq!(digest, Digest::of(&serial));
+        }
+    }
+
+    #[test]
+    fn reads_some_rows_and_columns() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.parquet");
+        let t = nested(ROW_GROUP_ROWS + 20_000);
+        let (f, _, _) = t.write_parquet(File::create(&path).unwrap()).unwrap();
+        drop(f);
+        let whole = t.concat().unwrap();
+        // Rows in both row groups, runs and single rows, the first and the last.
+        let rows: Vec<usize> =
+            [0, 1, 2, 500, 8_191, 8_192, 70_000, ROW_GROUP_ROWS - 1, ROW_GROUP_ROWS, ROW_GROUP_ROWS + 19_999].to_vec();
+        let indices = arrow::array::UInt32Array::from_iter_values(rows.iter().map(|&r| r as u32));
+        let want = arrow::compute::take_record_batch(&whole, &indices).unwrap();
+        let got = Table::read_parquet_rows(&path, None, &rows).unwrap().concat().unwrap();
+        assert_eq!(got, want);
+        let got = Table::read_parquet_rows(&path, Some(&["list", "id"]), &rows).unwrap().concat().unwrap();
+        assert_eq!(got, want.project(&[0, 2]).unwrap());
+        assert_eq!(Table::read_parquet_rows(&path, None, &[]).unwrap().num_rows(), 0);
+        // Rows out of order or out of range are an error, not a wrong answer.
+        assert!(Table::read_parquet_rows(&path, None, &[5, 3]).is_err());
+        assert!(Table::read_parquet_rows(&path, None, &[t.num_rows()]).is_err());
+        // All columns, read in parallel, give the same table.
+        assert_eq!(Table::read_parquet(&path).unwrap().concat().unwrap(), whole);
     }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use anyhow::{Context as _, anyhow, bail};
 use fleming_artifacts::{ArtifactRef, Digest, MemoLog, MemoStats, Table};
@@ -17,10 +17,36 @@ use crate::progress::Progress;
 /// One connected input.
 #[derive(Clone, Debug)]
 pub enum InputValue {
-    /// A table.
+    /// A table in memory.
     Table(Table),
+    /// A table in the store, read when first asked for: whole ([`Input::table`]) or only
+    /// some of its columns or rows ([`Input::columns`], [`Input::rows`]), so that an
+    /// incremental operator need not read a large input it only diffs.
+    Stored(StoredTable),
     /// A model directory (read-only).
     Model(PathBuf),
+}
+
+/// A Parquet table in the store, read once, when first needed whole.
+#[derive(Clone, Debug)]
+pub struct StoredTable {
+    path: PathBuf,
+    whole: Arc<OnceLock<Table>>,
+}
+
+impl StoredTable {
+    /// The table in this Parquet file (not read yet).
+    pub fn new(path: PathBuf) -> Self {
+        StoredTable { path, whole: Arc::default() }
+    }
+
+    fn whole(&self) -> anyhow::Result<&Table> {
+        if let Some(t) = self.whole.get() {
+            return Ok(t);
+        }
+        let t = Table::read_parquet(&self.path).with_context(|| format!("reading {}", self.path.display()))?;
+        Ok(self.whole.get_or_init(|| t))
+    }
 }
 
 /// An input with where it came from.
@@ -39,8 +65,41 @@ impl Input {
     pub fn table(&self) -> anyhow::Result<&Table> {
         match &self.value {
             InputValue::Table(t) => Ok(t),
+            InputValue::Stored(s) => s.whole(),
             InputValue::Model(_) => bail!("input from {} is a model, not a table", self.from),
         }
+    }
+
+    /// Only the named columns of the table (those it has, in its order); a stored table not
+    /// read yet is read only for them.
+    pub fn columns(&self, columns: &[&str]) -> anyhow::Result<Table> {
+        match &self.value {
+            InputValue::Stored(s) if s.whole.get().is_none() => Table::read_parquet_columns(&s.path, Some(columns))
+                .with_context(|| format!("reading {}", s.path.display())),
+            _ => Ok(self.table()?.project(columns)?),
+        }
+    }
+
+    /// Only the given rows (positions, ascending, each once) of the table, and only the
+    /// named columns if given; a stored table not read yet is read only for them.
+    pub fn rows(&self, columns: Option<&[&str]>, rows: &[usize]) -> anyhow::Result<Table> {
+        if let InputValue::Stored(s) = &self.value
+            && s.whole.get().is_none()
+        {
+            return Table::read_parquet_rows(&s.path, columns, rows)
+                .with_context(|| format!("reading {}", s.path.display()));
+        }
+        let t = self.table()?;
+        let t = match columns {
+            Some(c) => t.project(c)?,
+            None => t.clone(),
+        };
+        if !rows.windows(2).all(|w| w[0] < w[1]) || rows.last().is_some_and(|&r| r >= t.num_rows()) {
+            bail!("rows to read must be ascending, distinct and below {}", t.num_rows());
+        }
+        let indices = arrow::array::UInt32Array::from_iter_values(rows.iter().map(|&r| r as u32));
+        let batch = arrow::compute::take_record_batch(&t.concat()?, &indices)?;
+        Ok(Table::new(t.schema.clone(), vec![batch]))
     }
 }
 
@@ -259,8 +318,14 @@ impl OpContext {
 
     /// The single table connected to `port`.
     pub fn input_table(&self, port: &str) -> anyhow::Result<&Table> {
+        self.input(port)?.table()
+    }
+
+    /// The single input connected to `port`, for reading only some of its columns or rows
+    /// ([`Input::columns`], [`Input::rows`]).
+    pub fn input(&self, port: &str) -> anyhow::Result<&Input> {
         match self.inputs.get(port).map(|v| v.as_slice()) {
-            Some([one]) => one.table(),
+            Some([one]) => Ok(one),
             Some([]) | None => bail!("input `{port}` is not connected"),
             Some(more) => bail!("input `{port}` has {} tables connected; this operator reads one", more.len()),
         }
@@ -275,7 +340,7 @@ impl OpContext {
     pub fn input_model(&self, port: &str) -> anyhow::Result<&Path> {
         match self.inputs.get(port).and_then(|v| v.first()).map(|i| &i.value) {
             Some(InputValue::Model(p)) => Ok(p),
-            Some(InputValue::Table(_)) => bail!("input `{port}` is a table, not a model"),
+            Some(InputValue::Table(_) | InputValue::Stored(_)) => bail!("input `{port}` is a table, not a model"),
             None => bail!("input `{port}` is not connected"),
         }
     }
@@ -293,5 +358,44 @@ impl OpContext {
     /// Takes the metrics out.
     pub fn take_metrics(&mut self) -> Map<String, Value> {
         std::mem::take(&mut self.metrics)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{ArrayRef, Int64Array, StringArray};
+
+    fn input(value: InputValue) -> Input {
+        Input { from: "test".into(), digest: Digest::of(b""), value }
+    }
+
+    #[test]
+    fn a_stored_input_reads_what_is_asked_and_answers_as_in_memory() {
+        let ids: ArrayRef = Arc::new(StringArray::from_iter_values((0..20_000).map(|i| format!("p{i}"))));
+        let text: ArrayRef = Arc::new(StringArray::from_iter_values((0..20_000).map(|i| "x".repeat(i % 50))));
+        let n: ArrayRef = Arc::new(Int64Array::from_iter_values(0..20_000));
+        let t = fleming_artifacts::table::table_from_columns(vec![("id", ids), ("text", text), ("n", n)]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.parquet");
+        drop(t.write_parquet(std::fs::File::create(&path).unwrap()).unwrap());
+        let memory = input(InputValue::Table(t.clone()));
+        let stored = input(InputValue::Stored(StoredTable::new(path)));
+        let rows = [0, 1, 9_000, 19_999];
+        for _ in 0..2 {
+            // Before and after the whole table is read.
+            for i in [&memory, &stored] {
+                assert_eq!(
+                    i.columns(&["n", "id"]).unwrap().concat().unwrap(),
+                    t.project(&["id", "n"]).unwrap().concat().unwrap()
+                );
+                let some = i.rows(Some(&["text"]), &rows).unwrap().concat().unwrap();
+                let col = some.column(0).as_any().downcast_ref::<StringArray>().unwrap();
+                assert_eq!(col.iter().map(|v| v.unwrap().len()).collect::<Vec<_>>(), vec![0, 1, 0, 49]);
+                assert!(i.rows(None, &[3, 2]).is_err());
+                assert!(i.rows(None, &[20_000]).is_err());
+            }
+            assert_eq!(stored.table().unwrap().digest().unwrap(), t.digest().unwrap());
+        }
     }
 }

@@ -23,7 +23,7 @@ use serde_json::{Map, Value};
 
 use crate::cancel::{CancelToken, Cancelled};
 use crate::checks::{CheckResult, evaluate};
-use crate::context::{Input, InputValue, OpContext, PreviousRun, RecordMemo};
+use crate::context::{Input, InputValue, OpContext, PreviousRun, RecordMemo, StoredTable};
 use crate::dispatch::launcher::{GpuPool, find_worker, run_job};
 use crate::dispatch::{Device, Job, JobInput, PROTOCOL_VERSION};
 use crate::keys::{KeyParts, json_diff};
@@ -910,7 +910,13 @@ impl<'a> Executor<'a> {
                     let mut v = Vec::new();
                     for (from, a) in items {
                         let value = match a.kind {
-                            ArtifactKind::Table => InputValue::Table(self.store.read_table(a)?),
+                            // Read when the operator asks, and only what it asks for.
+                            ArtifactKind::Table => {
+                                if !self.store.has(a) {
+                                    return Err(fleming_artifacts::StoreError::Missing(a.digest).into());
+                                }
+                                InputValue::Stored(StoredTable::new(self.store.object_path(a.kind, &a.digest)))
+                            }
                             ArtifactKind::Tree => InputValue::Model(self.store.object_path(a.kind, &a.digest)),
                         };
                         v.push(Input { from: from.clone(), digest: a.digest, value });
@@ -1060,7 +1066,9 @@ impl<'a> Executor<'a> {
                 return Ok(committed);
             }
         };
+        let t_write = Instant::now();
         let committed = self.commit_outputs(outputs)?;
+        metrics.insert("write_s".into(), t_write.elapsed().as_secs_f64().into());
         if let Some((op, keys)) = used_memo
             && !keys.is_empty()
         {
@@ -1070,9 +1078,11 @@ impl<'a> Executor<'a> {
         Ok(committed)
     }
 
+    /// Moves the outputs into the store, all at once (on the rayon pool): encoding and
+    /// hashing a large table is most of a short rerun's time.
     fn commit_outputs(&self, outputs: crate::op::Outputs) -> anyhow::Result<BTreeMap<String, ArtifactRef>> {
-        let mut refs = BTreeMap::new();
-        for (port, value) in outputs.0 {
+        use rayon::prelude::*;
+        let commit = |(port, value): (String, OutputValue)| -> anyhow::Result<(String, ArtifactRef)> {
             let r = match value {
                 OutputValue::Table(t) => self.store.put_table(&t)?,
                 OutputValue::Model(dir) => {
@@ -1089,9 +1099,9 @@ impl<'a> Executor<'a> {
                     self.store.put_tree(&dir)?
                 }
             };
-            refs.insert(port, r);
-        }
-        Ok(refs)
+            Ok((port, r))
+        };
+        outputs.0.into_iter().collect::<Vec<_>>().into_par_iter().map(commit).collect()
     }
 
     fn previous_run(&self, stage: &Stage, key: &Digest) -> anyhow::Result<Option<PreviousRun>> {

@@ -37,7 +37,7 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use fleming_artifacts::Table;
-use fleming_runtime::context::OpContext;
+use fleming_runtime::context::{Input, OpContext};
 use fleming_runtime::op::{
     ColumnSpec, Execution, InputPorts, OpSpec, Operator, Outputs, ParamSpec, ParamType, PortSpec,
 };
@@ -92,7 +92,8 @@ static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
             ColumnSpec::new("title", DataType::Utf8, false),
             ColumnSpec::new("wikitext", DataType::Utf8, false),
         ],
-        "pages (from `crawl`; `ns`, `redirect_to` and `digest` are used when present)",
+        "pages (from `crawl`; `ns`, `redirect_to` and `digest` are used when present; with a \
+         `redirect_to` column, it alone says which pages are redirects)",
     )]),
     outputs: vec![
         PortSpec::table_with(
@@ -197,6 +198,43 @@ pub struct PagesView {
     digest: Option<StringArray>,
 }
 
+/// The wikitext of some rows of a pages table (an incremental run reads only those).
+struct SomeTexts {
+    /// Row numbers, ascending.
+    rows: Vec<usize>,
+    text: StringArray,
+}
+
+impl SomeTexts {
+    /// The wikitext of `rows` (ascending): from the view if it has the text, else read from
+    /// the input the view was made from.
+    fn of(view: &PagesView, input: &Input, rows: &[usize]) -> anyhow::Result<SomeTexts> {
+        let text = match &view.wikitext {
+            Some(w) => {
+                let indices = arrow::array::UInt32Array::from_iter_values(rows.iter().map(|&r| r as u32));
+                arrow::compute::take(w, &indices, None)?
+            }
+            None => {
+                let t = input.rows(Some(&["wikitext"]), rows)?.concat()?;
+                let c =
+                    t.column_by_name("wikitext").ok_or_else(|| anyhow!("the pages table has no `wikitext` column"))?;
+                arrow::compute::cast(c, &DataType::Utf8)?
+            }
+        };
+        let text =
+            text.as_any().downcast_ref::<StringArray>().cloned().ok_or_else(|| anyhow!("`wikitext` is not text"))?;
+        Ok(SomeTexts { rows: rows.to_vec(), text })
+    }
+
+    /// The text of row `i` (empty if null or not read).
+    fn get(&self, i: usize) -> &str {
+        match self.rows.binary_search(&i) {
+            Ok(j) if !self.text.is_null(j) => self.text.value(j),
+            _ => "",
+        }
+    }
+}
+
 fn utf8(batch: &RecordBatch, name: &str) -> anyhow::Result<Option<StringArray>> {
     let Some(c) = batch.column_by_name(name) else { return Ok(None) };
     let c = if c.data_type() == &DataType::Utf8 { c.clone() } else { arrow::compute::cast(c, &DataType::Utf8)? };
@@ -245,6 +283,13 @@ impl PagesView {
         self.redirect_to.as_ref().filter(|r| !r.is_null(i)).map(|r| r.value(i)).filter(|s| !s.is_empty())
     }
 
+    /// Whether a page's wikitext `#REDIRECT` makes it a redirect: only without a
+    /// `redirect_to` column (`crawl` fills it from the text). With it, which pages are
+    /// redirects is known without reading any text, which an incremental run relies on.
+    fn text_redirects(&self) -> bool {
+        self.redirect_to.is_none()
+    }
+
     fn ns(&self, i: usize) -> i64 {
         self.ns.as_ref().filter(|n| !n.is_null(i)).map(|n| n.value(i)).unwrap_or(0)
     }
@@ -262,7 +307,12 @@ impl PagesView {
     }
 
     fn page_ref(&self, i: usize) -> PageRef<'_> {
-        PageRef { id: self.id.value(i), title: self.title.value(i), redirect_to: self.redirect(i) }
+        PageRef {
+            id: self.id.value(i),
+            title: self.title.value(i),
+            redirect_to: self.redirect(i),
+            text_redirects: self.text_redirects(),
+        }
     }
 
     /// Which rows are used: articles with a title, the first row (in id order) of each
@@ -311,7 +361,10 @@ impl PagesView {
     fn redirects(&self, keep: &[bool]) -> Redirects {
         let mut m = Redirects::default();
         for (i, _) in keep.iter().enumerate().filter(|(_, k)| **k) {
-            let target = self.redirect(i).map(normalize_title).or_else(|| wikitext::parse_redirect(self.text(i)));
+            let target = match self.text_redirects() {
+                false => self.redirect(i).map(normalize_title),
+                true => wikitext::parse_redirect(self.text(i)),
+            };
             if let Some(t) = target {
                 let from = normalize_title(self.title.value(i));
                 if !t.is_empty() && t != from {
@@ -426,16 +479,24 @@ impl Operator for Extract {
         let s = settings(ctx)?;
         ctx.metric("lexicon_names", s.lexicon.len() as u64);
         ctx.metric("lexicon_s", t0.elapsed().as_secs_f64());
-        let pages = Arc::new(PagesView::new(ctx.input_table("pages")?)?);
-        if pages.wikitext.is_none() {
-            anyhow::bail!("the pages table has no `wikitext` column");
-        }
         let incremental = ctx.params.bool("incremental")?;
         let t_prev = Instant::now();
         let prev = if incremental { previous_state(ctx, &s.state)? } else { Err("`incremental` is off") };
         ctx.metric("previous_s", t_prev.elapsed().as_secs_f64());
         let updated = match prev {
-            Ok(prev) => incremental_run(ctx, &s, &pages, &prev)?,
+            Ok(prev) => {
+                // The diff reads the pages without their wikitext (most of the bytes); the
+                // changed pages' text is read on its own. Without digests it hashes the text.
+                let t = Instant::now();
+                let input = ctx.input("pages")?.clone();
+                let small = input.columns(DIFF_COLUMNS)?;
+                let pages = match small.schema.column_with_name("digest") {
+                    Some(_) => PagesView::new(&small)?,
+                    None => PagesView::new(input.table()?)?,
+                };
+                ctx.metric("input_s", t.elapsed().as_secs_f64());
+                incremental_run(ctx, &s, &pages, &input, &prev)?
+            }
             Err(why) => Err(why),
         };
         let (ents, rels, rejects) = match updated {
@@ -443,6 +504,10 @@ impl Operator for Extract {
             Err(why) => {
                 // Said in the manifest, so that a slow rerun explains itself.
                 ctx.metric("full_reason", why);
+                let pages = Arc::new(PagesView::new(ctx.input_table("pages")?)?);
+                if pages.wikitext.is_none() {
+                    anyhow::bail!("the pages table has no `wikitext` column");
+                }
                 full_run(ctx, &s, &pages)?
             }
         };
@@ -1077,7 +1142,8 @@ fn touches(r: &Rec, set: &KeySet) -> bool {
 fn incremental_run(
     ctx: &mut OpContext,
     s: &Settings,
-    pages: &Arc<PagesView>,
+    pages: &PagesView,
+    input: &Input,
     prev: &Previous,
 ) -> anyhow::Result<Result<Built, &'static str>> {
     let t = Instant::now();
@@ -1097,11 +1163,13 @@ fn incremental_run(
     ctx.metric("prep_diff_s", t.elapsed().as_secs_f64());
     let memo = ctx.memo.clone();
     let mut parsed = 0u64;
-    // Facts of the changed pages. The previous pages come without their text: their facts
-    // are in the memo (the previous run put them there), and the text is read only if not.
+    // Facts of the changed pages: the new ones from their text, read now; the previous
+    // pages come without their text: their facts are in the memo (the previous run put them
+    // there), and the text is read only if not.
+    let new_texts = SomeTexts::of(pages, input, &changed_new)?;
     let new_facts: Vec<PageFacts> = changed_new
         .iter()
-        .map(|&i| facts_for(&memo, pages.title.value(i), &pages.digest(i), pages.text(i), &mut parsed))
+        .map(|&i| facts_for(&memo, pages.title.value(i), &pages.digest(i), new_texts.get(i), &mut parsed))
         .collect();
     let memo_old: Option<Vec<PageFacts>> =
         changed_old.iter().map(|&i| memo_facts(&memo, prev.pages.title.value(i), &prev.pages.digest(i))).collect();
@@ -1124,7 +1192,10 @@ fn incremental_run(
     }
     for (&i, f) in changed_old.iter().zip(&old_facts) {
         let from = normalize_title(prev.pages.title.value(i));
-        let target = prev.pages.redirect(i).map(normalize_title).or_else(|| f.redirect.clone());
+        let target = match prev.pages.text_redirects() {
+            false => prev.pages.redirect(i).map(normalize_title),
+            true => f.redirect.clone(),
+        };
         if let Some(t) = target.filter(|t| !t.is_empty() && *t != from) {
             old_map.insert(from, t);
         }
@@ -1201,9 +1272,19 @@ fn incremental_run(
         }
         let row_of: HashMap<&str, usize> =
             (0..pages.len()).filter(|&i| keep_new[i]).map(|i| (pages.id.value(i), i)).collect();
-        for id in &fallback_pages {
-            let Some(&i) = row_of.get(id.as_str()) else { continue };
-            let f = facts_for(&memo, pages.title.value(i), &pages.digest(i), pages.text(i), &mut parsed);
+        let mut rows: Vec<usize> = fallback_pages.iter().filter_map(|id| row_of.get(id.as_str()).copied()).collect();
+        rows.sort_unstable();
+        // Their facts are in the memo, but for the changed pages (whose text is read) and
+        // for entries gone from it: the text of those is read in one go.
+        let facts: Vec<Option<PageFacts>> =
+            rows.iter().map(|&i| memo_facts(&memo, pages.title.value(i), &pages.digest(i))).collect();
+        let missing: Vec<usize> = rows.iter().zip(&facts).filter(|(_, f)| f.is_none()).map(|(&i, _)| i).collect();
+        let texts = SomeTexts::of(pages, input, &missing)?;
+        for (&i, f) in rows.iter().zip(facts) {
+            let f = match f {
+                Some(f) => f,
+                None => facts_for(&memo, pages.title.value(i), &pages.digest(i), texts.get(i), &mut parsed),
+            };
             for (r, d) in rules::records(&pages.page_ref(i), &f, &interp, &new_res, &mut names) {
                 if touches(&r, &rset) {
                     let (a, b) = r.keys();

@@ -566,6 +566,9 @@ pub struct PageRef<'a> {
     pub title: &'a str,
     /// `redirect_to` of the row, if set.
     pub redirect_to: Option<&'a str>,
+    /// Whether the wikitext's `#REDIRECT` makes the page a redirect (only when the table
+    /// has no `redirect_to` column).
+    pub text_redirects: bool,
 }
 
 /// Maps a normalised title to the title it redirects to (if any).
@@ -592,7 +595,10 @@ pub fn records(
     }
     let page_h = name(page.id, names);
     let res = |t: &str| resolve(t).unwrap_or_else(|| t.to_string());
-    let redirect = page.redirect_to.map(normalize_title).or_else(|| facts.redirect.clone());
+    let redirect = match page.text_redirects {
+        false => page.redirect_to.map(normalize_title),
+        true => facts.redirect.clone(),
+    };
     if let Some(target) = redirect.filter(|t| !t.is_empty() && *t != title) {
         // A redirect: its title is an alias of the (resolved) target.
         let t = res(&target);
