@@ -49,8 +49,8 @@ use self::lexicon::{EntityType, Lexicon};
 use self::rules::{Hex16, Interp, Names, OwnVal, PageFacts, PageRef, Predicate, Rec, RelKey, SupportVal, h};
 use self::wikitext::normalize_title;
 
-/// Version of the operator (and of its memoised page facts).
-pub const VERSION: u32 = 1;
+/// Version of the operator (and of its memoised page facts). 2: entity keys are XXH3-64.
+pub const VERSION: u32 = 2;
 /// Schema metadata key holding the settings fingerprint of an output.
 pub const STATE_KEY: &str = "fleming.extract.state";
 
