@@ -118,6 +118,15 @@ impl Table {
         Ok(Table { schema: Arc::new(self.schema.project(&keep)?), batches })
     }
 
+    /// Only the given rows (ascending, each once), in one batch: the in-memory counterpart
+    /// of [`Table::read_parquet_rows`].
+    pub fn take_rows(&self, rows: &[usize]) -> Result<Table, TableError> {
+        check_rows(rows, self.num_rows())?;
+        let indices = arrow::array::UInt32Array::from_iter_values(rows.iter().map(|&r| r as u32));
+        let batch = arrow::compute::take_record_batch(&self.concat()?, &indices)?;
+        Ok(Table::new(self.schema.clone(), vec![batch]))
+    }
+
     /// Reads only the schema of a Parquet file.
     pub fn read_parquet_schema(path: &Path) -> Result<SchemaRef, TableError> {
         let file = File::open(path)?;
@@ -201,12 +210,7 @@ fn read_selected(path: &Path, columns: Option<&[&str]>, rows: Option<&[usize]>) 
     let total = meta.metadata().file_metadata().num_rows() as usize;
     let selection = match rows {
         Some(rows) => {
-            if !rows.windows(2).all(|w| w[0] < w[1]) || rows.last().is_some_and(|&r| r >= total) {
-                return Err(arrow::error::ArrowError::InvalidArgumentError(format!(
-                    "rows to read must be ascending, distinct and below {total}"
-                ))
-                .into());
-            }
+            check_rows(rows, total)?;
             Some(row_ranges(rows))
         }
         None => None,
@@ -239,6 +243,17 @@ fn read_selected(path: &Path, columns: Option<&[&str]>, rows: Option<&[usize]>) 
         batches.push(RecordBatch::try_new(schema.clone(), cols)?);
     }
     Ok(Table { schema, batches })
+}
+
+/// Row numbers to read must be ascending, distinct and below the row count.
+fn check_rows(rows: &[usize], total: usize) -> Result<(), TableError> {
+    if !rows.windows(2).all(|w| w[0] < w[1]) || rows.last().is_some_and(|&r| r >= total) {
+        return Err(arrow::error::ArrowError::InvalidArgumentError(format!(
+            "rows to read must be ascending, distinct and below {total}"
+        ))
+        .into());
+    }
+    Ok(())
 }
 
 /// Ascending distinct row numbers as ranges of consecutive rows.
@@ -476,6 +491,8 @@ mod tests {
         let want = arrow::compute::take_record_batch(&whole, &indices).unwrap();
         let got = Table::read_parquet_rows(&path, None, &rows).unwrap().concat().unwrap();
         assert_eq!(got, want);
+        assert_eq!(t.take_rows(&rows).unwrap().concat().unwrap(), want);
+        assert!(t.take_rows(&[5, 3]).is_err());
         let got = Table::read_parquet_rows(&path, Some(&["list", "id"]), &rows).unwrap().concat().unwrap();
         assert_eq!(got, want.project(&[0, 2]).unwrap());
         assert_eq!(Table::read_parquet_rows(&path, None, &[]).unwrap().num_rows(), 0);

@@ -90,16 +90,10 @@ impl Input {
                 .with_context(|| format!("reading {}", s.path.display()));
         }
         let t = self.table()?;
-        let t = match columns {
-            Some(c) => t.project(c)?,
-            None => t.clone(),
-        };
-        if !rows.windows(2).all(|w| w[0] < w[1]) || rows.last().is_some_and(|&r| r >= t.num_rows()) {
-            bail!("rows to read must be ascending, distinct and below {}", t.num_rows());
-        }
-        let indices = arrow::array::UInt32Array::from_iter_values(rows.iter().map(|&r| r as u32));
-        let batch = arrow::compute::take_record_batch(&t.concat()?, &indices)?;
-        Ok(Table::new(t.schema.clone(), vec![batch]))
+        Ok(match columns {
+            Some(c) => t.project(c)?.take_rows(rows)?,
+            None => t.take_rows(rows)?,
+        })
     }
 }
 

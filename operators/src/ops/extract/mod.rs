@@ -1274,8 +1274,8 @@ fn incremental_run(
             (0..pages.len()).filter(|&i| keep_new[i]).map(|i| (pages.id.value(i), i)).collect();
         let mut rows: Vec<usize> = fallback_pages.iter().filter_map(|id| row_of.get(id.as_str()).copied()).collect();
         rows.sort_unstable();
-        // Their facts are in the memo, but for the changed pages (whose text is read) and
-        // for entries gone from it: the text of those is read in one go.
+        // Their facts are in the memo (the unchanged pages' from the previous run, the
+        // changed ones' from just above); the text of any gone from it is read in one go.
         let facts: Vec<Option<PageFacts>> =
             rows.iter().map(|&i| memo_facts(&memo, pages.title.value(i), &pages.digest(i))).collect();
         let missing: Vec<usize> = rows.iter().zip(&facts).filter(|(_, f)| f.is_none()).map(|(&i, _)| i).collect();
