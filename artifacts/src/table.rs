@@ -231,17 +231,15 @@ fn read_selected(path: &Path, columns: Option<&[&str]>, rows: Option<&[usize]>) 
     // Each column from its own file handle: clones of one handle would share its offset.
     let per_column: Vec<Vec<RecordBatch>> = roots.par_iter().map(|&i| read(&[i])).collect::<Result<_, TableError>>()?;
     let n = per_column[0].len();
-    let mut batches = Vec::with_capacity(n);
-    for j in 0..n {
-        let mut cols = Vec::with_capacity(roots.len());
-        for c in &per_column {
-            let b = c.get(j).ok_or_else(|| {
-                arrow::error::ArrowError::ComputeError("columns read with different batch boundaries".into())
-            })?;
-            cols.push(b.column(0).clone());
-        }
-        batches.push(RecordBatch::try_new(schema.clone(), cols)?);
+    if per_column.iter().any(|c| c.len() != n) {
+        // `try_new` below checks the lengths within a batch; this, the number of batches.
+        return Err(
+            arrow::error::ArrowError::ComputeError("columns read with different batch boundaries".into()).into()
+        );
     }
+    let batches = (0..n)
+        .map(|j| RecordBatch::try_new(schema.clone(), per_column.iter().map(|c| c[j].column(0).clone()).collect()))
+        .collect::<Result<_, _>>()?;
     Ok(Table { schema, batches })
 }
 
