@@ -433,6 +433,27 @@ fn memo_facts_at(memo: &fleming_runtime::context::RecordMemo, key: &fleming_arti
     postcard::from_bytes::<PageFacts>(&memo.get(key)?).ok()
 }
 
+/// Facts of some rows (ascending) of a view: from the memo, else parsed (and memoised).
+/// Only the text of the rows missing from the memo is read, in one go: a page seen before
+/// (a reverted edit, a dump version read before) costs no read.
+fn facts_of_rows(
+    memo: &fleming_runtime::context::RecordMemo,
+    view: &PagesView,
+    input: &Input,
+    rows: &[usize],
+    parsed: &mut u64,
+) -> anyhow::Result<Vec<PageFacts>> {
+    let found: Vec<Option<PageFacts>> =
+        rows.iter().map(|&i| memo_facts(memo, view.title.value(i), &view.digest(i))).collect();
+    let missing: Vec<usize> = rows.iter().zip(&found).filter(|(_, f)| f.is_none()).map(|(&i, _)| i).collect();
+    let texts = SomeTexts::of(view, input, &missing)?;
+    Ok(rows
+        .iter()
+        .zip(found)
+        .map(|(&i, f)| f.unwrap_or_else(|| facts_for(memo, view.title.value(i), &view.digest(i), texts.get(i), parsed)))
+        .collect())
+}
+
 /// Facts of a page: from the memo, else parsed (and memoised).
 fn facts_for(
     memo: &fleming_runtime::context::RecordMemo,
@@ -495,7 +516,13 @@ impl Operator for Extract {
                     None => PagesView::new(input.table()?)?,
                 };
                 ctx.metric("input_s", t.elapsed().as_secs_f64());
-                incremental_run(ctx, &s, &pages, &input, &prev)?
+                // The previous outputs (every row, the bulk of what a rerun reads) are read
+                // on their own thread while the diff runs, which does not need them.
+                std::thread::scope(|scope| {
+                    let reading = scope.spawn(|| prev.outputs());
+                    let outputs = || reading.join().map_err(|_| anyhow!("reading the previous outputs panicked"))?;
+                    incremental_run(ctx, &s, &pages, &input, &prev, outputs)
+                })?
             }
             Err(why) => Err(why),
         };
@@ -518,13 +545,19 @@ impl Operator for Extract {
     }
 }
 
-/// The previous run's outputs and input, when they were made with the same settings.
+/// The previous run's input, when its outputs were made with the same settings.
 struct Previous {
-    entities: Vec<RecordBatch>,
-    relations: Vec<RecordBatch>,
     /// Its pages, read without their wikitext when they have digests (see [`Previous::texts`]).
     pages: PagesView,
     run: fleming_runtime::context::PreviousRun,
+}
+
+/// The previous entities and relations, as read.
+struct PreviousOutputs {
+    entities: Vec<RecordBatch>,
+    relations: Vec<RecordBatch>,
+    /// Seconds the read took.
+    read_s: f64,
 }
 
 /// The columns of the previous pages that the diff reads: the wikitext, most of the bytes,
@@ -540,6 +573,17 @@ impl Previous {
         let p = self.run.input("pages", 0)?.ok_or_else(|| anyhow!("the previous pages are no longer in the store"))?;
         Ok(Some(PagesView::new(&p)?))
     }
+
+    /// Reads the previous entities and relations (checked to be in the store).
+    fn outputs(&self) -> anyhow::Result<PreviousOutputs> {
+        let read = |port: &str| -> anyhow::Result<Vec<RecordBatch>> {
+            let t = self.run.output(port)?.ok_or_else(|| anyhow!("the previous {port} are no longer in the store"))?;
+            Ok(t.batches)
+        };
+        let t = Instant::now();
+        let (entities, relations) = (read("entities")?, read("relations")?);
+        Ok(PreviousOutputs { entities, relations, read_s: t.elapsed().as_secs_f64() })
+    }
 }
 
 fn previous_state(ctx: &OpContext, state: &str) -> anyhow::Result<Result<Previous, &'static str>> {
@@ -549,14 +593,22 @@ fn previous_state(ctx: &OpContext, state: &str) -> anyhow::Result<Result<Previou
         Ok(Some(p)) if p.schema.column_with_name("digest").is_none() => prev.input("pages", 0),
         other => other,
     };
-    let (Ok(Some(e)), Ok(Some(r)), Ok(Some(p))) = (prev.output("entities"), prev.output("relations"), pages) else {
+    // The outputs' settings are in their schema: no column is read here (see
+    // [`Previous::outputs`]).
+    let schema_of = |port: &str| -> anyhow::Result<Option<Table>> {
+        match prev.outputs.get(port) {
+            Some(r) => (prev.reader)(&r.digest, Some(&[])),
+            None => Ok(None),
+        }
+    };
+    let (Ok(Some(e)), Ok(Some(r)), Ok(Some(p))) = (schema_of("entities"), schema_of("relations"), pages) else {
         return Ok(Err("the previous output or input is no longer in the store"));
     };
     let same = |t: &Table| t.schema.metadata().get(STATE_KEY).map(String::as_str) == Some(state);
     if !same(&e) || !same(&r) {
         return Ok(Err("the previous output was made with other settings"));
     }
-    Ok(Ok(Previous { entities: e.batches, relations: r.batches, pages: PagesView::new(&p)?, run: prev.clone() }))
+    Ok(Ok(Previous { pages: PagesView::new(&p)?, run: prev.clone() }))
 }
 
 type Built = (Table, Table, Table);
@@ -1145,9 +1197,10 @@ fn incremental_run(
     pages: &PagesView,
     input: &Input,
     prev: &Previous,
+    outputs: impl FnOnce() -> anyhow::Result<PreviousOutputs>,
 ) -> anyhow::Result<Result<Built, &'static str>> {
     let t = Instant::now();
-    let (new_rows, old_rows) = (pages.usable(), prev.pages.usable());
+    let (new_rows, old_rows) = rayon::join(|| pages.usable(), || prev.pages.usable());
     if !new_rows.rejects.iter().chain(old_rows.rejects.iter()).all(|r| r.2 == "empty title") {
         // Duplicate titles make "which page is the entity's own" depend on both versions.
         return Ok(Err("duplicate page titles or ids"));
@@ -1166,11 +1219,7 @@ fn incremental_run(
     // Facts of the changed pages: the new ones from their text, read now; the previous
     // pages come without their text: their facts are in the memo (the previous run put them
     // there), and the text is read only if not.
-    let new_texts = SomeTexts::of(pages, input, &changed_new)?;
-    let new_facts: Vec<PageFacts> = changed_new
-        .iter()
-        .map(|&i| facts_for(&memo, pages.title.value(i), &pages.digest(i), new_texts.get(i), &mut parsed))
-        .collect();
+    let new_facts = facts_of_rows(&memo, pages, input, &changed_new, &mut parsed)?;
     let memo_old: Option<Vec<PageFacts>> =
         changed_old.iter().map(|&i| memo_facts(&memo, prev.pages.title.value(i), &prev.pages.digest(i))).collect();
     let old_facts = match memo_old {
@@ -1256,7 +1305,11 @@ fn incremental_run(
     // Re-resolved keys: everything the pages touching them say about them, as it is now.
     // The previous tables are walked batch by batch, as they were read: concatenating them
     // would copy every row.
-    let (pe, pr) = (&prev.entities, &prev.relations);
+    let t_wait = Instant::now();
+    let read = outputs()?;
+    ctx.metric("previous_outputs_s", read.read_s);
+    ctx.metric("previous_wait_s", t_wait.elapsed().as_secs_f64());
+    let (pe, pr) = (&read.entities, &read.relations);
     if !rset.is_empty() {
         let mut fallback_pages: BTreeSet<String> = BTreeSet::new();
         for b in pe {
@@ -1275,16 +1328,9 @@ fn incremental_run(
         let mut rows: Vec<usize> = fallback_pages.iter().filter_map(|id| row_of.get(id.as_str()).copied()).collect();
         rows.sort_unstable();
         // Their facts are in the memo (the unchanged pages' from the previous run, the
-        // changed ones' from just above); the text of any gone from it is read in one go.
-        let facts: Vec<Option<PageFacts>> =
-            rows.iter().map(|&i| memo_facts(&memo, pages.title.value(i), &pages.digest(i))).collect();
-        let missing: Vec<usize> = rows.iter().zip(&facts).filter(|(_, f)| f.is_none()).map(|(&i, _)| i).collect();
-        let texts = SomeTexts::of(pages, input, &missing)?;
+        // changed ones' from just above).
+        let facts = facts_of_rows(&memo, pages, input, &rows, &mut parsed)?;
         for (&i, f) in rows.iter().zip(facts) {
-            let f = match f {
-                Some(f) => f,
-                None => facts_for(&memo, pages.title.value(i), &pages.digest(i), texts.get(i), &mut parsed),
-            };
             for (r, d) in rules::records(&pages.page_ref(i), &f, &interp, &new_res, &mut names) {
                 if touches(&r, &rset) {
                     let (a, b) = r.keys();
