@@ -366,7 +366,12 @@ struct ChunkTask<'a> {
 
 /// Bytes of the rows of a batch (of a slice: only its part of the buffers).
 fn slice_bytes(batch: &RecordBatch) -> usize {
-    batch.columns().iter().map(|c| c.to_data().get_slice_memory_size().unwrap_or(0)).sum()
+    // Types whose slice size Arrow cannot tell count their whole buffers.
+    batch
+        .columns()
+        .iter()
+        .map(|c| c.to_data().get_slice_memory_size().unwrap_or_else(|_| c.get_array_memory_size()))
+        .sum()
 }
 
 /// One column of a [`SchemaSummary`].
