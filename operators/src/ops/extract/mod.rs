@@ -517,7 +517,8 @@ impl Operator for Extract {
                 };
                 ctx.metric("input_s", t.elapsed().as_secs_f64());
                 // The previous outputs (every row, the bulk of what a rerun reads) are read
-                // on their own thread while the diff runs, which does not need them.
+                // on their own thread while the diff runs, which does not need them. (When
+                // the diff falls back to a full run, the scope still waits for the read.)
                 std::thread::scope(|scope| {
                     let reading = scope.spawn(|| prev.outputs());
                     let outputs = || reading.join().map_err(|_| anyhow!("reading the previous outputs panicked"))?;
@@ -1216,9 +1217,9 @@ fn incremental_run(
     ctx.metric("prep_diff_s", t.elapsed().as_secs_f64());
     let memo = ctx.memo.clone();
     let mut parsed = 0u64;
-    // Facts of the changed pages: the new ones from their text, read now; the previous
-    // pages come without their text: their facts are in the memo (the previous run put them
-    // there), and the text is read only if not.
+    // Facts of the changed pages, from the memo where it has them (the previous pages' are
+    // there: the previous run put them there), else from their text, read now for those
+    // pages only.
     let new_facts = facts_of_rows(&memo, pages, input, &changed_new, &mut parsed)?;
     let memo_old: Option<Vec<PageFacts>> =
         changed_old.iter().map(|&i| memo_facts(&memo, prev.pages.title.value(i), &prev.pages.digest(i))).collect();
