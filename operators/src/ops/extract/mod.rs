@@ -241,10 +241,15 @@ fn utf8(batch: &RecordBatch, name: &str) -> anyhow::Result<Option<StringArray>> 
     Ok(c.as_any().downcast_ref::<StringArray>().cloned())
 }
 
+/// The columns of a pages table that extract reads: the others (links, categories, ...)
+/// are neither read from the store nor copied.
+const PAGE_COLUMNS: &[&str] = &["id", "title", "ns", "wikitext", "redirect_to", "digest"];
+
 impl PagesView {
     /// Reads the columns of a pages table.
     pub fn new(t: &Table) -> anyhow::Result<Self> {
-        let b = t.concat()?;
+        // One array per column (only those read here: a whole table would copy every column).
+        let b = t.project(PAGE_COLUMNS)?.concat()?;
         let need = |n: &str| -> anyhow::Result<StringArray> {
             utf8(&b, n)?.ok_or_else(|| anyhow!("the pages table has no `{n}` column"))
         };
@@ -513,7 +518,7 @@ impl Operator for Extract {
                 let small = input.columns(DIFF_COLUMNS)?;
                 let pages = match small.schema.column_with_name("digest") {
                     Some(_) => PagesView::new(&small)?,
-                    None => PagesView::new(input.table()?)?,
+                    None => PagesView::new(&input.columns(PAGE_COLUMNS)?)?,
                 };
                 ctx.metric("input_s", t.elapsed().as_secs_f64());
                 // The previous outputs (every row, the bulk of what a rerun reads) are read
@@ -532,7 +537,7 @@ impl Operator for Extract {
             Err(why) => {
                 // Said in the manifest, so that a slow rerun explains itself.
                 ctx.metric("full_reason", why);
-                let pages = Arc::new(PagesView::new(ctx.input_table("pages")?)?);
+                let pages = Arc::new(PagesView::new(&ctx.input("pages")?.columns(PAGE_COLUMNS)?)?);
                 if pages.wikitext.is_none() {
                     anyhow::bail!("the pages table has no `wikitext` column");
                 }
