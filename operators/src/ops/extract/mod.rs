@@ -32,8 +32,8 @@ use std::time::Instant;
 
 use anyhow::{Context, anyhow};
 use arrow::array::{
-    Array, ArrayRef, Float64Array, Float64Builder, Int64Array, Int64Builder, ListArray, ListBuilder, RecordBatch,
-    StringArray, StringBuilder,
+    Array, ArrayRef, Float64Array, Float64Builder, Int64Array, Int64Builder, LargeStringArray, ListArray, ListBuilder,
+    RecordBatch, StringArray, StringBuilder,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use fleming_artifacts::Table;
@@ -191,8 +191,9 @@ type KeySet = rustc_hash::FxHashSet<u64>;
 pub struct PagesView {
     id: StringArray,
     title: StringArray,
-    /// `None` for a previous input read without it (see [`Previous`]).
-    wikitext: Option<StringArray>,
+    /// `None` for a previous input read without it (see [`Previous`]). 64-bit offsets: a
+    /// real dump's pages hold more than the 2 GiB a `Utf8` array can.
+    wikitext: Option<LargeStringArray>,
     ns: Option<Int64Array>,
     redirect_to: Option<StringArray>,
     digest: Option<StringArray>,
@@ -202,7 +203,7 @@ pub struct PagesView {
 struct SomeTexts {
     /// Row numbers, ascending.
     rows: Vec<usize>,
-    text: StringArray,
+    text: LargeStringArray,
 }
 
 impl SomeTexts {
@@ -218,11 +219,14 @@ impl SomeTexts {
                 let t = input.rows(Some(&["wikitext"]), rows)?.concat()?;
                 let c =
                     t.column_by_name("wikitext").ok_or_else(|| anyhow!("the pages table has no `wikitext` column"))?;
-                arrow::compute::cast(c, &DataType::Utf8)?
+                arrow::compute::cast(c, &DataType::LargeUtf8)?
             }
         };
-        let text =
-            text.as_any().downcast_ref::<StringArray>().cloned().ok_or_else(|| anyhow!("`wikitext` is not text"))?;
+        let text = text
+            .as_any()
+            .downcast_ref::<LargeStringArray>()
+            .cloned()
+            .ok_or_else(|| anyhow!("`wikitext` is not text"))?;
         Ok(SomeTexts { rows: rows.to_vec(), text })
     }
 
@@ -249,7 +253,26 @@ impl PagesView {
     /// Reads the columns of a pages table.
     pub fn new(t: &Table) -> anyhow::Result<Self> {
         // One array per column (only those read here: a whole table would copy every column).
-        let b = t.project(PAGE_COLUMNS)?.concat()?;
+        // The text is joined on its own, with 64-bit offsets.
+        let small: Vec<&str> = PAGE_COLUMNS.iter().copied().filter(|&c| c != "wikitext").collect();
+        let b = t.project(&small)?.concat()?;
+        let wikitext = match t.schema.column_with_name("wikitext") {
+            Some((at, _)) => {
+                let parts = t
+                    .batches
+                    .iter()
+                    .map(|b| arrow::compute::cast(b.column(at), &DataType::LargeUtf8))
+                    .collect::<Result<Vec<_>, _>>()?;
+                match parts.is_empty() {
+                    true => Some(LargeStringArray::from(Vec::<&str>::new())),
+                    false => {
+                        let joined = arrow::compute::concat(&parts.iter().map(|p| p.as_ref()).collect::<Vec<_>>())?;
+                        joined.as_any().downcast_ref::<LargeStringArray>().cloned()
+                    }
+                }
+            }
+            None => None,
+        };
         let need = |n: &str| -> anyhow::Result<StringArray> {
             utf8(&b, n)?.ok_or_else(|| anyhow!("the pages table has no `{n}` column"))
         };
@@ -260,7 +283,7 @@ impl PagesView {
         Ok(PagesView {
             id: need("id")?,
             title: need("title")?,
-            wikitext: utf8(&b, "wikitext")?,
+            wikitext,
             ns,
             redirect_to: utf8(&b, "redirect_to")?,
             digest: utf8(&b, "digest")?,

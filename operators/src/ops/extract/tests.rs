@@ -873,3 +873,24 @@ mod incremental_fuzz {
         }
     }
 }
+
+/// A pages table holding more than the 2 GiB of text that one `Utf8` array can: the view
+/// joins its batches' wikitext with 64-bit offsets instead of failing.
+#[test]
+fn pages_with_more_than_2_gib_of_text_make_one_view() {
+    // Two batches share one 1.1 GB text buffer, so the test holds 1.1 GB plus the joined 2.2.
+    let big: Arc<StringArray> = Arc::new(StringArray::from(vec!["x".repeat(1_100_000_000)]));
+    let batch = |id: &str, title: &str| {
+        RecordBatch::try_from_iter([
+            ("id", Arc::new(StringArray::from(vec![id])) as ArrayRef),
+            ("title", Arc::new(StringArray::from(vec![title])) as ArrayRef),
+            ("wikitext", big.clone() as ArrayRef),
+        ])
+        .unwrap()
+    };
+    let (a, b) = (batch("p1", "Big one"), batch("p2", "Big two"));
+    let view = PagesView::new(&Table::new(a.schema(), vec![a, b])).unwrap();
+    assert_eq!(view.len(), 2);
+    assert_eq!((view.text(0).len(), view.text(1).len()), (1_100_000_000, 1_100_000_000));
+    assert_eq!(view.title.value(1), "Big two");
+}
