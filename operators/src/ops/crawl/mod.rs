@@ -246,10 +246,41 @@ pub struct PageRow {
     pub depth: Option<i64>,
 }
 
+/// Most bytes of text (wikitext, links, categories) per batch of the `pages` table: one
+/// `Utf8` array holds at most 2 GiB, and a real crawl can hold more.
+const BATCH_TEXT_BYTES: usize = 1 << 30;
+
 /// Builds the `pages` table (rows sorted by title).
-pub fn pages_table(mut rows: Vec<PageRow>) -> anyhow::Result<Table> {
+pub fn pages_table(rows: Vec<PageRow>) -> anyhow::Result<Table> {
+    pages_table_in_batches(rows, BATCH_TEXT_BYTES)
+}
+
+/// [`pages_table`], a new batch whenever the next row would take one past `budget` bytes
+/// of text (a row larger than that gets a batch of its own).
+fn pages_table_in_batches(mut rows: Vec<PageRow>, budget: usize) -> anyhow::Result<Table> {
     rows.sort_by(|a, b| a.title.cmp(&b.title));
     let schema = schema_of(pages_columns());
+    let text_bytes =
+        |r: &PageRow| r.wikitext.len() + r.links.iter().chain(&r.categories).map(String::len).sum::<usize>();
+    let mut batches = Vec::new();
+    let mut start = 0;
+    loop {
+        let (mut end, mut bytes) = (start, 0);
+        while end < rows.len() && (end == start || bytes + text_bytes(&rows[end]) <= budget) {
+            bytes += text_bytes(&rows[end]);
+            end += 1;
+        }
+        batches.push(pages_batch(&schema, &rows[start..end])?);
+        start = end;
+        if start == rows.len() {
+            break;
+        }
+    }
+    Ok(Table::new(schema, batches))
+}
+
+/// One batch of the `pages` table.
+fn pages_batch(schema: &SchemaRef, rows: &[PageRow]) -> anyhow::Result<RecordBatch> {
     let n = rows.len();
     let mut id = StringBuilder::with_capacity(n, n * 16);
     let mut page_id = Int64Builder::with_capacity(n);
@@ -264,7 +295,7 @@ pub fn pages_table(mut rows: Vec<PageRow>) -> anyhow::Result<Table> {
     let mut url = StringBuilder::new();
     let mut digest = StringBuilder::new();
     let mut depth = Int64Builder::with_capacity(n);
-    for r in &rows {
+    for r in rows {
         id.append_value(&r.id);
         page_id.append_value(r.page_id);
         title.append_value(&r.title);
@@ -306,7 +337,7 @@ pub fn pages_table(mut rows: Vec<PageRow>) -> anyhow::Result<Table> {
         .zip(schema.fields().iter())
         .map(|(c, f)| if c.data_type() == f.data_type() { Ok(c) } else { arrow::compute::cast(&c, f.data_type()) })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Table::new(schema.clone(), vec![RecordBatch::try_new(schema, cols)?]))
+    Ok(RecordBatch::try_new(schema.clone(), cols)?)
 }
 
 /// A page that failed.

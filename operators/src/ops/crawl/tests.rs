@@ -461,3 +461,39 @@ fn validation_errors() {
     let _ = FaultRule::new(When::Always, Fault::Close);
     let _ = Response::status(200);
 }
+
+/// The `pages` table is cut into batches by bytes of text (one `Utf8` array holds at most
+/// 2 GiB): the rows, their order and the digest are those of one batch.
+#[test]
+fn pages_table_batches_by_text_bytes() {
+    let row = |title: &str, text: &str, links: &[&str]| PageRow {
+        id: page_row_id(title),
+        page_id: 1,
+        title: title.to_string(),
+        ns: 0,
+        revision_id: None,
+        timestamp: None,
+        wikitext: text.to_string(),
+        categories: vec!["C".to_string()],
+        links: links.iter().map(|l| l.to_string()).collect(),
+        redirect_to: None,
+        url: String::new(),
+        digest: text_digest(title, text),
+        depth: None,
+    };
+    let rows = vec![
+        row("Delta", "dddd", &[]),
+        row("Alpha", "aaaaaaaaaa", &["Beta"]),
+        row("Gamma", &"g".repeat(40), &[]),
+        row("Beta", "bb", &["Alpha", "Gamma"]),
+    ];
+    let one = pages_table_in_batches(rows.clone(), usize::MAX).unwrap();
+    let cut = pages_table_in_batches(rows, 20).unwrap();
+    assert_eq!(one.batches.len(), 1);
+    // Alpha (15 bytes) | Beta (2 + 10 + 1) | Delta (4 + 1) | Gamma (41, over the budget: alone).
+    let sizes: Vec<usize> = cut.batches.iter().map(|b| b.num_rows()).collect();
+    assert_eq!(sizes, vec![1, 2, 1]);
+    assert_eq!(strings(&cut, "title"), vec!["Alpha", "Beta", "Delta", "Gamma"]);
+    assert_eq!(cut.digest().unwrap(), one.digest().unwrap());
+    assert_eq!(pages_table_in_batches(Vec::new(), 20).unwrap().num_rows(), 0);
+}
