@@ -252,13 +252,15 @@ fn stage_runs(work: &Path, dumps: [&Path; 2], lexicon: &Path, note: &mut impl Fn
         let secs = run(files[i], &["--stage", "graph", "--force"]);
         // The rerun's own figures, from its manifest: the operator's seconds (the previous
         // output is read while the diff runs) and the runtime's for writing the outputs.
-        let m = last_manifest(&work.join(".fleming/runs"), "graph");
-        let f = |k: &str| m["metrics"][k].as_f64().unwrap_or(f64::NAN);
-        assert_eq!(m["metrics"]["mode"], "incremental", "{m:#}");
+        let m = last_metrics(&work.join(".fleming"), "graph");
+        let f = |k: &str| m.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
+        assert_eq!(m["mode"], "incremental", "{m:#?}");
+        // The labels hold: an edit parses its changed pages, a switch back reads the memo.
+        assert_eq!(m["parsed_pages"].as_u64().unwrap_or(0) > 0, kind == "edit", "{kind}: {m:#?}");
         shown.push(format!(
             "{kind}: {secs:.2} s ({:.0}%; {} pages parsed; operator {:.2} s, of which reading the previous output {:.2} s on its own thread, waited for {:.2} s; write {:.2} s)",
             100.0 * secs / full,
-            m["metrics"]["parsed_pages"],
+            m["parsed_pages"],
             f("total_s"),
             f("previous_outputs_s"),
             f("previous_wait_s"),
@@ -272,17 +274,12 @@ fn stage_runs(work: &Path, dumps: [&Path; 2], lexicon: &Path, note: &mut impl Fn
     let _ = std::fs::remove_dir_all(work);
 }
 
-/// The newest run manifest of a stage in a store's `runs` directory.
-fn last_manifest(runs: &Path, stage: &str) -> Value {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(runs)
-        .expect("runs dir")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "json") && p.to_string_lossy().contains(&format!("-{stage}-")))
-        .collect();
-    // Run ids start with the start time, so the names sort in time order.
-    files.sort();
-    let last = files.last().expect("a manifest");
-    serde_json::from_str(&std::fs::read_to_string(last).expect("manifest")).expect("manifest json")
+/// The metrics of the newest run manifest of a stage in a store.
+fn last_metrics(store: &Path, stage: &str) -> serde_json::Map<String, Value> {
+    let store = fleming_artifacts::Store::open(store).expect("open the store");
+    // Oldest first.
+    let (runs, _) = fleming_artifacts::RunManifest::load_all(&store).expect("read the run manifests");
+    runs.into_iter().rev().find(|m| m.stage == stage).expect("a manifest of the stage").metrics
 }
 
 fn main() {

@@ -245,8 +245,8 @@ fn utf8(batch: &RecordBatch, name: &str) -> anyhow::Result<Option<StringArray>> 
     Ok(c.as_any().downcast_ref::<StringArray>().cloned())
 }
 
-/// The columns of a pages table that extract reads: the others (links, categories, ...)
-/// are neither read from the store nor copied.
+/// The columns of a pages table that extract reads ([`DIFF_COLUMNS`] and the wikitext): the
+/// others (links, categories, ...) are neither read from the store nor copied.
 const PAGE_COLUMNS: &[&str] = &["id", "title", "ns", "wikitext", "redirect_to", "digest"];
 
 impl PagesView {
@@ -254,8 +254,7 @@ impl PagesView {
     pub fn new(t: &Table) -> anyhow::Result<Self> {
         // One array per column (only those read here: a whole table would copy every column).
         // The text is joined on its own, with 64-bit offsets.
-        let small: Vec<&str> = PAGE_COLUMNS.iter().copied().filter(|&c| c != "wikitext").collect();
-        let b = t.project(&small)?.concat()?;
+        let b = t.project(DIFF_COLUMNS)?.concat()?;
         let wikitext = match t.schema.column_with_name("wikitext") {
             Some((at, _)) => {
                 let parts = t
@@ -263,12 +262,11 @@ impl PagesView {
                     .iter()
                     .map(|b| arrow::compute::cast(b.column(at), &DataType::LargeUtf8))
                     .collect::<Result<Vec<_>, _>>()?;
-                match parts.is_empty() {
-                    true => Some(LargeStringArray::from(Vec::<&str>::new())),
-                    false => {
-                        let joined = arrow::compute::concat(&parts.iter().map(|p| p.as_ref()).collect::<Vec<_>>())?;
-                        joined.as_any().downcast_ref::<LargeStringArray>().cloned()
-                    }
+                if parts.is_empty() {
+                    Some(LargeStringArray::from(Vec::<&str>::new()))
+                } else {
+                    let joined = arrow::compute::concat(&parts.iter().map(|p| p.as_ref()).collect::<Vec<_>>())?;
+                    joined.as_any().downcast_ref::<LargeStringArray>().cloned()
                 }
             }
             None => None,
@@ -599,7 +597,10 @@ impl Previous {
         if self.pages.wikitext.is_some() {
             return Ok(None);
         }
-        let p = self.run.input("pages", 0)?.ok_or_else(|| anyhow!("the previous pages are no longer in the store"))?;
+        let p = self
+            .run
+            .input_columns("pages", 0, Some(PAGE_COLUMNS))?
+            .ok_or_else(|| anyhow!("the previous pages are no longer in the store"))?;
         Ok(Some(PagesView::new(&p)?))
     }
 
@@ -619,7 +620,9 @@ fn previous_state(ctx: &OpContext, state: &str) -> anyhow::Result<Result<Previou
     let Some(prev) = &ctx.previous else { return Ok(Err("no previous run of this stage")) };
     let pages = match prev.input_columns("pages", 0, Some(DIFF_COLUMNS)) {
         // Without digests the diff hashes the text.
-        Ok(Some(p)) if p.schema.column_with_name("digest").is_none() => prev.input("pages", 0),
+        Ok(Some(p)) if p.schema.column_with_name("digest").is_none() => {
+            prev.input_columns("pages", 0, Some(PAGE_COLUMNS))
+        }
         other => other,
     };
     // The outputs' settings are in their schema: no column is read here (see
