@@ -603,8 +603,14 @@ fn extracts_typed_entities_and_relations() {
     assert!(!rels.iter().any(|r| r.2 == "United States" || r.2 == "Spanish flu"), "{rels:#?}");
     // Specialty from the infobox `field`.
     assert!(has("Influenza", "specialty", "Infectious disease (medical specialty)"));
-    // Relations carry evidence and parents.
+    // Relations are in (subject, predicate, object) order: an entity's relations together.
     let t = out.table("relations").unwrap();
+    let (subjects, predicates, objects) = (strings(t, "subject"), strings(t, "predicate"), strings(t, "object"));
+    let order: Vec<(&String, u8, &String)> = (0..subjects.len())
+        .map(|i| (&subjects[i], Predicate::parse(&predicates[i]).unwrap() as u8, &objects[i]))
+        .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "relations out of order: {order:?}");
+    // Relations carry evidence and parents.
     let b = t.concat().unwrap();
     let idx = (0..b.num_rows())
         .find(|&i| strings(t, "subject_name")[i] == "Influenza" && strings(t, "object_name")[i] == "Fever")
