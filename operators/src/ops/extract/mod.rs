@@ -704,12 +704,13 @@ fn full_run(ctx: &mut OpContext, s: &Settings, pages: &Arc<PagesView>) -> anyhow
     let t = Instant::now();
     let (ents, rels) = build_batches(&out, s, pages, None, None, ctx.threads)?;
     ctx.metric("build_s", t.elapsed().as_secs_f64());
-    let rel_schema = schema(relation_columns(), &s.state);
-    Ok((Table::new(ents.schema(), vec![ents]), Table::new(rel_schema, rels), rejects_table(rejects)?))
+    let (ent_schema, rel_schema) = (schema(entity_columns(), &s.state), schema(relation_columns(), &s.state));
+    Ok((Table::new(ent_schema, ents), Table::new(rel_schema, rels), rejects_table(rejects)?))
 }
 
 /// The entity rows (of the keys in `only`, if given) and the relation rows of the graph;
-/// the two tables are built side by side when there is more than one thread.
+/// with more than one thread, each table is cut into one slice per thread and the slices
+/// are built side by side (a table's digest does not depend on how it is cut into batches).
 fn build_batches(
     out: &GraphOut,
     s: &Settings,
@@ -717,19 +718,23 @@ fn build_batches(
     only: Option<&KeySet>,
     base: Option<&PagesMerge>,
     threads: usize,
-) -> anyhow::Result<(RecordBatch, Vec<RecordBatch>)> {
+) -> anyhow::Result<(Vec<RecordBatch>, Vec<RecordBatch>)> {
+    let entity_rows: Vec<&(u64, EntityAgg)> =
+        out.entities.iter().filter(|(k, _)| only.is_none_or(|o| o.contains(k))).collect();
     if threads <= 1 {
         let rels = relations_batch(&relation_rows(out, false), out, s, &page_titles(pages))?;
-        return Ok((entities_batch(out, s, only, base)?, vec![rels]));
+        return Ok((vec![entities_batch(&entity_rows, out, s, base)?], vec![rels]));
     }
-    // Relations are most of the work: their rows are cut into one slice per thread (the
-    // table's digest does not depend on how it is cut into batches).
+    let ents = || -> anyhow::Result<Vec<RecordBatch>> {
+        let chunk = entity_rows.len().div_ceil(threads).max(1);
+        entity_rows.par_chunks(chunk).map(|part| entities_batch(part, out, s, base)).collect()
+    };
     let rels = || -> anyhow::Result<Vec<RecordBatch>> {
         let (rows, titles) = rayon::join(|| relation_rows(out, true), || page_titles(pages));
         let chunk = rows.len().div_ceil(threads).max(1);
         rows.par_chunks(chunk).map(|part| relations_batch(part, out, s, &titles)).collect()
     };
-    let (e, r) = rayon::join(|| entities_batch(out, s, only, base), rels);
+    let (e, r) = rayon::join(ents, rels);
     Ok((e?, r?))
 }
 
@@ -775,19 +780,16 @@ fn entity_type(name: &str, agg: &EntityAgg, infobox: Option<&str>, lexicon: &Lex
     best.1
 }
 
-/// Entity rows (sorted by id); `only` keeps the given keys; `base` holds the previous rows
+/// The entities table's rows for `rows` (in key order, as the graph gives them: ids are
+/// the keys in fixed-width hex, so key order is id order); `base` holds the previous rows
 /// whose page lists an incremental run updates.
 fn entities_batch(
+    rows: &[&(u64, EntityAgg)],
     out: &GraphOut,
     s: &Settings,
-    only: Option<&KeySet>,
     base: Option<&PagesMerge>,
 ) -> anyhow::Result<RecordBatch> {
     let names = &out.names;
-    // Ids are the keys in fixed-width hex, so key order is id order.
-    let mut rows: Vec<(&u64, &EntityAgg)> =
-        out.entities.iter().filter(|(k, _)| only.is_none_or(|o| o.contains(k))).map(|(k, a)| (k, a)).collect();
-    rows.sort_unstable_by_key(|r| *r.0);
     let n = rows.len();
     let n_pages: usize = rows.iter().map(|r| r.1.pages.len() + r.1.pages_base.max(0) as usize).sum();
     let n_aliases: usize = rows.iter().map(|r| r.1.aliases.len()).sum();
@@ -807,7 +809,7 @@ fn entities_batch(
     let mut votes = ints(n * lexicon::TYPES.len());
     let mut al: Vec<(&str, i64)> = Vec::new();
     let (mut ps, mut removed, mut merged): (Vec<&str>, Vec<&str>, Vec<&str>) = Default::default();
-    for (k, agg) in rows {
+    for (k, agg) in rows.iter().map(|r| (&r.0, &r.1)) {
         let nm = name_of(names, *k)?;
         let own_box = match agg.own {
             Some(OwnVal { infobox: b, .. }) if b != 0 => Some(name_of(names, b)?),
@@ -1481,6 +1483,7 @@ fn incremental_run(
         r => r?,
     };
     ctx.metric("build_tables_s", t.elapsed().as_secs_f64());
+    let new_ents = arrow::compute::concat_batches(&schema(entity_columns(), &s.state), &new_ents)?;
     let ents = splice(pe, &new_ents, &drop_ent, entity_order)?;
     let new_rels = arrow::compute::concat_batches(&schema(relation_columns(), &s.state), &new_rels)?;
     let rels = splice(pr, &new_rels, &drop_rel, relation_order)?;
