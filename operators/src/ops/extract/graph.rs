@@ -66,9 +66,10 @@ pub type RelRow = (RelKey, Vec<SupportVal>);
 /// What the dataflow produced.
 #[derive(Debug, Default)]
 pub struct GraphOut {
-    /// Entities by key hash.
+    /// Entities, in key order (the entities table's order: extract builds it in this order).
     pub entities: Vec<(u64, EntityAgg)>,
-    /// Relations with their supports (sorted).
+    /// Relations with their supports, in key order: (subject, predicate, object), the
+    /// relations table's order.
     pub relations: Vec<RelRow>,
     /// Records that consolidated to a negative multiplicity (an inconsistent previous
     /// output); 0 when all is well.
