@@ -721,8 +721,11 @@ fn build_batches(
 ) -> anyhow::Result<(Vec<RecordBatch>, Vec<RecordBatch>)> {
     let entity_rows: Vec<&(u64, EntityAgg)> =
         out.entities.iter().filter(|(k, _)| only.is_none_or(|o| o.contains(k))).collect();
+    // An incremental build cites a few pages.
+    let titles_of = |rows: &[RelationRow<'_>]| page_titles(pages, only.map(|_| rows));
     if threads <= 1 {
-        let rels = relations_batch(&relation_rows(out, false), out, s, &page_titles(pages))?;
+        let rows = relation_rows(out, false);
+        let rels = relations_batch(&rows, out, s, &titles_of(&rows))?;
         return Ok((vec![entities_batch(&entity_rows, out, s, base)?], vec![rels]));
     }
     let ents = || -> anyhow::Result<Vec<RecordBatch>> {
@@ -730,7 +733,14 @@ fn build_batches(
         entity_rows.par_chunks(chunk).map(|part| entities_batch(part, out, s, base)).collect()
     };
     let rels = || -> anyhow::Result<Vec<RecordBatch>> {
-        let (rows, titles) = rayon::join(|| relation_rows(out, true), || page_titles(pages));
+        let (rows, titles) = match only {
+            None => rayon::join(|| relation_rows(out, true), || page_titles(pages, None)),
+            Some(_) => {
+                let rows = relation_rows(out, true);
+                let titles = titles_of(&rows);
+                (rows, titles)
+            }
+        };
         let chunk = rows.len().div_ceil(threads).max(1);
         rows.par_chunks(chunk).map(|part| relations_batch(part, out, s, &titles)).collect()
     };
@@ -738,9 +748,18 @@ fn build_batches(
     Ok((e?, r?))
 }
 
-/// Page hash -> title.
-fn page_titles(pages: &PagesView) -> Names {
-    (0..pages.len()).map(|i| (h(pages.id.value(i)), normalize_title(pages.title.value(i)))).collect()
+/// Page hash -> title, of the pages that the rows `cited_by` cite (of every page if `None`:
+/// a full build cites nearly all, and the set would cost more than it saves). A title is
+/// normalised, an allocation, only for a page in the map.
+fn page_titles(pages: &PagesView, cited_by: Option<&[RelationRow<'_>]>) -> Names {
+    let cited: Option<rustc_hash::FxHashSet<u64>> =
+        cited_by.map(|rows| rows.iter().flat_map(|r| r.2.iter().map(|x| x.page)).collect());
+    (0..pages.len())
+        .filter_map(|i| {
+            let k = h(pages.id.value(i));
+            cited.as_ref().is_none_or(|c| c.contains(&k)).then(|| (k, normalize_title(pages.title.value(i))))
+        })
+        .collect()
 }
 
 fn rejects_table(rejects: Vec<(String, String, String)>) -> anyhow::Result<Table> {
