@@ -218,7 +218,9 @@ pub struct Executor<'a> {
     store: &'a Store,
     progress: Arc<dyn ProgressSink>,
     cancel: CancelToken,
-    gpus: Arc<GpuPool>,
+    /// Detected when a worker stage first needs it: `nvidia-smi` can take a second on a
+    /// GPU machine, which a run of CPU stages should not pay.
+    gpus: std::sync::OnceLock<GpuPool>,
     memos: Mutex<BTreeMap<String, MemoLog>>,
     stat: StatCache,
 }
@@ -231,16 +233,19 @@ impl<'a> Executor<'a> {
             store,
             progress,
             cancel,
-            gpus: Arc::new(GpuPool::detect()),
+            gpus: std::sync::OnceLock::new(),
             memos: Mutex::new(BTreeMap::new()),
             stat: StatCache::open(store),
         }
     }
 
     /// Uses a given GPU pool (tests).
-    pub fn with_gpus(mut self, gpus: GpuPool) -> Self {
-        self.gpus = Arc::new(gpus);
-        self
+    pub fn with_gpus(self, gpus: GpuPool) -> Self {
+        Executor { gpus: std::sync::OnceLock::from(gpus), ..self }
+    }
+
+    fn gpus(&self) -> &GpuPool {
+        self.gpus.get_or_init(GpuPool::detect)
     }
 
     fn log(&self, line: &str) {
@@ -958,7 +963,7 @@ impl<'a> Executor<'a> {
             }
             Execution::Worker => {
                 let worker = find_worker()?;
-                let gpus = self.gpus.acquire(stage.resources.gpu as usize, &self.cancel)?;
+                let gpus = self.gpus().acquire(stage.resources.gpu as usize, &self.cancel)?;
                 let out_dir = self.store.new_tmp_dir(&format!("out-{}", stage.name))?;
                 let device = if gpus.is_empty() {
                     Device { kind: "cpu".into(), gpus: Vec::new() }
@@ -1004,7 +1009,7 @@ impl<'a> Executor<'a> {
                 std::fs::create_dir_all(&job.checkpoint_dir)?;
                 let log = |line: &str| self.log(&format!("  {}: {line}", stage.name));
                 let result = run_job(&worker, &job, &work_dir, progress, &self.cancel, &log);
-                self.gpus.release(gpus);
+                self.gpus().release(gpus);
                 let wr = result?;
                 *worker_info = Some(serde_json::json!({
                     "executable": worker.display().to_string(),
