@@ -39,10 +39,14 @@ impl CancelToken {
         let token = self.clone();
         ctrlc::set_handler(move || {
             if token.is_cancelled() {
-                eprintln!("\nfleming: interrupted again; exiting now (finished work is kept)");
+                crate::progress::log_line(format_args!(
+                    "\nfleming: interrupted again; exiting now (finished work is kept)"
+                ));
                 std::process::exit(130);
             }
-            eprintln!("\nfleming: interrupted; stopping running stages (press Ctrl-C again to exit now)");
+            crate::progress::log_line(format_args!(
+                "\nfleming: interrupted; stopping running stages (press Ctrl-C again to exit now)"
+            ));
             token.cancel();
         })
     }

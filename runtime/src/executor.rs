@@ -384,7 +384,16 @@ impl<'a> Executor<'a> {
                             let this = &*self;
                             let skip_checks = opts.skip_checks;
                             scope.spawn(move || {
-                                let report = this.execute(i, p, &upstream, worker_threads, skip_checks);
+                                // The operator's own panics are caught where it runs; this
+                                // catches the rest (a bug in the runtime), which would
+                                // otherwise leave the loop below waiting for the report.
+                                let run = || this.execute(i, p, &upstream, worker_threads, skip_checks);
+                                let report = catch_unwind(AssertUnwindSafe(run)).unwrap_or_else(|panic| {
+                                    let mut r = StageReport::new(&stages[i], Outcome::Failed, "internal error");
+                                    r.error =
+                                        Some(format!("fleming panicked running the stage: {}", panic_message(&panic)));
+                                    r
+                                });
                                 let _ = tx.send((i, report));
                             });
                         }

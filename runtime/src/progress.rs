@@ -8,6 +8,13 @@ use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+/// Writes a line to stderr, ignoring a closed stderr (`fleming run … 2>&1 | head`): the
+/// run goes on without its log rather than failing (`eprintln!` would panic).
+pub fn log_line(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
 /// Where progress goes.
 pub trait ProgressSink: Send + Sync {
     /// A stage starts; returns its reporter.
@@ -252,7 +259,7 @@ impl ProgressSink for Lines {
         }))
     }
     fn println(&self, line: &str) {
-        eprintln!("{line}");
+        log_line(format_args!("{line}"));
     }
     fn overall(&self, _: usize, _: usize) {}
     fn finish(&self) {
@@ -285,7 +292,7 @@ impl LineStage {
         let rate = pos as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
         let msg = self.msg.lock().map(|m| m.clone()).unwrap_or_default();
         let of = if total == u64::MAX { String::new() } else { format!("/{total}") };
-        eprintln!("  {} [{}]: {pos}{of} {unit} ({rate:.0}/s) {msg}", self.stage, self.op);
+        log_line(format_args!("  {} [{}]: {pos}{of} {unit} ({rate:.0}/s) {msg}", self.stage, self.op));
     }
 }
 

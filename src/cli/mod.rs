@@ -86,6 +86,19 @@ pub fn main() -> i32 {
         }
     };
     init_tracing(cli.quiet);
+    if matches!(
+        cli.command,
+        Command::Validate { .. }
+            | Command::Status(_)
+            | Command::Dag(_)
+            | Command::Lineage(_)
+            | Command::Show(_)
+            | Command::Query(_)
+            | Command::Ops(_)
+            | Command::Checks(_)
+    ) {
+        end_quietly_when_the_reader_leaves();
+    }
     let registry = std::sync::Arc::new(fleming_operators::registry());
     let result = match &cli.command {
         Command::Run(args) => run::run(&cli, args, registry.as_ref()),
@@ -106,9 +119,22 @@ pub fn main() -> i32 {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            fleming_runtime::progress::log_line(format_args!("error: {e:#}"));
             EXIT_FAILED
         }
+    }
+}
+
+/// Lets a command that only prints end as Unix tools do when its reader goes away
+/// (`fleming query … | head`): killed by SIGPIPE, quietly. Rust ignores SIGPIPE, so the
+/// next print would panic instead. Not for `run`, `test` or `serve`: they talk to child
+/// processes through pipes, and a worker that dies must be an error they report, not the
+/// end of the orchestrator.
+fn end_quietly_when_the_reader_leaves() {
+    // SAFETY: `signal` only sets the disposition of SIGPIPE back to its default; no
+    // handler runs Rust code.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
@@ -127,12 +153,12 @@ pub fn load_pipeline(path: &Path, registry: &dyn Registry) -> Result<Pipeline, i
             if missing.diagnostics.is_empty() {
                 Ok(p)
             } else {
-                eprintln!("{missing}");
+                fleming_runtime::progress::log_line(format_args!("{missing}"));
                 Err(EXIT_INVALID)
             }
         }
         Err(e) => {
-            eprintln!("{e}");
+            fleming_runtime::progress::log_line(format_args!("{e}"));
             Err(EXIT_INVALID)
         }
     }

@@ -1,5 +1,6 @@
 //! `fleming run`.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -7,7 +8,7 @@ use clap::Args;
 use fleming_runtime::CancelToken;
 use fleming_runtime::executor::{Executor, Outcome, RunOptions, RunReport, Selection};
 use fleming_runtime::op::Registry;
-use fleming_runtime::progress::auto_sink;
+use fleming_runtime::progress::{auto_sink, log_line};
 
 use super::{Cli, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID, load_pipeline, open_store};
 
@@ -63,11 +64,11 @@ pub fn run(cli: &Cli, args: &RunArgs, registry: &dyn Registry) -> anyhow::Result
     };
     for name in args.stages.iter().chain(&args.until) {
         if pipeline.stage_index(name).is_none() {
-            eprintln!(
+            log_line(format_args!(
                 "error: no stage `{name}` in {} ({})",
                 args.pipeline.display(),
                 fleming_runtime::diagnostic::suggestion(name, pipeline.stages.iter().map(|s| s.name.as_str()))
-            );
+            ));
             return Ok(EXIT_INVALID);
         }
     }
@@ -82,16 +83,16 @@ pub fn run(cli: &Cli, args: &RunArgs, registry: &dyn Registry) -> anyhow::Result
         skip_checks: args.skip_checks,
     };
     if args.skip_checks {
-        eprintln!(
+        log_line(format_args!(
             "WARNING: --skip-checks: data checks are NOT evaluated in this run; stages downstream of a failing check will run anyway."
-        );
+        ));
     }
     let progress = auto_sink(cli.quiet || args.dry_run);
     let executor = Executor::new(&pipeline, &store, progress, cancel.clone());
     let report = executor.run(&opts)?;
     print_report(&report, args.dry_run, started.elapsed().as_secs_f64(), cli.quiet);
     if args.skip_checks {
-        eprintln!("WARNING: checks were skipped (--skip-checks).");
+        log_line(format_args!("WARNING: checks were skipped (--skip-checks)."));
     }
     Ok(if report.cancelled {
         EXIT_INTERRUPTED
@@ -102,10 +103,13 @@ pub fn run(cli: &Cli, args: &RunArgs, registry: &dyn Registry) -> anyhow::Result
     })
 }
 
+/// Prints the run's table and summary. A reader that went away (`fleming run … | head`)
+/// is not an error: the run is done, and its exit status still says how it went.
 fn print_report(report: &RunReport, dry_run: bool, secs: f64, quiet: bool) {
+    let mut out = std::io::stdout().lock();
     for s in &report.stages {
         for w in &s.warnings {
-            eprintln!("warning: {w}");
+            log_line(format_args!("warning: {w}"));
         }
     }
     let shown: Vec<_> = report.stages.iter().filter(|s| s.outcome != Outcome::NotSelected).collect();
@@ -118,7 +122,8 @@ fn print_report(report: &RunReport, dry_run: bool, secs: f64, quiet: bool) {
             } else {
                 format!("{:>8}", "")
             };
-            println!(
+            let _ = writeln!(
+                out,
                 "{:<w_stage$}  {:<w_op$}  {:<9} {time}  {}",
                 s.stage,
                 format!("[{}]", s.op),
@@ -126,13 +131,13 @@ fn print_report(report: &RunReport, dry_run: bool, secs: f64, quiet: bool) {
                 s.reason
             );
             for c in &s.checks {
-                println!("{:<w_stage$}    {}", "", super::checks::check_line(c));
+                let _ = writeln!(out, "{:<w_stage$}    {}", "", super::checks::check_line(c));
             }
         }
     }
     for s in &shown {
         if let Some(e) = &s.error {
-            eprintln!("\nstage `{}` failed:\n{e}", s.stage);
+            log_line(format_args!("\nstage `{}` failed:\n{e}", s.stage));
         }
     }
     let count = |o: Outcome| report.stages.iter().filter(|s| s.outcome == o).count();
@@ -143,7 +148,7 @@ fn print_report(report: &RunReport, dry_run: bool, secs: f64, quiet: bool) {
         .map(|c| format!("{}.{}", c.stage, c.name))
         .collect();
     if dry_run {
-        println!("{} would run, {} cached", count(Outcome::WouldRun), count(Outcome::Cached));
+        let _ = writeln!(out, "{} would run, {} cached", count(Outcome::WouldRun), count(Outcome::Cached));
     } else if !quiet || !report.ok() {
         let mut parts = vec![format!("{} ran", count(Outcome::Ran)), format!("{} cached", count(Outcome::Cached))];
         for (o, name) in [
@@ -160,6 +165,6 @@ fn print_report(report: &RunReport, dry_run: bool, secs: f64, quiet: bool) {
         if !failing_checks.is_empty() {
             parts.push(format!("{} check(s) not passing: {}", failing_checks.len(), failing_checks.join(", ")));
         }
-        println!("{} in {secs:.2}s", parts.join(", "));
+        let _ = writeln!(out, "{} in {secs:.2}s", parts.join(", "));
     }
 }

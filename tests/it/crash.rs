@@ -106,3 +106,96 @@ fn data_dependent_schema_is_checked_at_run_time() {
         r.stderr
     );
 }
+
+/// The pipeline of the output tests: a load and a SQL stage.
+const TWO_STAGES: &str = r#"
+name: two
+stages:
+  raw: { op: load, params: { path: data/rows.jsonl } }
+  n: { op: sql, inputs: { t: raw }, params: { query: "select count(*) as n from t" } }
+"#;
+
+/// Waits for a child up to a minute; kills it and fails if it is still running.
+fn wait_or_kill(mut child: std::process::Child, what: &str) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("{what} still running after a minute");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `fleming run … 2>&1 | head`: the reader of its log and table goes away; the run goes on
+/// without them and ends as it would have (it used to hang: the log line panicked in the
+/// stage's thread, and the run waited for that stage forever).
+#[test]
+fn a_run_whose_reader_left_still_finishes() {
+    let p = Project::new();
+    p.write("data/rows.jsonl", &rows_jsonl(5));
+    p.pipeline(TWO_STAGES);
+    let (out_reader, out_writer) = std::io::pipe().expect("pipe");
+    let (err_reader, err_writer) = std::io::pipe().expect("pipe");
+    drop((out_reader, err_reader));
+    let child = p.command(&["run", "pipeline.yaml"]).stdout(out_writer).stderr(err_writer).spawn().expect("spawn");
+    let status = wait_or_kill(child, "a run with no reader");
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    assert!(p.store().join("refs/two/n.json").exists(), "the run did not finish its stages");
+    let r = p.run_ok(&[]);
+    assert_eq!((r.outcome("raw").as_str(), r.outcome("n").as_str()), ("cached", "cached"));
+}
+
+/// A panic in the runtime outside the operator (whose own panics are caught where it runs)
+/// fails its stage with the panic's message; the run does not wait for the stage forever.
+#[test]
+fn a_panic_outside_the_operator_fails_the_stage() {
+    use fleming_runtime::progress::{Progress, ProgressSink};
+    struct BrokenSink;
+    impl ProgressSink for BrokenSink {
+        fn stage(&self, _: &str, _: &str) -> Progress {
+            Progress::silent()
+        }
+        fn println(&self, line: &str) {
+            panic!("the log broke at `{line}`");
+        }
+        fn overall(&self, _: usize, _: usize) {}
+        fn finish(&self) {}
+    }
+    let p = Project::new();
+    p.write("data/rows.jsonl", &rows_jsonl(5));
+    let path = p.pipeline(TWO_STAGES);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let store_dir = p.store();
+    std::thread::spawn(move || {
+        let registry = fleming_operators::registry();
+        let pipeline = fleming_runtime::spec::load(&path, &registry).expect("pipeline");
+        let store = fleming_artifacts::store::Store::open(&store_dir).expect("store");
+        let executor = fleming_runtime::executor::Executor::new(
+            &pipeline,
+            &store,
+            std::sync::Arc::new(BrokenSink),
+            fleming_runtime::CancelToken::new(),
+        );
+        let report = executor.run(&fleming_runtime::executor::RunOptions {
+            jobs: 1,
+            workers: 1,
+            selection: fleming_runtime::executor::Selection::All,
+            force: false,
+            keep_going: false,
+            dry_run: false,
+            skip_checks: false,
+        });
+        let _ = tx.send(report.map(|r| r.stages));
+    });
+    let stages = rx.recv_timeout(Duration::from_secs(60)).expect("the run hung").expect("run");
+    let raw = stages.iter().find(|s| s.stage == "raw").expect("raw");
+    assert_eq!(raw.outcome, fleming_runtime::executor::Outcome::Failed);
+    let error = raw.error.as_deref().unwrap_or_default();
+    assert!(error.contains("panicked") && error.contains("the log broke at `▶ raw [load]"), "{error}");
+    let n = stages.iter().find(|s| s.stage == "n").expect("n");
+    assert_eq!(n.outcome, fleming_runtime::executor::Outcome::Skipped, "{}", n.reason);
+}

@@ -157,6 +157,30 @@ fn show_and_query() {
     assert!(r.stderr.contains("nope"), "{}", r.stderr);
 }
 
+/// `fleming query … | head` and the like: when the reader has gone, a printing command
+/// ends as Unix tools do (SIGPIPE, no message), not with a panic.
+#[test]
+fn printing_commands_end_quietly_when_the_reader_leaves() {
+    use std::os::unix::process::ExitStatusExt;
+    let p = project();
+    p.run_ok(&[]);
+    let commands: [&[&str]; 4] = [
+        &["show", "pipeline.yaml", "picked"],
+        &["query", "pipeline.yaml", "select * from picked"],
+        &["dag", "pipeline.yaml"],
+        &["ops"],
+    ];
+    for args in commands {
+        // The reader is closed before the command starts: its first print finds no reader.
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let out = p.command(args).stdout(writer).output().expect("run fleming");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{args:?}: {:?} {stderr}", out.status);
+    }
+}
+
 #[test]
 fn ops_catalogue() {
     let p = Project::new();
