@@ -234,8 +234,14 @@ pub struct PreviousRun {
 impl PreviousRun {
     /// The previous output table of a port, if still in the store.
     pub fn output(&self, port: &str) -> anyhow::Result<Option<Table>> {
+        self.output_columns(port, None)
+    }
+
+    /// [`PreviousRun::output`], only the named columns (those it has) if given: what an
+    /// operator reuses of its previous output may leave out the bulky columns.
+    pub fn output_columns(&self, port: &str, columns: Option<&[&str]>) -> anyhow::Result<Option<Table>> {
         match self.outputs.get(port) {
-            Some(r) => (self.reader)(&r.digest, None),
+            Some(r) => (self.reader)(&r.digest, columns),
             None => Ok(None),
         }
     }

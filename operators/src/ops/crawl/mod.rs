@@ -492,7 +492,10 @@ type Previous = HashMap<String, (String, Vec<String>, Vec<String>)>;
 fn previous_rows(ctx: &OpContext) -> Previous {
     let mut out = Previous::new();
     let Some(prev) = &ctx.previous else { return out };
-    let Ok(Some(t)) = prev.output("pages") else { return out };
+    // Not the wikitext: most of the bytes, and the digest already says whether it changed.
+    let Ok(Some(t)) = prev.output_columns("pages", Some(&["title", "digest", "links", "categories"])) else {
+        return out;
+    };
     for b in &t.batches {
         let col = |n: &str| b.column_by_name(n).cloned();
         let (Some(title), Some(digest), Some(links), Some(cats)) =
