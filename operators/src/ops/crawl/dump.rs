@@ -104,7 +104,9 @@ impl Timing {
 
 const CHUNK: usize = 1 << 20;
 
-/// Reads chunks from the decompression thread.
+/// Reads chunks from the decompression thread: data, then an empty chunk at the end of the
+/// file, or an error. A thread that stops without either (it panicked) is an error too, not
+/// the end of the dump.
 struct ChannelReader {
     rx: Receiver<io::Result<Vec<u8>>>,
     cur: Vec<u8>,
@@ -119,6 +121,7 @@ impl Read for ChannelReader {
                 return Ok(0);
             }
             match self.rx.recv() {
+                Ok(Ok(chunk)) if chunk.is_empty() => self.done = true,
                 Ok(Ok(chunk)) => {
                     self.cur = chunk;
                     self.off = 0;
@@ -129,7 +132,7 @@ impl Read for ChannelReader {
                 }
                 Err(_) => {
                     self.done = true;
-                    return Ok(0);
+                    return Err(io::Error::other("the decompression thread stopped before the end of the dump"));
                 }
             }
         }
@@ -179,6 +182,8 @@ fn pump(mut src: Box<dyn Read + Send>, tx: SyncSender<io::Result<Vec<u8>>>, timi
             return;
         }
         if filled == 0 {
+            // The end of the file (an empty chunk says so).
+            let _ = tx.send(Ok(Vec::new()));
             return;
         }
         if tx.send(Ok(chunk)).is_err() {
@@ -449,4 +454,34 @@ pub fn read_str(xml: &str) -> anyhow::Result<Vec<DumpPage>> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reader(rx: Receiver<io::Result<Vec<u8>>>) -> ChannelReader {
+        ChannelReader { rx, cur: Vec::new(), off: 0, done: false }
+    }
+
+    #[test]
+    fn the_end_of_the_dump_is_said_not_guessed() {
+        // Data, then the end: all of it.
+        let (tx, rx) = sync_channel(4);
+        tx.send(Ok(b"<mediawiki>".to_vec())).unwrap();
+        tx.send(Ok(Vec::new())).unwrap();
+        let mut all = String::new();
+        reader(rx).read_to_string(&mut all).unwrap();
+        assert_eq!(all, "<mediawiki>");
+        // Data, then the thread is gone without saying the end (it panicked): an error.
+        let (tx, rx) = sync_channel(4);
+        tx.send(Ok(b"<mediawiki>".to_vec())).unwrap();
+        drop(tx);
+        let err = reader(rx).read_to_string(&mut String::new()).unwrap_err();
+        assert!(err.to_string().contains("stopped before the end"), "{err}");
+        // A decompression error is passed on.
+        let (tx, rx) = sync_channel(4);
+        tx.send(Err(io::Error::new(io::ErrorKind::InvalidData, "bad block"))).unwrap();
+        assert_eq!(reader(rx).read(&mut [0; 8]).unwrap_err().to_string(), "bad block");
+    }
 }
