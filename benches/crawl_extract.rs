@@ -5,12 +5,14 @@
 //! cargo bench --bench crawl_extract -- --entities 20000
 //! cargo bench --bench crawl_extract -- --only extract [--workers N]  # extract only (profiling)
 //! cargo bench --bench crawl_extract -- --only incremental [--times N]  # incremental extract
+//! cargo bench --bench crawl_extract -- --only multistream  # crawl of a multistream dump, -w 1 / 2
 //! ```
 //!
 //! It generates the fixture (`fleming fixtures wiki`, cached under
 //! `$CARGO_TARGET_DIR/bench-fixtures/`), then measures: crawl from the `.bz2` dump (time,
 //! breakdown, peak RSS in a child process), crawl's rerun after 1% of the pages changed
-//! (decompress, parse, diff, write), extract with 1 and 2 workers (MB/s of wikitext; each
+//! (decompress, parse, diff, write), crawl from a multistream copy of the dump on 1 and 2
+//! threads (decompression alone, and the whole crawl), extract with 1 and 2 workers (MB/s of wikitext; each
 //! twice, alternating, the faster run counting),
 //! extract's incremental rerun after 1% of the pages changed (checked equal to a full run),
 //! and relation precision/recall per predicate against the generator's truth. Under
@@ -69,8 +71,15 @@ fn breakdown(out: &HarnessOutput, names: &[&str]) -> String {
 }
 
 fn crawl(dump: &Path, previous: Option<&Table>) -> HarnessOutput {
-    let mut h =
-        Harness::new(Arc::new(Crawl::new())).param("dump", dump.to_string_lossy().to_string()).param("max_pages", 0);
+    crawl_on(dump, previous, 1)
+}
+
+/// [`crawl`] with `threads` workers (a multistream dump is decompressed on that many).
+fn crawl_on(dump: &Path, previous: Option<&Table>, threads: usize) -> HarnessOutput {
+    let mut h = Harness::new(Arc::new(Crawl::new()))
+        .param("dump", dump.to_string_lossy().to_string())
+        .param("max_pages", 0)
+        .threads(threads);
     if let Some(p) = previous {
         let mut outputs = BTreeMap::new();
         outputs.insert("pages".to_string(), p.clone());
@@ -85,6 +94,41 @@ fn child_crawl(dump: &Path) {
     let out = crawl(dump, None);
     let secs = t.elapsed().as_secs_f64();
     println!("{} {} {}", peak_rss_mib(), secs, out.table("pages").map(|t| t.num_rows()).unwrap_or(0));
+}
+
+/// A multistream copy of the fixture's dump (as Wikipedia's: 100 pages per bz2 stream):
+/// decompression alone, then the whole crawl, on 1 and 2 threads, alternating, twice.
+fn multistream(dir: &Path, note: &mut impl FnMut(&str, String)) {
+    let path = dir.join("wiki-multistream.xml.bz2");
+    if !path.exists() {
+        let xml = std::fs::read(dir.join("wiki.xml")).expect("the fixture's xml");
+        let file = std::io::BufWriter::new(std::fs::File::create(&path).expect("create"));
+        fleming_operators::ops::crawl::dump::write_bz2_multistream(&xml, 100, file).expect("write multistream");
+    }
+    let mb = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0) as f64 / 1e6;
+    let mut alone = [Vec::new(), Vec::new()];
+    let mut whole = [Vec::new(), Vec::new()];
+    for _ in 0..2 {
+        for threads in [1, 2] {
+            let t = Instant::now();
+            let (mut r, _) = fleming_operators::ops::crawl::dump::open(&path, threads).expect("open");
+            let n = std::io::copy(&mut r, &mut std::io::sink()).expect("decompress");
+            alone[threads - 1].push(format!("{:.2}", t.elapsed().as_secs_f64()));
+            assert!(n > 0);
+            let t = Instant::now();
+            let out = crawl_on(&path, None, threads);
+            whole[threads - 1].push(format!("{:.2}", t.elapsed().as_secs_f64()));
+            assert!(out.table("pages").map(|t| t.num_rows()).unwrap_or(0) > 0);
+        }
+    }
+    note(
+        &format!("multistream bz2 ({mb:.1} MB): decompression alone, 1 / 2 threads"),
+        format!("{} / {} s", alone[0].join(", "), alone[1].join(", ")),
+    );
+    note(
+        "multistream bz2: crawl full run, -w 1 / -w 2",
+        format!("{} / {} s", whole[0].join(", "), whole[1].join(", ")),
+    );
 }
 
 fn strings(t: &Table, col: &str) -> Vec<String> {
@@ -380,6 +424,12 @@ fn main() {
         return;
     }
 
+    // `--only multistream`: the crawl of a multistream dump on 1 and 2 threads.
+    if args.windows(2).any(|w| w[0] == "--only" && w[1] == "multistream") {
+        multistream(&dir, &mut note);
+        return;
+    }
+
     // Crawl: peak RSS in a child process.
     let bz2 = dir.join("wiki.xml.bz2");
     let exe = std::env::current_exe().expect("current exe");
@@ -419,6 +469,7 @@ fn main() {
         ),
     );
     let pages2 = rerun.table("pages").expect("pages").clone();
+    multistream(&dir, &mut note);
 
     // Extract: throughput with 1 and 2 workers.
     let lexicon = dir.join("lexicon.tsv");

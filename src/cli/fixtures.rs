@@ -390,7 +390,7 @@ fn load(shared: &Path) -> anyhow::Result<Kb> {
         }
     }
     let edges_path = kg.join("hetionet/hetionet-v1.0-edges-5k-sample.sif.gz");
-    let (mut reader, _) = fleming_operators::ops::crawl::dump::open(&edges_path)
+    let (mut reader, _) = fleming_operators::ops::crawl::dump::open(&edges_path, 1)
         .with_context(|| format!("reading {}", edges_path.display()))?;
     let mut edges = String::new();
     std::io::Read::read_to_string(&mut reader, &mut edges)?;

@@ -192,12 +192,23 @@ fn pump(mut src: Box<dyn Read + Send>, tx: SyncSender<io::Result<Vec<u8>>>, timi
     }
 }
 
-/// Opens a dump: `.bz2` (single or multistream) or plain XML, decompressed on a thread.
-pub fn open(path: &Path) -> io::Result<(Box<dyn BufRead + Send>, Arc<Timing>)> {
+/// Opens a dump: `.bz2` (single or multistream), `.gz` or plain XML, decompressed on a
+/// thread beside the parser; a multistream `.bz2` on `threads` threads when that is more
+/// than one.
+pub fn open(path: &Path, threads: usize) -> io::Result<(Box<dyn BufRead + Send>, Arc<Timing>)> {
     let file = File::open(path)?;
     let timing = Arc::new(Timing::default());
     let counted = CountingReader { inner: BufReader::with_capacity(CHUNK, file), timing: timing.clone() };
     let name = path.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
+    let (tx, rx) = sync_channel(4);
+    if name.ends_with(".bz2") && threads > 1 {
+        let t2 = timing.clone();
+        std::thread::Builder::new()
+            .name("dump-decompress".into())
+            .spawn(move || super::multistream::decompress(Box::new(counted), threads, tx, t2))?;
+        let reader = ChannelReader { rx, cur: Vec::new(), off: 0, done: false };
+        return Ok((Box::new(BufReader::with_capacity(CHUNK, reader)), timing));
+    }
     let src: Box<dyn Read + Send> = if name.ends_with(".bz2") {
         Box::new(bzip2::read::MultiBzDecoder::new(counted))
     } else if name.ends_with(".gz") {
@@ -205,7 +216,6 @@ pub fn open(path: &Path) -> io::Result<(Box<dyn BufRead + Send>, Arc<Timing>)> {
     } else {
         Box::new(counted)
     };
-    let (tx, rx) = sync_channel(4);
     let t2 = timing.clone();
     std::thread::Builder::new().name("dump-decompress".into()).spawn(move || pump(src, tx, t2))?;
     let reader = ChannelReader { rx, cur: Vec::new(), off: 0, done: false };
@@ -441,6 +451,29 @@ pub fn write_bz2(data: &[u8], out: impl std::io::Write) -> io::Result<()> {
     let mut e = bzip2::write::BzEncoder::new(out, bzip2::Compression::best());
     e.write_all(data)?;
     e.finish()?;
+    Ok(())
+}
+
+/// Compresses the XML export `xml` into `out` as Wikipedia's multistream dumps are: the
+/// header, then `pages_per_stream` pages per bzip2 stream, the last stream ending the file
+/// (fixtures and benchmarks).
+pub fn write_bz2_multistream(xml: &[u8], pages_per_stream: usize, mut out: impl std::io::Write) -> io::Result<()> {
+    let find = |from: usize, what: &[u8]| xml[from..].windows(what.len()).position(|w| w == what).map(|i| from + i);
+    let mut start = 0;
+    let mut end = find(0, b"<page>").unwrap_or(xml.len());
+    while start < xml.len() {
+        write_bz2(&xml[start..end], &mut out)?;
+        start = end;
+        for _ in 0..pages_per_stream.max(1) {
+            match find(end, b"</page>") {
+                Some(i) => end = i + b"</page>".len(),
+                None => {
+                    end = xml.len();
+                    break;
+                }
+            }
+        }
+    }
     Ok(())
 }
 

@@ -19,6 +19,7 @@
 pub mod api;
 pub mod discover;
 pub mod dump;
+mod multistream;
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -635,7 +636,7 @@ fn read_dump(
     rejects: &mut Vec<Reject>,
     mut keep: impl FnMut(&dump::DumpPage) -> Option<Option<i64>>,
 ) -> anyhow::Result<(Vec<PageRow>, Arc<dump::Timing>)> {
-    let (reader, timing) = dump::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let (reader, timing) = dump::open(path, ctx.threads).with_context(|| format!("opening {}", path.display()))?;
     let mut xml = dump::DumpReader::new(reader);
     let mut rows = Vec::new();
     let mut batch: Vec<(dump::DumpPage, Option<i64>)> = Vec::new();
@@ -700,7 +701,7 @@ fn discover_in_dump(
         categories: Vec<String>,
         relevance: f32,
     }
-    let (reader, _) = dump::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let (reader, _) = dump::open(path, ctx.threads).with_context(|| format!("opening {}", path.display()))?;
     let mut names: Vec<String> = Vec::new();
     let mut ids: HashMap<String, u32> = HashMap::new();
     let mut intern = |t: &str, names: &mut Vec<String>| -> u32 {

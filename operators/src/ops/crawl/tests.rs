@@ -86,10 +86,18 @@ fn bz2_and_multistream_dumps_read_the_same() {
     m.extend(bz2(&xml[cut..2 * cut]));
     m.extend(bz2(&xml[2 * cut..]));
     std::fs::write(&multi, m).unwrap();
+    // As Wikipedia writes them: the header, then a page per stream here.
+    let wiki = dir.path().join("c-multistream.xml.bz2");
+    dump::write_bz2_multistream(&xml, 1, std::fs::File::create(&wiki).unwrap()).unwrap();
     let plain = run_dump(&shared_export(), json!({}));
-    for p in [&single, &multi] {
-        let out = run_dump(p, json!({}));
-        assert_eq!(out.digest("pages").unwrap(), plain.digest("pages").unwrap(), "{}", p.display());
+    // With two threads the multistream files' streams are decompressed on both.
+    for (p, threads) in [(&single, 1), (&multi, 1), (&wiki, 1), (&single, 2), (&multi, 2), (&wiki, 2)] {
+        let out = Harness::new(Arc::new(Crawl))
+            .param("dump", p.to_string_lossy().to_string())
+            .threads(threads)
+            .run()
+            .unwrap();
+        assert_eq!(out.digest("pages").unwrap(), plain.digest("pages").unwrap(), "{} -w {threads}", p.display());
     }
 }
 
