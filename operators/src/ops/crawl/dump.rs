@@ -87,7 +87,8 @@ pub struct BadPage {
 /// Time spent decompressing and reading (nanoseconds), shared with the reader thread.
 #[derive(Debug, Default)]
 pub struct Timing {
-    /// Nanoseconds inside the decompressor (or the file reads, for plain XML).
+    /// Nanoseconds inside the decompressor (or the file reads, for plain XML), summed over
+    /// the threads that decompress a multistream dump.
     pub decompress_ns: AtomicU64,
     /// Compressed bytes read from the file.
     pub file_bytes: AtomicU64,

@@ -164,7 +164,10 @@ fn decompress_with(
                 };
                 let Ok(seg) = next else { return };
                 let t = Instant::now();
-                let out = seg.whole.then(|| decode_whole(&seg.bytes, limits.max_decoded)).flatten();
+                // A panic here would leave the ordering waiting for this segment: it is
+                // decoded sequentially instead (where a real fault shows as an error).
+                let decode = || seg.whole.then(|| decode_whole(&seg.bytes, limits.max_decoded)).flatten();
+                let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)).unwrap_or(None);
                 timing.decompress_ns.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
                 if done.send(Decoded { seq: seg.seq, bytes: seg.bytes, out }).is_err() {
                     return;
@@ -178,11 +181,12 @@ fn decompress_with(
     }
     drop(done_tx);
     let result = put_in_order(done_rx, &tx, &ticket_tx, &timing);
-    // The splitter's error, if it stopped on one, comes after the bytes read before it.
-    let result = result.and_then(|()| match split_err_rx.try_recv() {
+    // A read error of the file, if the splitter stopped on one, is the cause of whatever
+    // went wrong after the bytes read before it.
+    let result = match split_err_rx.try_recv() {
         Ok(e) => Err(e),
-        Err(_) => Ok(()),
-    });
+        Err(_) => result,
+    };
     let _ = tx.send(match result {
         Ok(()) => Ok(Vec::new()),
         Err(e) => Err(e),
@@ -424,6 +428,22 @@ mod tests {
         drop(tx);
         let got: Vec<u8> = rx.into_iter().flat_map(|c| c.unwrap()).collect();
         assert_eq!(got, [a, b].concat());
+    }
+
+    #[test]
+    fn a_reader_that_stops_early_stops_every_thread() {
+        // A crawl with `max_pages` stops reading: nothing may wait forever.
+        let parts: Vec<Vec<u8>> = (0..60).map(|i| text(100_000, i)).collect();
+        let file: Vec<u8> = parts.iter().flat_map(|p| bz2(p)).collect();
+        let (tx, rx) = sync_channel(1);
+        let (done_tx, done_rx) = channel();
+        std::thread::spawn(move || {
+            decompress_with(Box::new(io::Cursor::new(file)), 3, tx, Arc::new(Timing::default()), SMALL);
+            let _ = done_tx.send(());
+        });
+        assert!(!rx.recv().unwrap().unwrap().is_empty());
+        drop(rx);
+        done_rx.recv_timeout(std::time::Duration::from_secs(30)).expect("the decompression did not stop");
     }
 
     #[test]
