@@ -199,27 +199,34 @@ fn pump(mut src: Box<dyn Read + Send>, tx: SyncSender<io::Result<Vec<u8>>>, timi
 pub fn open(path: &Path, threads: usize) -> io::Result<(Box<dyn BufRead + Send>, Arc<Timing>)> {
     let file = File::open(path)?;
     let timing = Arc::new(Timing::default());
-    let counted = CountingReader { inner: BufReader::with_capacity(CHUNK, file), timing: timing.clone() };
+    let mut counted: Box<dyn Read + Send> =
+        Box::new(CountingReader { inner: BufReader::with_capacity(CHUNK, file), timing: timing.clone() });
     let name = path.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
     let (tx, rx) = sync_channel(4);
+    let reader = ChannelReader { rx, cur: Vec::new(), off: 0, done: false };
+    let t2 = timing.clone();
     if name.ends_with(".bz2") && threads > 1 {
-        let t2 = timing.clone();
-        std::thread::Builder::new()
-            .name("dump-decompress".into())
-            .spawn(move || super::multistream::decompress(Box::new(counted), threads, tx, t2))?;
-        let reader = ChannelReader { rx, cur: Vec::new(), off: 0, done: false };
-        return Ok((Box::new(BufReader::with_capacity(CHUNK, reader)), timing));
+        // Multistream when a second stream starts in the first MiB (Wikipedia's first
+        // stream is the header alone). One stream cannot be split: it is read as below.
+        let mut head = Vec::new();
+        (&mut counted).take(CHUNK as u64).read_to_end(&mut head)?;
+        let multistream = super::multistream::starts_another_stream(&head);
+        counted = Box::new(io::Cursor::new(head).chain(counted));
+        if multistream {
+            std::thread::Builder::new()
+                .name("dump-decompress".into())
+                .spawn(move || super::multistream::decompress(counted, threads, tx, t2))?;
+            return Ok((Box::new(BufReader::with_capacity(CHUNK, reader)), timing));
+        }
     }
     let src: Box<dyn Read + Send> = if name.ends_with(".bz2") {
         Box::new(bzip2::read::MultiBzDecoder::new(counted))
     } else if name.ends_with(".gz") {
         Box::new(flate2::read::MultiGzDecoder::new(counted))
     } else {
-        Box::new(counted)
+        counted
     };
-    let t2 = timing.clone();
     std::thread::Builder::new().name("dump-decompress".into()).spawn(move || pump(src, tx, t2))?;
-    let reader = ChannelReader { rx, cur: Vec::new(), off: 0, done: false };
     Ok((Box::new(BufReader::with_capacity(CHUNK, reader)), timing))
 }
 

@@ -11,8 +11,8 @@
 //! time; this splitting and ordering is what no crate does.
 //!
 //! Memory is bounded: at most [`AHEAD`] segments per thread are read ahead of the parser,
-//! a segment is cut at 32 MiB even mid-stream, and a worker decodes at most 32 MiB of it
-//! (see [`Limits`]).
+//! a segment is cut at 8 MiB even mid-stream, and a worker decodes at most 32 MiB of it
+//! (see [`Limits`]). A file that is one stream is not split at all (see `dump::open`).
 
 use std::collections::BTreeMap;
 use std::io::{self, Read};
@@ -46,7 +46,7 @@ struct Limits {
 }
 
 impl Limits {
-    const DEFAULT: Limits = Limits { min_segment: 1 << 20, max_segment: 32 << 20, max_decoded: 32 << 20 };
+    const DEFAULT: Limits = Limits { min_segment: 1 << 20, max_segment: 8 << 20, max_decoded: 32 << 20 };
 }
 
 /// A segment of the file, in file order.
@@ -73,9 +73,14 @@ fn stream_start(b: &[u8], i: usize) -> bool {
         && b[i + 4..i + 10] == [0x31, 0x41, 0x59, 0x26, 0x53, 0x59]
 }
 
+/// Whether a second bzip2 stream starts in `head`, the first bytes of a file.
+pub(super) fn starts_another_stream(head: &[u8]) -> bool {
+    (1..head.len()).any(|i| stream_start(head, i))
+}
+
 /// bzip2 streams back to back, decoded from input given in pieces.
 #[derive(Default)]
-pub(super) struct StreamDecoder {
+struct StreamDecoder {
     /// The stream being decoded; `None` between streams.
     current: Option<Decompress>,
 }
@@ -84,7 +89,7 @@ impl StreamDecoder {
     /// Decodes from `input`, appending to `out` until it holds `limit` bytes (a bound for
     /// data that expands a lot); returns the input bytes consumed. The decoder keeps what it
     /// has read but not yet written: call again, with the rest of the input or none.
-    pub(super) fn feed(&mut self, input: &[u8], out: &mut Vec<u8>, limit: usize) -> io::Result<usize> {
+    fn feed(&mut self, input: &[u8], out: &mut Vec<u8>, limit: usize) -> io::Result<usize> {
         let mut used = 0;
         loop {
             let rest = &input[used..];
@@ -113,7 +118,7 @@ impl StreamDecoder {
     }
 
     /// Between two streams (everything fed so far ended exactly at a stream end).
-    pub(super) fn idle(&self) -> bool {
+    fn idle(&self) -> bool {
         self.current.is_none()
     }
 }
@@ -222,12 +227,16 @@ fn put_in_order(
         waiting.insert(d.seq, d);
         while let Some(d) = waiting.remove(&next) {
             next += 1;
-            let out = match d.out {
+            match d.out {
                 // Trusted only if everything before ended at a stream end: then its first
                 // byte really starts a stream.
-                Some(out) if sequential.idle() => out,
+                Some(out) if sequential.idle() => {
+                    if !send(out) {
+                        return Ok(());
+                    }
+                }
+                // In pieces of at most a chunk each, as a sequential read gives them.
                 _ => {
-                    // In pieces of at most a chunk each, as a sequential read gives them.
                     let mut at = 0;
                     loop {
                         let t = Instant::now();
@@ -242,12 +251,7 @@ fn put_in_order(
                             return Ok(());
                         }
                     }
-                    let _ = tickets.send(());
-                    continue;
                 }
-            };
-            if !send(out) {
-                return Ok(());
             }
             let _ = tickets.send(());
         }
@@ -428,6 +432,14 @@ mod tests {
         drop(tx);
         let got: Vec<u8> = rx.into_iter().flat_map(|c| c.unwrap()).collect();
         assert_eq!(got, [a, b].concat());
+    }
+
+    #[test]
+    fn multistream_files_are_told_from_one_stream() {
+        let one = bz2(&text(3_000_000, 3));
+        assert!(!starts_another_stream(&one[..one.len().min(1 << 20)]));
+        let many = [bz2(b"<mediawiki><siteinfo/>"), bz2(&text(3_000_000, 3))].concat();
+        assert!(starts_another_stream(&many[..1 << 20]));
     }
 
     #[test]
