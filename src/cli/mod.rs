@@ -96,6 +96,9 @@ pub fn main() -> i32 {
             | Command::Query(_)
             | Command::Ops(_)
             | Command::Checks(_)
+            | Command::Gc(_)
+            | Command::Verify(_)
+            | Command::Fixtures(_)
     ) {
         end_quietly_when_the_reader_leaves();
     }
@@ -127,10 +130,11 @@ pub fn main() -> i32 {
 
 /// Lets a command that only prints end as Unix tools do when its reader goes away
 /// (`fleming query … | head`): killed by SIGPIPE, quietly. Rust ignores SIGPIPE, so the
-/// next print would panic instead. Not for `run`, `test` or `serve`: they talk to child
-/// processes through pipes, and a worker that dies must be an error they report, not the
-/// end of the orchestrator.
-fn end_quietly_when_the_reader_leaves() {
+/// next print would panic instead. `gc`, `verify` and `fixtures` print only once their
+/// work is done, so the signal cannot cut it short. Not for `run` or `serve`, nor for
+/// `test` until its cases are over: they talk to child processes through pipes, and a
+/// worker that dies must be an error they report, not the end of the orchestrator.
+pub(crate) fn end_quietly_when_the_reader_leaves() {
     // SAFETY: `signal` only sets the disposition of SIGPIPE back to its default; no
     // handler runs Rust code.
     unsafe {

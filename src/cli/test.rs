@@ -46,6 +46,8 @@ pub fn run(args: &TestArgs, registry: Arc<dyn Registry>) -> anyhow::Result<i32> 
     }
     let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     let results = run_cases(cases, registry, jobs);
+    // Every case is over (its servers and workers gone): only printing is left.
+    super::end_quietly_when_the_reader_leaves();
     let mut failed = 0;
     for r in &results {
         let label = format!("{} [{}] {}", r.case.file.display(), r.case.op, r.case.name);

@@ -164,11 +164,19 @@ fn printing_commands_end_quietly_when_the_reader_leaves() {
     use std::os::unix::process::ExitStatusExt;
     let p = project();
     p.run_ok(&[]);
-    let commands: [&[&str]; 4] = [
+    p.write(
+        "t/cases.yaml",
+        "op: sql\ncases:\n  - name: one\n    params: { query: \"select 1 as x\" }\n    expect: { rows: [{ x: 1 }] }\n",
+    );
+    // `gc`, `verify` and `test` print only after their work, and end the same way.
+    let commands: [&[&str]; 7] = [
         &["show", "pipeline.yaml", "picked"],
         &["query", "pipeline.yaml", "select * from picked"],
         &["dag", "pipeline.yaml"],
         &["ops"],
+        &["verify", "pipeline.yaml"],
+        &["gc", "pipeline.yaml"],
+        &["test", "t"],
     ];
     for args in commands {
         // The reader is closed before the command starts: its first print finds no reader.
