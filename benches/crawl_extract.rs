@@ -4,6 +4,7 @@
 //! cargo bench --bench crawl_extract                  # 100k entities (needs ../shared/data)
 //! cargo bench --bench crawl_extract -- --entities 20000
 //! cargo bench --bench crawl_extract -- --only extract [--workers N]  # extract only (profiling)
+//! cargo bench --bench crawl_extract -- --only extract [--pairs N]  # extract -w 1 / -w 2 alone
 //! cargo bench --bench crawl_extract -- --only incremental [--times N]  # incremental extract
 //! cargo bench --bench crawl_extract -- --only multistream  # crawl of a multistream dump, -w 1 / 2
 //! ```
@@ -425,13 +426,18 @@ fn main() {
         format!("{:.1} MB / {xml_mb:.1} MB / {bz2_mb:.1} MB", fx.stats.bytes as f64 / 1e6),
     );
 
-    // `--only extract`: the pages from the plain XML (not timed), then extract -w 1 only; a
-    // quick loop for profiling the parser and the dataflow.
+    let pairs = args.iter().position(|a| a == "--pairs").and_then(|i| args.get(i + 1)?.parse().ok()).unwrap_or(3);
+    // `--only extract`: the pages from the plain XML (not timed), then extract -w N only, a
+    // quick loop for profiling the parser and the dataflow; without `--workers`, the full
+    // bench's -w 1 / -w 2 comparison alone.
     if args.windows(2).any(|w| w[0] == "--only" && w[1] == "extract") {
         let pages = crawl(&dir.join("wiki.xml"), None).table("pages").expect("pages").clone();
         let bytes = fx.stats.bytes as f64 / 1e6;
         let workers = args.iter().position(|a| a == "--workers").and_then(|i| args.get(i + 1)?.parse().ok());
-        let w = workers.unwrap_or(1);
+        let Some(w) = workers else {
+            extract_scaling(&pages, &dir.join("lexicon.tsv"), bytes, pairs, &mut note);
+            return;
+        };
         for _ in 0..2 {
             let (one, s1) = extract(&pages, &dir.join("lexicon.tsv"), w, None);
             note(&format!("extract -w {w}: full run"), format!("{s1:.2} s, {:.1} MB/s", bytes / s1));
@@ -526,7 +532,6 @@ fn main() {
     // Extract: throughput with 1 and 2 workers.
     let lexicon = dir.join("lexicon.tsv");
     let bytes = fx.stats.bytes as f64 / 1e6;
-    let pairs = args.iter().position(|a| a == "--pairs").and_then(|i| args.get(i + 1)?.parse().ok()).unwrap_or(3);
     let warm_up = extract_scaling(&pages, &lexicon, bytes, pairs, &mut note);
     note(
         "extract: entities / relations",
