@@ -7,6 +7,7 @@
 //! cargo bench --bench crawl_extract -- --only extract [--pairs N]  # extract -w 1 / -w 2 alone
 //! cargo bench --bench crawl_extract -- --only incremental [--times N]  # incremental extract
 //! cargo bench --bench crawl_extract -- --only multistream  # crawl of a multistream dump, -w 1 / 2
+//! cargo bench --bench crawl_extract -- --only memory  # this machine's cost of fresh memory
 //! ```
 //!
 //! It generates the fixture (`fleming fixtures wiki`, cached under
@@ -193,10 +194,10 @@ fn extract(
 /// Extract's full run with 1 and 2 workers, `pairs` times, alternating, after an untimed
 /// `-w 1` warm-up whose output is returned (the first run of a process is the slowest).
 /// Every timed run is checked against the warm-up's digests. This VM's cost of fresh
-/// memory swings by up to 30x from one minute to the next (touching 1 GB took 0.09 to
-/// 2.6 s), so the figure of each worker count is its fastest run, as `timeit` takes, with
-/// the median and every run printed beside it; alternating keeps the two worker counts in
-/// the same minutes.
+/// memory swings by up to 10x from one minute to the next (`--only memory`: touching
+/// 1 GiB took 0.25 to 2.4 s), so the figure of each worker count is its fastest run, as
+/// `timeit` takes, with the median and every run printed beside it; alternating keeps the
+/// two worker counts in the same minutes.
 fn extract_scaling(
     pages: &Table,
     lexicon: &Path,
@@ -371,6 +372,39 @@ fn stage_runs(work: &Path, dumps: [&Path; 2], lexicon: &Path, note: &mut impl Fn
     let _ = std::fs::remove_dir_all(work);
 }
 
+/// `--only memory`: what this machine charges for fresh memory, the noise under every
+/// figure here. Touches one page in every 4 KiB of 1 GiB just taken from the system
+/// allocator (so from the kernel), `rounds` times, on one thread and then split over two.
+fn fresh_memory(rounds: usize) {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    const GIB: usize = 1 << 30;
+    let touch = |bytes: usize| {
+        let layout = Layout::from_size_align(bytes, 4096).expect("layout");
+        // SAFETY: the layout is non-zero; every write is inside the allocation, which is
+        // freed with the same layout.
+        unsafe {
+            let p = System.alloc(layout);
+            assert!(!p.is_null(), "out of memory");
+            for i in (0..bytes).step_by(4096) {
+                p.add(i).write_volatile(1);
+            }
+            System.dealloc(p, layout);
+        }
+    };
+    for _ in 0..rounds {
+        let t = Instant::now();
+        touch(GIB);
+        let one = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        std::thread::scope(|s| {
+            s.spawn(|| touch(GIB / 2));
+            touch(GIB / 2);
+        });
+        let two = t.elapsed().as_secs_f64();
+        println!("fresh memory: 1 GiB touched in {one:.3} s on one thread, {two:.3} s on two");
+    }
+}
+
 /// The metrics of the newest run manifest of a stage in a store.
 fn last_metrics(store: &Path, stage: &str) -> serde_json::Map<String, Value> {
     let store = fleming_artifacts::Store::open(store).expect("open the store");
@@ -387,6 +421,10 @@ fn main() {
     }
     if !args.iter().any(|a| a == "--bench") {
         println!("crawl_extract: run with `cargo bench --bench crawl_extract`");
+        return;
+    }
+    if args.windows(2).any(|w| w[0] == "--only" && w[1] == "memory") {
+        fresh_memory(5);
         return;
     }
     let entities: usize = args
