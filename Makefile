@@ -19,9 +19,10 @@ test: test-core test-ops test-model
 test-core:
 	cargo test --all-targets
 
-## The operator test cases in tests/ops.
-test-ops: build
-	$(FLEMING) test tests/ops
+## The operator test cases in tests/ops (worker operators included: the torch worker is
+## built first, and a case that cannot reach it fails rather than being skipped).
+test-ops: build worker
+	$(FLEMING) test tests/ops --require-worker
 
 ## The model crate and the torch worker (installs libtorch when missing).
 test-model: torch

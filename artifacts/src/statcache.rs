@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::digest::{Digest, digest_file};
-use crate::store::{IoContext, Store, StoreError, digest_tree, walk_files};
+use crate::store::{IoContext, Store, StoreError, digest_files, digest_tree, model_files, walk_files};
 
 /// Entries closer than this to the file's mtime are rehashed.
 pub const RACY_WINDOW: Duration = Duration::from_secs(2);
@@ -130,13 +130,48 @@ impl StatCache {
         Ok((digest, bytes))
     }
 
+    /// The digest of a Hugging Face model directory's model files ([`model_files`]), as
+    /// [`digest_files`] gives it, rehashing only when one of them changed (their stamps are
+    /// taken through symbolic links). Other files of the directory do not matter.
+    pub fn digest_model_dir(&self, dir: &Path) -> Result<(Digest, u64), StoreError> {
+        let abs = dir.canonicalize().at(dir)?;
+        let files = model_files(&abs)?;
+        let mut stamps = Vec::with_capacity(files.len());
+        for f in &files {
+            let m = std::fs::metadata(f).at(f)?;
+            stamps.push((f.strip_prefix(&abs).unwrap_or(f).to_string_lossy().to_string(), Stamp::of(&m)));
+        }
+        // Keyed apart from a whole-tree digest of the same directory.
+        let key = abs.join(".fleming-model-files");
+        let newest_mtime = stamps.iter().map(|(_, s)| s.mtime_ns).max().unwrap_or(0);
+        if let Ok(entries) = self.entries.lock()
+            && let Some(e) = entries.get(&key)
+            && e.stamps == stamps
+            && e.recorded_ns - newest_mtime > RACY_WINDOW.as_nanos() as i128
+        {
+            return Ok((e.digest, e.bytes));
+        }
+        let (digest, bytes) = digest_files(&abs, &files)?;
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.insert(key, Entry { stamps, digest, bytes, recorded_ns: now_ns() });
+            if let Ok(mut d) = self.dirty.lock() {
+                *d = true;
+            }
+        }
+        Ok((digest, bytes))
+    }
+
     /// Writes the cache back if anything changed (entries for vanished files are dropped).
     pub fn save(&self) -> Result<(), StoreError> {
         if self.path.as_os_str().is_empty() || !self.dirty.lock().map(|d| *d).unwrap_or(false) {
             return Ok(());
         }
         let entries: Vec<(PathBuf, Entry)> = match self.entries.lock() {
-            Ok(e) => e.iter().filter(|(p, _)| p.exists()).map(|(p, e)| (p.clone(), e.clone())).collect(),
+            Ok(e) => e
+                .iter()
+                .filter(|(p, _)| p.exists() || p.parent().is_some_and(|d| d.exists()))
+                .map(|(p, e)| (p.clone(), e.clone()))
+                .collect(),
             Err(_) => return Ok(()),
         };
         crate::fsutil::write_json_atomic(&self.path, &self.tmp, &entries).at(&self.path)

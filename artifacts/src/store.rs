@@ -97,7 +97,8 @@ pub struct Store {
     root: PathBuf,
 }
 
-const SUBDIRS: &[&str] = &["objects", "cache", "refs", "runs", "memo", "work", "locks", "tmp", "quarantine", "checks"];
+const SUBDIRS: &[&str] =
+    &["objects", "cache", "refs", "runs", "memo", "work", "checkpoints", "locks", "tmp", "quarantine", "checks"];
 
 impl Store {
     /// Opens (creating if needed) the store at `root`, and removes temporary files left by
@@ -365,6 +366,55 @@ pub fn walk_files(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
     }
     out.sort();
     Ok(out)
+}
+
+/// Names of the files a Hugging Face model directory needs besides its weights.
+pub const MODEL_METADATA_FILES: &[&str] = &[
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "chat_template.jinja",
+    "chat_template.json",
+];
+
+/// The files of a Hugging Face model directory that a model is made of: its configuration
+/// and tokenizer files ([`MODEL_METADATA_FILES`]), its safetensors weights and their index.
+/// READMEs, licences, other weight formats and subdirectories are left out. Symbolic links
+/// are followed (the Hugging Face cache links snapshots to blobs). Sorted by name.
+pub fn model_files(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).at(dir)? {
+        let e = e.at(dir)?;
+        let name = e.file_name().to_string_lossy().to_string();
+        let wanted = MODEL_METADATA_FILES.contains(&name.as_str())
+            || name.ends_with(".safetensors")
+            || name.ends_with(".safetensors.index.json");
+        if wanted && fs::metadata(e.path()).at(&e.path())?.is_file() {
+            out.push(e.path());
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Digest of some files of a directory, as [`digest_tree`] would give for a directory
+/// holding only them (none executable). Returns the digest and their total size.
+pub fn digest_files(dir: &Path, files: &[PathBuf]) -> Result<(Digest, u64), StoreError> {
+    let mut listing = String::new();
+    let mut bytes = 0u64;
+    for f in files {
+        let rel = f.strip_prefix(dir).unwrap_or(f).to_string_lossy().replace('\\', "/");
+        bytes += fs::metadata(f).at(f)?.len();
+        let d = digest_file(f).at(f)?;
+        listing.push_str(&format!("{rel}\0-\0{d}\n"));
+    }
+    Ok((Digest::of_parts("fleming-tree-v1", [listing.as_bytes()]), bytes))
 }
 
 /// Digest of a directory tree: BLAKE3 over the sorted list of (relative path, executable

@@ -1,4 +1,4 @@
-//! The Qwen chat format and the `<think>`/`<answer>` convention.
+//! The Qwen chat format, and the shared question format rendered in it.
 
 use serde::{Deserialize, Serialize};
 
@@ -35,30 +35,20 @@ pub fn render(messages: &[Message], add_generation_prompt: bool) -> String {
     out
 }
 
-/// The system instruction for the answer convention (paper, appendix C).
-pub const ANSWER_INSTRUCTION: &str = "Think step by step inside <think></think>, then give only the letter of the chosen option inside <answer></answer>.";
+/// The token that ends a turn in the Qwen format; a training completion ends with it.
+pub const END_OF_TURN: &str = "<|im_end|>";
 
-/// A multiple-choice question as a user message: question, then `A. text` lines.
-pub fn mcq_user_message(question: &str, options: &[(String, String)]) -> String {
-    let mut s = question.trim().to_string();
-    for (label, text) in options {
-        s.push('\n');
-        s.push_str(label);
-        s.push_str(". ");
-        s.push_str(text.trim());
-    }
-    s
+/// The full prompt for a multiple-choice item: the shared messages of
+/// [`fleming_questions::prompt`] (system instruction, context, stem, options) rendered
+/// with the chat template, ending with an open assistant turn.
+pub fn question_prompt(q: &fleming_questions::Question) -> String {
+    let messages: Vec<Message> =
+        fleming_questions::messages(q).into_iter().map(|m| Message::new(m.role, m.content)).collect();
+    render(&messages, true)
 }
 
-/// The full prompt for a multiple-choice question (system + user + open assistant turn).
-pub fn mcq_prompt(question: &str, options: &[(String, String)]) -> String {
-    render(
-        &[Message::new("system", ANSWER_INSTRUCTION), Message::new("user", mcq_user_message(question, options))],
-        true,
-    )
-}
-
-/// An assistant completion in the convention: reasoning, then the answer, then `<|im_end|>`.
-pub fn completion(reasoning: &str, answer: &str) -> String {
-    format!("<think>\n{}\n</think>\n<answer>{}</answer><|im_end|>", reasoning.trim(), answer.trim())
+/// A training target in the shared completion format (`<think>…</think><answer>…</answer>`),
+/// ending the assistant turn.
+pub fn training_completion(reasoning: &str, answer: &str) -> String {
+    format!("{}{END_OF_TURN}", fleming_questions::completion(reasoning, answer))
 }

@@ -106,9 +106,7 @@ pub fn generate_with(
     let ids = Tensor::from_slice(&ids).view([b as i64, longest as i64]).to_device(device);
     let mut key_mask =
         if padded { Some(Tensor::from_slice(&mask).view([b as i64, longest as i64]).to_device(device)) } else { None };
-    let mut rngs: Vec<ChaCha8Rng> = (0..b)
-        .map(|i| ChaCha8Rng::seed_from_u64(params.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)))
-        .collect();
+    let mut rngs: Vec<ChaCha8Rng> = (0..b).map(|i| sequence_rng(params.seed, i as u64)).collect();
     let mut out: Vec<Generated> =
         (0..b).map(|_| Generated { tokens: vec![], logprobs: vec![], truncated: false, stop_token: None }).collect();
     let mut done = vec![false; b];
@@ -151,9 +149,20 @@ pub fn generate_with(
     Ok(out)
 }
 
+/// The random stream of sequence `index` of a request seeded with `seed`: its draws do
+/// not depend on which other sequences share the batch.
+pub(crate) fn sequence_rng(seed: u64, index: u64) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+}
+
 /// Picks one token per row of `logits` (`[B, V]`); rows marked done are skipped
 /// (their RNG does not advance, so a sequence's draws do not depend on others).
-fn sample(logits: &Tensor, p: &SamplingParams, rngs: &mut [ChaCha8Rng], done: &[bool]) -> Result<(Vec<i64>, Vec<f32>)> {
+pub(crate) fn sample(
+    logits: &Tensor,
+    p: &SamplingParams,
+    rngs: &mut [ChaCha8Rng],
+    done: &[bool],
+) -> Result<(Vec<i64>, Vec<f32>)> {
     let b = logits.size()[0] as usize;
     let logp = logits.f_log_softmax(-1, Kind::Float)?;
     let tokens: Vec<i64> = if p.temperature == 0.0 {

@@ -4,9 +4,9 @@
 
 #![deny(missing_docs)]
 
-pub mod answer;
 pub mod chat;
 pub mod config;
+pub mod engine;
 pub mod error;
 pub mod generate;
 pub mod io;
@@ -15,12 +15,12 @@ pub mod sft;
 pub mod tokenizer;
 pub mod toy;
 
-pub use answer::{NoAnswer, extract_answer};
 pub use config::Qwen2Config;
+pub use engine::Engine;
 pub use error::{ModelError, Result};
 pub use generate::{Flow, Generated, SamplingParams, generate, generate_with};
 pub use qwen2::{KvCache, Placement, Qwen2};
-pub use sft::{Example, MetricsRow, SftConfig, SftTrainer};
+pub use sft::{Example, MetricsRow, SftConfig, SftTrainer, TrainEnd};
 pub use tokenizer::TextTokenizer;
 
 /// Sets libtorch's intra-op thread count (benchmarks pin it; 0 leaves the default).

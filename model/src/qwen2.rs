@@ -70,6 +70,68 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+
+    /// Rows (sequences) held; 0 before the first forward.
+    pub fn rows(&self) -> i64 {
+        self.layers.iter().flatten().next().map_or(0, |(k, _)| k.size()[0])
+    }
+
+    /// Adds `n` empty positions before the held ones (masked out by the caller's key
+    /// mask), so that sequences of different lengths can share the cache.
+    pub fn pad_left(&mut self, n: i64) -> Result<()> {
+        if n <= 0 {
+            return Ok(());
+        }
+        for (k, v) in self.layers.iter_mut().flatten() {
+            let s = k.size();
+            let z = Tensor::f_zeros([s[0], s[1], n, s[3]], (k.kind(), k.device()))?;
+            *k = Tensor::f_cat(&[&z, &*k], 2)?;
+            *v = Tensor::f_cat(&[&z, &*v], 2)?;
+        }
+        self.len += n;
+        Ok(())
+    }
+
+    /// Drops the first `n` positions (when no remaining sequence attends to them).
+    pub fn trim_left(&mut self, n: i64) -> Result<()> {
+        if n <= 0 {
+            return Ok(());
+        }
+        let keep = self.len - n;
+        for (k, v) in self.layers.iter_mut().flatten() {
+            *k = k.f_narrow(2, n, keep)?;
+            *v = v.f_narrow(2, n, keep)?;
+        }
+        self.len = keep;
+        Ok(())
+    }
+
+    /// Appends the sequences of `other` (of the same length) after this cache's rows.
+    pub fn append_rows(&mut self, other: KvCache) -> Result<()> {
+        if self.rows() == 0 {
+            *self = other;
+            return Ok(());
+        }
+        if other.len != self.len || other.layers.len() != self.layers.len() {
+            return Err(invalid!("caches of {} and {} positions cannot be joined", self.len, other.len));
+        }
+        for (mine, theirs) in self.layers.iter_mut().zip(other.layers) {
+            if let (Some((k, v)), Some((k2, v2))) = (mine.as_mut(), theirs) {
+                *k = Tensor::f_cat(&[&*k, &k2], 0)?;
+                *v = Tensor::f_cat(&[&*v, &v2], 0)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps the rows listed in `rows`, in that order.
+    pub fn select_rows(&mut self, rows: &Tensor) -> Result<()> {
+        for (k, v) in self.layers.iter_mut().flatten() {
+            *k = k.f_index_select(0, rows)?;
+            *v = v.f_index_select(0, rows)?;
+        }
+        Ok(())
+    }
 }
 
 /// A Qwen2 causal language model.
@@ -397,11 +459,7 @@ fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 impl Qwen2 {
     /// Reorders or selects cache rows (e.g. to drop finished sequences).
     pub fn select_cache_rows(cache: &mut KvCache, rows: &Tensor) -> Result<()> {
-        for (k, v) in cache.layers.iter_mut().flatten() {
-            *k = k.f_index_select(0, rows)?;
-            *v = v.f_index_select(0, rows)?;
-        }
-        Ok(())
+        cache.select_rows(rows)
     }
 }
 

@@ -111,6 +111,18 @@ pub struct MetricsRow {
     pub tokens_per_s: f64,
 }
 
+/// How [`SftTrainer::train`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrainEnd {
+    /// `total_steps` were done.
+    Finished,
+    /// Asked to stop; a checkpoint at `step` was written.
+    Stopped {
+        /// Optimizer steps done (and saved).
+        step: u64,
+    },
+}
+
 /// Where the data order stands; with the weights and moments, all a resume needs.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TrainState {
@@ -383,17 +395,31 @@ impl<'a> SftTrainer<'a> {
     }
 
     /// Trains until `total_steps`, calling `on_step` after each step and
-    /// checkpointing every `checkpoint_every` steps and at the end.
-    pub fn train(&mut self, mut on_step: impl FnMut(&MetricsRow) -> Result<()>) -> Result<()> {
+    /// checkpointing every `checkpoint_every` steps and at the end. When `should_stop`
+    /// turns true (a signal), it writes a checkpoint after the step in progress and
+    /// returns [`TrainEnd::Stopped`]; a new trainer on the same directory resumes there.
+    pub fn train(
+        &mut self,
+        should_stop: impl Fn() -> bool,
+        mut on_step: impl FnMut(&MetricsRow) -> Result<()>,
+    ) -> Result<TrainEnd> {
+        let mut saved_at = self.state.step;
         while self.state.step < self.cfg.total_steps {
+            if should_stop() {
+                if saved_at != self.state.step {
+                    self.checkpoint()?;
+                }
+                return Ok(TrainEnd::Stopped { step: self.state.step });
+            }
             let row = self.train_step()?;
             on_step(&row)?;
             let every = self.cfg.checkpoint_every;
             if (every > 0 && self.state.step.is_multiple_of(every)) || self.state.step == self.cfg.total_steps {
                 self.checkpoint()?;
+                saved_at = self.state.step;
             }
         }
-        Ok(())
+        Ok(TrainEnd::Finished)
     }
 
     /// Saves weights, moments and state to `dir/checkpoints/step-N` and points

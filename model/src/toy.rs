@@ -2,19 +2,16 @@
 //! for the learning test, smoke runs and benchmarks. Deterministic from a seed.
 
 use crate::chat;
+use fleming_questions::{Choice, Question};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 /// One question with its options and the correct label.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ToyQuestion {
-    /// Question text.
-    pub question: String,
-    /// `(label, text)` options.
-    pub options: Vec<(String, String)>,
-    /// Correct label.
-    pub answer: String,
+    /// The item (stem, options, correct label) in the shared question format.
+    pub item: Question,
     /// The fact the reasoning states.
     pub reasoning: String,
 }
@@ -22,11 +19,11 @@ pub struct ToyQuestion {
 impl ToyQuestion {
     /// The chat prompt (system + user + open assistant turn).
     pub fn prompt(&self) -> String {
-        chat::mcq_prompt(&self.question, &self.options)
+        chat::question_prompt(&self.item)
     }
-    /// The target completion in the `<think>`/`<answer>` convention.
+    /// The target completion in the `<think>`/`<answer>` convention, ending the turn.
     pub fn completion(&self) -> String {
-        chat::completion(&self.reasoning, &self.answer)
+        chat::training_completion(&self.reasoning, &self.item.answer)
     }
 }
 
@@ -84,19 +81,23 @@ impl ToyTask {
                 others.shuffle(&mut rng);
                 opts.extend(others.into_iter().take(n_options.saturating_sub(1)).cloned());
                 opts.shuffle(&mut rng);
-                let options: Vec<(String, String)> =
-                    opts.iter().enumerate().map(|(j, t)| (((b'A' + j as u8) as char).to_string(), t.clone())).collect();
-                let answer = options.iter().find(|(_, t)| t == drug).map(|(l, _)| l.clone()).unwrap_or_default();
+                let options: Vec<Choice> =
+                    opts.iter().enumerate().map(|(j, t)| Choice::new(fleming_questions::label(j), t.clone())).collect();
+                let answer = options.iter().find(|c| &c.text == drug).map(|c| c.label.clone()).unwrap_or_default();
                 // The reasoning checks each option in turn, so the answer letter is
                 // read off a nearby "yes" rather than searched for in the prompt.
                 let checks: Vec<String> = options
                     .iter()
-                    .map(|(l, t)| format!("{l}. {t}: {}.", if t == drug { "yes" } else { "no" }))
+                    .map(|c| format!("{}. {}: {}.", c.label, c.text, if &c.text == drug { "yes" } else { "no" }))
                     .collect();
                 ToyQuestion {
-                    question: format!("Which drug treats {disease}?"),
-                    options,
-                    answer,
+                    item: Question {
+                        id: format!("toy-{i}"),
+                        question: format!("Which drug treats {disease}?"),
+                        options,
+                        answer,
+                        ..Default::default()
+                    },
                     reasoning: format!("{disease} is treated with {drug}. {}", checks.join(" ")),
                 }
             })

@@ -10,6 +10,7 @@
 pub mod llm;
 pub mod ops;
 pub mod questions;
+pub mod served;
 
 use std::sync::Arc;
 
@@ -20,11 +21,6 @@ include!(concat!(env!("OUT_DIR"), "/fingerprints.rs"));
 /// Environment variable that adds the test-only operators (`test-slow`, `test-worker`) to
 /// the registry; integration tests set it, users never need it.
 pub const TEST_OPS_ENV: &str = "FLEMING_TEST_OPS";
-
-/// Fingerprint of an operator module's source (see `build.rs`).
-pub fn fingerprint(module: &str) -> String {
-    FINGERPRINTS.iter().find(|(m, _)| *m == module).map(|(_, f)| f.to_string()).unwrap_or_default()
-}
 
 /// Every operator fleming ships.
 pub fn registry() -> OpRegistry {
@@ -39,6 +35,8 @@ pub fn registry() -> OpRegistry {
     r.register(Arc::new(ops::sample::Sample::new()));
     r.register(Arc::new(ops::validate::Validate::new()));
     r.register(Arc::new(ops::difficulty_label::DifficultyLabel::new()));
+    r.register(Arc::new(ops::evaluate::Evaluate::new()));
+    r.register(Arc::new(ops::model::Model::new()));
     if std::env::var_os(TEST_OPS_ENV).is_some_and(|v| v == "1") {
         for op in ops::testing::all() {
             r.register(op);

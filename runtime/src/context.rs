@@ -283,6 +283,9 @@ pub struct OpContext {
     pub threads: usize,
     /// Named LLM endpoints of the pipeline, as JSON (`llm:` section).
     pub llm: Map<String, Value>,
+    /// GPUs assigned to the stage (`resources.gpu`), for the worker processes it starts
+    /// (e.g. a model server); empty means CPU.
+    pub gpus: Vec<u32>,
     metrics: Map<String, Value>,
 }
 
@@ -312,6 +315,7 @@ impl OpContext {
             cancel,
             threads,
             llm,
+            gpus: Vec::new(),
             metrics: Map::new(),
         }
     }

@@ -28,7 +28,7 @@ use crate::dispatch::launcher::{GpuPool, find_worker, run_job};
 use crate::dispatch::{Device, Job, JobInput, PROTOCOL_VERSION};
 use crate::keys::{KeyParts, json_diff};
 use crate::op::{EffectsCtx, Execution, OpSpec, OutputValue, ParamType, PortKind, check_outputs, schema_problems};
-use crate::params::input_paths;
+use crate::params::{InputPathKind, input_paths_with_kind};
 use crate::progress::{Progress, ProgressSink};
 use crate::spec::{Pipeline, Stage};
 use crate::state::{CacheEntry, StageRef};
@@ -205,6 +205,9 @@ struct Pending {
     files: BTreeMap<String, FileRecord>,
     reason: String,
     warnings: Vec<String>,
+    /// The previous run's final checkpoint, when this run continues it (see
+    /// [`crate::op::ParamSpec::continues`]).
+    resume_from: Option<std::path::PathBuf>,
 }
 
 enum Decision {
@@ -502,6 +505,7 @@ impl<'a> Executor<'a> {
                 files,
                 reason: "forced (--force)".into(),
                 warnings,
+                resume_from: None,
             }));
         }
         let mut missing_reason = None;
@@ -531,12 +535,55 @@ impl<'a> Executor<'a> {
                 return Ok(Decision::Cached(r));
             }
         }
-        let reason = match (&previous, missing_reason) {
+        let mut reason = match (&previous, missing_reason) {
             (_, Some(m)) => m,
             (None, None) => "new: never ran".to_string(),
             (Some(p), None) => why_changed(&p.parts, &parts),
         };
-        Ok(Decision::Run(Pending { forced: false, parts, key, files, reason, warnings }))
+        let mut resume_from = None;
+        if let Some(p) = &previous
+            && let Some((dir, note)) = self.continuation(spec, p, &parts)
+        {
+            reason = format!("{note} ({reason})");
+            resume_from = Some(dir);
+        }
+        Ok(Decision::Run(Pending { forced: false, parts, key, files, reason, warnings, resume_from }))
+    }
+
+    /// Whether a run with `parts` continues the stage's previous run: only parameters
+    /// marked [`crate::op::ParamSpec::continues`] changed, each to a larger integer, and
+    /// that run's final checkpoint is still in the store. Returns the checkpoint and what
+    /// `run -n` says ("continues from step 400 of the previous run").
+    fn continuation(
+        &self,
+        spec: &OpSpec,
+        previous: &StageRef,
+        parts: &KeyParts,
+    ) -> Option<(std::path::PathBuf, String)> {
+        let old = &previous.parts;
+        if old.op != parts.op || old.version != parts.version || old.inputs != parts.inputs || old.files != parts.files
+        {
+            return None;
+        }
+        let (Value::Object(a), Value::Object(b)) = (&old.params, &parts.params) else { return None };
+        if a.len() != b.len() {
+            return None;
+        }
+        let mut grown = Vec::new();
+        for (name, new) in b {
+            let was = a.get(name)?;
+            if was == new {
+                continue;
+            }
+            let declared = spec.param(name)?;
+            match (was.as_u64(), new.as_u64()) {
+                (Some(x), Some(y)) if declared.continues && y > x => grown.push((name.clone(), x)),
+                _ => return None,
+            }
+        }
+        let (_, from) = grown.first()?.clone();
+        let dir = continuation_checkpoint(self.store, &previous.key);
+        dir.is_dir().then(|| (dir, format!("continues from step {from} of the previous run")))
     }
 
     /// Why a cache entry cannot be reused (objects gone, effects gone), or `None` if it can.
@@ -586,12 +633,14 @@ impl<'a> Executor<'a> {
         }
         let mut files = BTreeMap::new();
         let mut file_digests = BTreeMap::new();
-        for (segs, path) in input_paths(&spec.params, stage.params.values()) {
+        for (segs, path, kind) in input_paths_with_kind(&spec.params, stage.params.values()) {
             let name = crate::params::display_path(&segs);
             let abs = stage.params.resolve_path(&path);
-            let (digest, bytes) = self
-                .stat
-                .digest(&abs)
+            let digest = match kind {
+                InputPathKind::Any => self.stat.digest(&abs),
+                InputPathKind::ModelDir => self.stat.digest_model_dir(&abs),
+            };
+            let (digest, bytes) = digest
                 .with_context(|| format!("stage `{}`: parameter `{name}` names {}", stage.name, abs.display()))?;
             file_digests.insert(name.clone(), digest);
             files.insert(name, FileRecord { path, digest, bytes });
@@ -608,10 +657,16 @@ impl<'a> Executor<'a> {
             let Value::Object(m) = v else { return };
             for s in specs {
                 let Some(x) = m.get_mut(s.name) else { continue };
+                let substitute = |x: &mut Value| {
+                    if let Some(e) = x.as_str().and_then(|n| llm.get(n)) {
+                        *x = serde_json::json!({ "llm": x.clone(), "endpoint": e.key_json() });
+                    }
+                };
                 match &s.ty {
-                    ParamType::SectionRef("llm") => {
-                        if let Some(e) = x.as_str().and_then(|n| llm.get(n)) {
-                            *x = serde_json::json!({ "llm": x.clone(), "endpoint": e.key_json() });
+                    ParamType::SectionRef("llm") => substitute(x),
+                    ParamType::List(t) if matches!(**t, ParamType::SectionRef("llm")) => {
+                        if let Value::Array(items) = x {
+                            items.iter_mut().for_each(substitute);
                         }
                     }
                     ParamType::Object(fields) => walk(fields, x, llm),
@@ -940,6 +995,13 @@ impl<'a> Executor<'a> {
                 let previous = self.previous_run(stage, &p.key)?;
                 let memo = self.memo_for(spec)?;
                 let llm = llm_json(self.pipeline);
+                // An in-process operator may start worker processes on the stage's GPUs
+                // (evaluate serving a model artifact).
+                let gpus = if stage.resources.gpu > 0 {
+                    self.gpus().acquire(stage.resources.gpu as usize, &self.cancel)?
+                } else {
+                    Vec::new()
+                };
                 let mut ctx = OpContext::new(
                     stage.name.clone(),
                     stage.params.clone(),
@@ -952,8 +1014,10 @@ impl<'a> Executor<'a> {
                     threads,
                     llm,
                 );
+                ctx.gpus = gpus.clone();
                 let op = stage.op.clone();
                 let result = catch_unwind(AssertUnwindSafe(|| op.run(&mut ctx)));
+                self.gpus().release(gpus);
                 // Keep finished records whatever happened.
                 let flushed = memo.flush();
                 let stats = memo.stats();
@@ -1014,35 +1078,29 @@ impl<'a> Executor<'a> {
                     device,
                     threads,
                     llm: llm_json(self.pipeline),
+                    resume_from: p.resume_from.clone(),
                 };
                 std::fs::create_dir_all(&job.checkpoint_dir)?;
                 let log = |line: &str| self.log(&format!("  {}: {line}", stage.name));
                 let result = run_job(&worker, &job, &work_dir, progress, &self.cancel, &log);
                 self.gpus().release(gpus);
-                let wr = result?;
+                let wr = match result {
+                    Ok(wr) => wr,
+                    Err(e) => {
+                        // A failed or interrupted run keeps its curve beside its manifest.
+                        if let Err(k) = self.keep_metrics(&job, run_id, metrics) {
+                            self.log(&format!("  {}: warning: keeping its metrics: {k:#}", stage.name));
+                        }
+                        return Err(e);
+                    }
+                };
                 *worker_info = Some(serde_json::json!({
                     "executable": worker.display().to_string(),
                     "hello": wr.hello,
                     "device": job.device,
                 }));
                 metrics.extend(wr.metrics);
-                if !wr.metric_rows.is_empty() {
-                    // Training curves and the like: one JSON line per metrics event, beside
-                    // the manifest (`runs/<run id>.metrics.jsonl`).
-                    metrics.insert("metric_rows".into(), Value::from(wr.metric_rows.len()));
-                    let mut lines = String::new();
-                    for (step, values) in &wr.metric_rows {
-                        let mut row = values.clone();
-                        if let Some(step) = step {
-                            row.insert("step".into(), Value::from(*step));
-                        }
-                        lines.push_str(&Value::Object(row).to_string());
-                        lines.push('\n');
-                    }
-                    let path = self.store.dir("runs").join(format!("{run_id}.metrics.jsonl"));
-                    fleming_artifacts::fsutil::write_atomic(&path, &self.store.tmp_dir(), lines.as_bytes())
-                        .with_context(|| format!("writing {}", path.display()))?;
-                }
+                self.keep_metrics(&job, run_id, metrics)?;
                 let mut outputs = crate::op::Outputs::new();
                 for port in &spec.outputs {
                     match port.kind {
@@ -1059,7 +1117,7 @@ impl<'a> Executor<'a> {
                                 .with_context(|| format!("reading worker output `{}`", port.name))?;
                             outputs = outputs.table(port.name, t);
                         }
-                        PortKind::Model => {
+                        PortKind::Model | PortKind::Dir => {
                             let d = out_dir.join(port.name);
                             if !d.is_dir() {
                                 bail!(
@@ -1076,6 +1134,9 @@ impl<'a> Executor<'a> {
                 let committed = self.commit_outputs(outputs);
                 let _ = std::fs::remove_dir_all(&out_dir);
                 let committed = committed?;
+                if spec.params.iter().any(|p| p.continues) {
+                    self.keep_final_checkpoint(&job.checkpoint_dir, &p.key);
+                }
                 let _ = std::fs::remove_dir_all(&work_dir);
                 return Ok(committed);
             }
@@ -1090,6 +1151,45 @@ impl<'a> Executor<'a> {
         }
         let _ = std::fs::remove_dir_all(&work_dir);
         Ok(committed)
+    }
+
+    /// Copies the worker's durable metrics rows beside the run's manifest
+    /// (`runs/<run id>.metrics.jsonl`), whether the run succeeded or not.
+    fn keep_metrics(&self, job: &Job, run_id: &str, metrics: &mut Map<String, Value>) -> anyhow::Result<()> {
+        let src = job.checkpoint_dir.join(crate::dispatch::METRICS_FILE);
+        let rows = crate::dispatch::MetricsLog::read(&src)?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        metrics.insert("metric_rows".into(), Value::from(rows.len()));
+        let mut lines = String::new();
+        for row in rows {
+            lines.push_str(&Value::Object(row).to_string());
+            lines.push('\n');
+        }
+        let path = self.store.dir("runs").join(format!("{run_id}.metrics.jsonl"));
+        fleming_artifacts::fsutil::write_atomic(&path, &self.store.tmp_dir(), lines.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// Keeps a finished training stage's checkpoint directory (its final checkpoint and
+    /// metrics) under `checkpoints/<key>/`, so that a later run with more `steps` continues
+    /// from it. `gc` drops it once no stage's current run has that key.
+    fn keep_final_checkpoint(&self, checkpoint_dir: &Path, key: &Digest) {
+        if !checkpoint_dir.join("checkpoints").join("latest").is_file() {
+            return;
+        }
+        let dest = continuation_checkpoint(self.store, key);
+        let result = (|| -> std::io::Result<()> {
+            std::fs::create_dir_all(self.store.dir("checkpoints"))?;
+            if dest.exists() {
+                std::fs::remove_dir_all(&dest)?;
+            }
+            std::fs::rename(checkpoint_dir, &dest)
+        })();
+        if let Err(e) = result {
+            self.log(&format!("warning: keeping the final checkpoint in {}: {e}", dest.display()));
+        }
     }
 
     /// Moves the outputs into the store, all at once (on the rayon pool): encoding and
@@ -1135,6 +1235,11 @@ impl<'a> Executor<'a> {
             }),
         }))
     }
+}
+
+/// Where the final checkpoint of the training stage run with `key` is kept.
+pub fn continuation_checkpoint(store: &Store, key: &Digest) -> std::path::PathBuf {
+    store.dir("checkpoints").join(key.hex())
 }
 
 fn upstream_rows(upstream: &[Option<StageReport>], _stage: &Stage, r: &crate::spec::OutputRef) -> Option<u64> {

@@ -22,9 +22,22 @@ use serde_json::{Map, Value};
 
 use crate::cancel::CancelToken;
 use crate::context::{Input, InputValue, OpContext, PreviousRun, RecordMemo};
-use crate::op::{InputPorts, Operator, OutputValue, ValidateCtx, check_outputs};
+use crate::dispatch::launcher::{find_worker, run_job};
+use crate::dispatch::{Device, Job, JobInput, PROTOCOL_VERSION};
+use crate::op::{Execution, InputPorts, OpSpec, Operator, OutputValue, PortKind, ValidateCtx, check_outputs};
 use crate::params::{Params, ResolveCtx, display_path};
 use crate::progress::Progress;
+
+/// The operator runs in the torch worker, which is not built here: the run did not happen
+/// (as opposed to failing). `fleming test` reports such cases as not run.
+#[derive(Debug, thiserror::Error)]
+#[error("{what} runs in the torch worker, which is not built ({why}); build it with `make worker`")]
+pub struct WorkerNotBuilt {
+    /// What needed the worker (`operator `sft``, `the model server`).
+    pub what: String,
+    /// Why it was not found.
+    pub why: String,
+}
 
 /// Builder for one operator run.
 pub struct Harness {
@@ -107,11 +120,31 @@ impl Harness {
         self
     }
 
-    /// Connects a model directory to a port.
-    pub fn model_input(mut self, port: &str, dir: &Path) -> Self {
+    /// Connects a table as if it came from `from` (`stage.port`): operators that name
+    /// their inputs by stage (evaluate's benchmarks) see that name.
+    pub fn input_from(mut self, port: &str, from: &str, table: Table) -> Self {
+        let digest = table.digest().unwrap_or(Digest([0; 32]));
         self.inputs.entry(port.to_string()).or_default().push(Input {
-            from: format!("harness.{port}"),
-            digest: Digest([0; 32]),
+            from: from.to_string(),
+            digest,
+            value: InputValue::Table(table),
+        });
+        self
+    }
+
+    /// Connects a model directory to a port.
+    pub fn model_input(self, port: &str, dir: &Path) -> Self {
+        let from = format!("harness.{port}");
+        self.model_input_from(port, &from, dir)
+    }
+
+    /// Connects a model directory as if it came from `from` (`stage.port`). Its digest is
+    /// that of its files, as the store would give it.
+    pub fn model_input_from(mut self, port: &str, from: &str, dir: &Path) -> Self {
+        let digest = fleming_artifacts::store::digest_tree(dir).map(|d| d.0).unwrap_or(Digest([0; 32]));
+        self.inputs.entry(port.to_string()).or_default().push(Input {
+            from: from.to_string(),
+            digest,
             value: InputValue::Model(dir.to_path_buf()),
         });
         self
@@ -255,6 +288,18 @@ impl Harness {
             );
         }
         let work = tempfile::tempdir().context("creating a work directory")?;
+        if spec.execution == Execution::Worker {
+            return run_in_worker(
+                spec,
+                &params,
+                self.inputs,
+                &self.base_dir,
+                self.threads,
+                self.llm,
+                work,
+                &self.cancel,
+            );
+        }
         let memo = self.memo.unwrap_or_else(|| RecordMemo::in_memory(spec.name, spec.version));
         let mut ctx = OpContext::new(
             "harness".into(),
@@ -273,17 +318,7 @@ impl Harness {
         check_outputs(spec, &outputs)?;
         let after = memo.stats();
         let mut out = outputs.0;
-        // Model outputs live in the temporary work dir; move them somewhere that outlives it.
-        for v in out.values_mut() {
-            if let OutputValue::Model(p) = v
-                && p.starts_with(work.path())
-            {
-                let keep = tempfile::Builder::new().prefix("fleming-harness-model-").tempdir()?.keep();
-                std::fs::remove_dir(&keep)?;
-                std::fs::rename(&*p, &keep)?;
-                *p = keep;
-            }
-        }
+        keep_directories(&mut out, work.path())?;
         Ok(HarnessOutput {
             outputs: out,
             metrics: ctx.take_metrics(),
@@ -295,4 +330,98 @@ impl Harness {
             },
         })
     }
+}
+
+/// Directory outputs live in the temporary work dir; moves them somewhere that outlives it.
+fn keep_directories(out: &mut BTreeMap<String, OutputValue>, work: &Path) -> anyhow::Result<()> {
+    for v in out.values_mut() {
+        if let OutputValue::Model(p) = v
+            && p.starts_with(work)
+        {
+            let keep = tempfile::Builder::new().prefix("fleming-harness-model-").tempdir()?.keep();
+            std::fs::remove_dir(&keep)?;
+            std::fs::rename(&*p, &keep)?;
+            *p = keep;
+        }
+    }
+    Ok(())
+}
+
+/// Runs a worker operator as a pipeline would: inputs written as Parquet files, a job for
+/// the worker found beside fleming (`FLEMING_WORKER`, or `PATH`), outputs read back and
+/// checked. [`WorkerNotBuilt`] when there is no worker.
+#[allow(clippy::too_many_arguments)]
+fn run_in_worker(
+    spec: &OpSpec,
+    params: &Params,
+    inputs: BTreeMap<String, Vec<Input>>,
+    base_dir: &Path,
+    threads: usize,
+    llm: Map<String, Value>,
+    work: tempfile::TempDir,
+    cancel: &CancelToken,
+) -> anyhow::Result<HarnessOutput> {
+    let worker = find_worker()
+        .map_err(|e| WorkerNotBuilt { what: format!("operator `{}`", spec.name), why: format!("{e:#}") })?;
+    let dir = work.path();
+    let in_dir = dir.join("inputs");
+    let out_dir = dir.join("out");
+    std::fs::create_dir_all(&in_dir)?;
+    std::fs::create_dir_all(&out_dir)?;
+    let mut job_inputs: BTreeMap<String, Vec<JobInput>> = BTreeMap::new();
+    for (port, list) in inputs {
+        for (i, input) in list.into_iter().enumerate() {
+            let (kind, path) = match &input.value {
+                InputValue::Model(p) => ("model", p.clone()),
+                _ => {
+                    let path = in_dir.join(format!("{port}-{i}.parquet"));
+                    let f = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+                    input.table()?.write_parquet(f)?;
+                    ("table", path)
+                }
+            };
+            job_inputs.entry(port.clone()).or_default().push(JobInput {
+                kind: kind.into(),
+                path,
+                digest: input.digest.hex(),
+                from: input.from.clone(),
+            });
+        }
+    }
+    let job = Job {
+        protocol: PROTOCOL_VERSION,
+        pipeline: "harness".into(),
+        stage: "harness".into(),
+        op: spec.name.to_string(),
+        op_version: spec.version,
+        key: "0".repeat(64),
+        params: params.values().clone(),
+        base_dir: base_dir.to_path_buf(),
+        inputs: job_inputs,
+        output_dir: out_dir.clone(),
+        checkpoint_dir: dir.join("checkpoint"),
+        device: Device { kind: "cpu".into(), gpus: Vec::new() },
+        threads,
+        llm,
+        resume_from: None,
+    };
+    std::fs::create_dir_all(&job.checkpoint_dir)?;
+    let report = run_job(&worker, &job, dir, &Progress::silent(), cancel, &|_| {})?;
+    let mut outputs = crate::op::Outputs::new();
+    for port in &spec.outputs {
+        outputs = match port.kind {
+            PortKind::Table(_) => {
+                let f = out_dir.join(format!("{}.parquet", port.name));
+                outputs.table(
+                    port.name,
+                    Table::read_parquet(&f).with_context(|| format!("reading output `{}`", port.name))?,
+                )
+            }
+            PortKind::Model | PortKind::Dir => outputs.model(port.name, out_dir.join(port.name)),
+        };
+    }
+    check_outputs(spec, &outputs)?;
+    let mut out = outputs.0;
+    keep_directories(&mut out, dir)?;
+    Ok(HarnessOutput { outputs: out, metrics: report.metrics, memo: MemoStats::default() })
 }

@@ -73,6 +73,10 @@ pub struct GcReport {
     pub memo_entries_kept: u64,
     /// Work directories of finished stages removed.
     pub work_dirs: usize,
+    /// Final training checkpoints removed (no current stage run has their key).
+    pub checkpoints: usize,
+    /// Bytes of those checkpoints.
+    pub checkpoint_bytes: u64,
 }
 
 fn all_refs(store: &Store) -> Vec<StageRef> {
@@ -211,6 +215,17 @@ pub fn gc(store: &Store, opts: &GcOptions) -> anyhow::Result<GcReport> {
         })
         .unwrap_or_default();
     report.work_dirs = finished_work.len();
+    // Final checkpoints are kept for continuing a stage's current run only.
+    let stale_checkpoints: Vec<PathBuf> = fs::read_dir(store.dir("checkpoints"))
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_name().to_string_lossy().parse::<Digest>().is_ok_and(|k| !live_keys.contains(&k)))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default();
+    report.checkpoints = stale_checkpoints.len();
+    report.checkpoint_bytes = stale_checkpoints.iter().map(|p| size_of(p)).sum();
     let memo = compact_memos(store, &kept_keys, opts, &mut report)?;
     if opts.dry_run {
         return Ok(report);
@@ -229,7 +244,7 @@ pub fn gc(store: &Store, opts: &GcOptions) -> anyhow::Result<GcReport> {
     for c in &drop_checks {
         remove(&crate::checks::CheckResult::path(store, &c.stage_key, &c.check_digest));
     }
-    for w in &finished_work {
+    for w in finished_work.iter().chain(&stale_checkpoints) {
         remove(w);
     }
     memo.apply()?;

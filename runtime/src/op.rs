@@ -29,6 +29,10 @@ pub enum ParamType {
     InputPath,
     /// A path the stage writes to, relative to the pipeline file (not hashed).
     OutputPath,
+    /// A Hugging Face model directory read by the stage, relative to the pipeline file: the
+    /// digest of the files a model is made of (config, tokenizer, safetensors weights and
+    /// index; not READMEs or other formats) enters the stage key, through the stat cache.
+    ModelDir,
     /// One of a fixed set of strings.
     Enum(Vec<&'static str>),
     /// A list of values of one type.
@@ -53,6 +57,7 @@ impl ParamType {
             ParamType::Bool => "boolean".into(),
             ParamType::InputPath => "path (read; content-hashed)".into(),
             ParamType::OutputPath => "path (written)".into(),
+            ParamType::ModelDir => "model directory (read; its model files content-hashed)".into(),
             ParamType::Enum(v) => format!("one of {}", v.join("|")),
             ParamType::List(t) => format!("list of {}", t.describe()),
             ParamType::Map(t) => format!("map of {}", t.describe()),
@@ -94,22 +99,52 @@ pub struct ParamSpec {
     /// Whether it enters the stage key. Only parameters that cannot change the output
     /// (concurrency, rate limits, log intervals) leave it out.
     pub in_key: bool,
+    /// A larger value continues the previous run from its final checkpoint instead of
+    /// starting over (a training stage's `steps`).
+    pub continues: bool,
 }
 
 impl ParamSpec {
     /// A required parameter.
     pub fn required(name: &'static str, ty: ParamType, doc: &'static str) -> Self {
-        ParamSpec { name, ty, default: ParamDefault::Required, doc, min: None, max: None, in_key: true }
+        ParamSpec {
+            name,
+            ty,
+            default: ParamDefault::Required,
+            doc,
+            min: None,
+            max: None,
+            in_key: true,
+            continues: false,
+        }
     }
 
     /// A parameter with a default.
     pub fn with_default(name: &'static str, ty: ParamType, default: Value, doc: &'static str) -> Self {
-        ParamSpec { name, ty, default: ParamDefault::Value(default), doc, min: None, max: None, in_key: true }
+        ParamSpec {
+            name,
+            ty,
+            default: ParamDefault::Value(default),
+            doc,
+            min: None,
+            max: None,
+            in_key: true,
+            continues: false,
+        }
     }
 
     /// A parameter that may be absent (null).
     pub fn optional(name: &'static str, ty: ParamType, doc: &'static str) -> Self {
-        ParamSpec { name, ty, default: ParamDefault::Optional, doc, min: None, max: None, in_key: true }
+        ParamSpec {
+            name,
+            ty,
+            default: ParamDefault::Optional,
+            doc,
+            min: None,
+            max: None,
+            in_key: true,
+            continues: false,
+        }
     }
 
     /// Sets bounds for a number.
@@ -122,6 +157,14 @@ impl ParamSpec {
     /// Marks the parameter as not affecting the output (left out of the stage key).
     pub fn not_in_key(mut self) -> Self {
         self.in_key = false;
+        self
+    }
+
+    /// Marks an integer parameter whose increase continues the previous run of the stage
+    /// from its final checkpoint (e.g. `steps` of a trainer): when nothing else changed,
+    /// the worker is handed that checkpoint (`Job::resume_from`) and `run -n` says so.
+    pub fn continues(mut self) -> Self {
+        self.continues = true;
         self
     }
 }
@@ -152,6 +195,8 @@ pub enum PortKind {
     Table(Option<Vec<ColumnSpec>>),
     /// A model directory (Hugging Face layout).
     Model,
+    /// A directory of files that is not a model (a report: Markdown, HTML).
+    Dir,
 }
 
 /// One input or output port.
@@ -183,6 +228,11 @@ impl PortSpec {
     /// A model port.
     pub fn model(name: &'static str, doc: &'static str) -> Self {
         PortSpec { name, kind: PortKind::Model, many: false, optional: false, doc }
+    }
+
+    /// A port of a directory of files (not a model).
+    pub fn dir(name: &'static str, doc: &'static str) -> Self {
+        PortSpec { name, kind: PortKind::Dir, many: false, optional: false, doc }
     }
 
     /// Accepts a list of upstream outputs.
@@ -300,8 +350,8 @@ pub struct ValidateCtx<'a> {
 pub enum OutputValue {
     /// A table.
     Table(Table),
-    /// A directory the operator wrote (typically under its work dir); the runtime moves it
-    /// into the store.
+    /// A directory the operator wrote (a model, or the files of a directory port),
+    /// typically under its work dir; the runtime moves it into the store.
     Model(PathBuf),
 }
 
@@ -457,7 +507,7 @@ pub fn check_outputs(spec: &OpSpec, outputs: &Outputs) -> anyhow::Result<()> {
                 }
             }
             (Some(OutputValue::Table(_)), PortKind::Table(None)) => {}
-            (Some(OutputValue::Model(p)), PortKind::Model) => {
+            (Some(OutputValue::Model(p)), PortKind::Model | PortKind::Dir) => {
                 if !p.is_dir() {
                     anyhow::bail!(
                         "operator `{}` output `{}`: {} is not a directory",

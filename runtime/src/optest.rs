@@ -69,6 +69,9 @@ pub struct CaseResult {
     pub case: Case,
     /// `None` if it passed, else what went wrong (multi-line, with diffs).
     pub failure: Option<String>,
+    /// Why the case did not run at all (a worker operator, and no torch worker is
+    /// built); `failure` is then `None`.
+    pub not_run: Option<String>,
     /// Wall time.
     pub duration: Duration,
 }
@@ -194,12 +197,16 @@ pub fn run_cases(cases: Vec<Case>, registry: Arc<dyn Registry>, jobs: usize) -> 
 
 fn run_case(case: Case, registry: &dyn Registry) -> CaseResult {
     let start = Instant::now();
-    let failure = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check_case(&case, registry))) {
-        Ok(Ok(())) => None,
-        Ok(Err(e)) => Some(format!("{e:#}")),
-        Err(_) => Some("the operator panicked".to_string()),
-    };
-    CaseResult { case, failure, duration: start.elapsed() }
+    let (failure, not_run) =
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check_case(&case, registry))) {
+            Ok(Ok(())) => (None, None),
+            Ok(Err(e)) => match e.downcast_ref::<crate::harness::WorkerNotBuilt>() {
+                Some(w) => (None, Some(w.to_string())),
+                None => (Some(format!("{e:#}")), None),
+            },
+            Err(_) => (Some("the operator panicked".to_string()), None),
+        };
+    CaseResult { case, failure, not_run, duration: start.elapsed() }
 }
 
 fn base_dir(case: &Case) -> PathBuf {
@@ -209,6 +216,10 @@ fn base_dir(case: &Case) -> PathBuf {
 fn read_input(case: &Case, v: &Value) -> anyhow::Result<Table> {
     match v {
         Value::Array(rows) => Ok(from_json_rows(rows)?),
+        Value::Object(o) if o.contains_key("rows") => match &o["rows"] {
+            Value::Array(rows) => Ok(from_json_rows(rows)?),
+            _ => bail!("`rows` must be a list of rows"),
+        },
         Value::Object(o) if o.contains_key("file") => {
             let rel = o["file"].as_str().ok_or_else(|| anyhow!("`file` must be a path"))?;
             let path = base_dir(case).join(rel);
@@ -234,7 +245,9 @@ fn read_input(case: &Case, v: &Value) -> anyhow::Result<Table> {
                 }
             }
         }
-        _ => bail!("an input is a list of rows or {{ file: path }}"),
+        _ => bail!(
+            "an input is a list of rows, {{ rows: [...] }}, {{ file: path }} or {{ model: dir }} (each may add `name:`)"
+        ),
     }
 }
 
@@ -258,11 +271,28 @@ fn check_case(case: &Case, registry: &dyn Registry) -> anyhow::Result<()> {
         .params(interpolate_tmp(&Value::Object(case.params.clone()), &tmp));
     for (port, tables) in &case.inputs {
         for t in tables {
-            h = h.input(port, read_input(case, t).with_context(|| format!("input `{port}`"))?);
+            // `name:` says which stage the input stands for (evaluate names models and
+            // benchmarks by it); `model:` connects a model directory.
+            let from = t.get("name").and_then(Value::as_str).map(str::to_string);
+            if let Some(dir) = t.get("model").and_then(Value::as_str) {
+                let dir = base_dir(case).join(dir);
+                h = h.model_input_from(port, &from.unwrap_or_else(|| format!("harness.{port}")), &dir);
+                continue;
+            }
+            let table = read_input(case, t).with_context(|| format!("input `{port}`"))?;
+            h = match from {
+                Some(f) => h.input_from(port, &f, table),
+                None => h.input(port, table),
+            };
         }
     }
     let expected_error = case.expect.get("error").and_then(|e| e.as_str());
     let result = h.run();
+    if let Err(e) = &result
+        && e.downcast_ref::<crate::harness::WorkerNotBuilt>().is_some()
+    {
+        return result.map(|_| ());
+    }
     match (result, expected_error) {
         (Err(e), Some(want)) => {
             let got = format!("{e:#}");

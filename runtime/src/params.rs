@@ -155,12 +155,31 @@ impl Params {
 /// Every input-path value in resolved params, with its parameter path, in a stable order.
 /// Their content digests enter the stage key (named by [`display_path`], e.g. `source.dump`).
 pub fn input_paths(specs: &[ParamSpec], values: &Map<String, Value>) -> Vec<(Vec<Seg>, String)> {
+    input_paths_with_kind(specs, values).into_iter().map(|(s, p, _)| (s, p)).collect()
+}
+
+/// What an input path names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputPathKind {
+    /// A file or directory, hashed whole.
+    Any,
+    /// A Hugging Face model directory: only its model files are hashed.
+    ModelDir,
+}
+
+/// [`input_paths`] with what each path names.
+pub fn input_paths_with_kind(
+    specs: &[ParamSpec],
+    values: &Map<String, Value>,
+) -> Vec<(Vec<Seg>, String, InputPathKind)> {
     let mut out = Vec::new();
     collect_paths(specs, values, &[], &mut out);
     out
 }
 
-fn collect_paths(specs: &[ParamSpec], values: &Map<String, Value>, prefix: &[Seg], out: &mut Vec<(Vec<Seg>, String)>) {
+type PathList = Vec<(Vec<Seg>, String, InputPathKind)>;
+
+fn collect_paths(specs: &[ParamSpec], values: &Map<String, Value>, prefix: &[Seg], out: &mut PathList) {
     for s in specs {
         if let Some(v) = values.get(s.name) {
             collect_typed_paths(&s.ty, v, &join(prefix, s.name), out);
@@ -168,9 +187,10 @@ fn collect_paths(specs: &[ParamSpec], values: &Map<String, Value>, prefix: &[Seg
     }
 }
 
-fn collect_typed_paths(ty: &ParamType, v: &Value, path: &[Seg], out: &mut Vec<(Vec<Seg>, String)>) {
+fn collect_typed_paths(ty: &ParamType, v: &Value, path: &[Seg], out: &mut PathList) {
     match (ty, v) {
-        (ParamType::InputPath, Value::String(s)) => out.push((path.to_vec(), s.clone())),
+        (ParamType::InputPath, Value::String(s)) => out.push((path.to_vec(), s.clone(), InputPathKind::Any)),
+        (ParamType::ModelDir, Value::String(s)) => out.push((path.to_vec(), s.clone(), InputPathKind::ModelDir)),
         (ParamType::List(t), Value::Array(items)) => {
             for (i, item) in items.iter().enumerate() {
                 let mut p = path.to_vec();
@@ -347,7 +367,7 @@ fn check(
             Some(f) => bounds(f, errors).then(|| Value::from(f)),
             None => mismatch(errors),
         },
-        ParamType::InputPath | ParamType::OutputPath => match v.as_str() {
+        ParamType::InputPath | ParamType::OutputPath | ParamType::ModelDir => match v.as_str() {
             Some("") => {
                 errors.push(err(path, format!("parameter `{name}` is an empty path")));
                 None

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use arrow::array::{RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use fleming_artifacts::Table;
-use fleming_runtime::dispatch::worker::WorkerSession;
+use fleming_runtime::dispatch::WorkerSession;
+use serde::Deserialize;
 use serde_json::Map;
 
 fn main() {
@@ -30,13 +31,23 @@ fn main() {
     }
 }
 
+/// The resolved parameters of `test-worker` (declared in `fleming_operators::ops::testing`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Params {
+    mode: String,
+    sleep_ms: u64,
+    #[allow(dead_code)]
+    tag: String,
+}
+
 fn work(s: &WorkerSession) -> anyhow::Result<()> {
     if s.job.op != "test-worker" {
         anyhow::bail!("this worker only runs `test-worker`, not `{}`", s.job.op);
     }
-    let params = s.params();
-    let mode = params.str("mode")?.to_string();
-    let sleep = std::time::Duration::from_millis(params.u64("sleep_ms")?);
+    let params: Params = s.params()?;
+    let mode = params.mode;
+    let sleep = std::time::Duration::from_millis(params.sleep_ms);
     eprintln!("test worker: mode {mode}, device {:?}", s.job.device);
     let input = s.input_table("table", 0)?;
     let total = input.num_rows() as u64;
@@ -69,7 +80,7 @@ fn work(s: &WorkerSession) -> anyhow::Result<()> {
     }
     let mut m = Map::new();
     m.insert("rows".into(), total.into());
-    s.metrics(Some(1), m.clone());
+    s.metrics(Some(1), m.clone())?;
     s.progress(total, Some(total), "rows");
     s.done(m);
     Ok(())

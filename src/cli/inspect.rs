@@ -193,17 +193,21 @@ pub fn show(cli: &Cli, args: &ShowArgs, registry: &dyn Registry) -> anyhow::Resu
         return Ok(super::EXIT_FAILED);
     };
     let path = store.object_path(a.kind, &a.digest);
-    println!(
-        "{stage_name}.{port}: {} {} ({} bytes)",
-        if a.kind == ArtifactKind::Table { "table" } else { "model" },
-        a.digest,
-        a.bytes
-    );
+    let what = match spec.output(&port).map(|o| &o.kind) {
+        _ if a.kind == ArtifactKind::Table => "table",
+        Some(PortKind::Dir) => "directory",
+        _ => "model",
+    };
+    println!("{stage_name}.{port}: {what} {} ({} bytes)", a.digest, a.bytes);
     println!("  {}", path.display());
     if a.kind == ArtifactKind::Tree {
         for f in fleming_artifacts::store::walk_files(&path)? {
             let size = f.metadata().map(|m| m.len()).unwrap_or(0);
             println!("  {:>12}  {}", size, f.strip_prefix(&path).unwrap_or(&f).display());
+        }
+        // A report directory: its Markdown is what the user wants to read.
+        if let Ok(text) = std::fs::read_to_string(path.join("report.md")) {
+            println!("\n{text}");
         }
         return Ok(0);
     }
@@ -316,6 +320,7 @@ fn print_param(p: &fleming_runtime::ParamSpec, depth: usize) {
 fn port_kind(k: &PortKind) -> String {
     match k {
         PortKind::Model => "model".into(),
+        PortKind::Dir => "directory".into(),
         PortKind::Table(None) => "table".into(),
         PortKind::Table(Some(cols)) => {
             format!(

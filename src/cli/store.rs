@@ -58,13 +58,15 @@ pub fn run_gc(cli: &Cli, args: &StoreArgs, registry: &dyn Registry) -> anyhow::R
     let r = gc(&store, &opts)?;
     let verb = if args.dry_run { "would remove" } else { "removed" };
     println!(
-        "{verb} {} objects ({}), {} cache entries, {} manifests, {} check results, {} work dirs, {} memo entries ({}); kept {} objects and {} memo entries",
+        "{verb} {} objects ({}), {} cache entries, {} manifests, {} check results, {} work dirs, {} final checkpoints ({}), {} memo entries ({}); kept {} objects and {} memo entries",
         r.objects,
         mib(r.object_bytes),
         r.cache_entries,
         r.manifests,
         r.check_results,
         r.work_dirs,
+        r.checkpoints,
+        mib(r.checkpoint_bytes),
         r.memo_entries,
         mib(r.memo_bytes),
         r.objects_kept,

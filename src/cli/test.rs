@@ -21,6 +21,10 @@ pub struct TestArgs {
     /// Cases run at once (default: the number of cores).
     #[arg(short, long)]
     pub jobs: Option<usize>,
+    /// Cases of worker operators that cannot run (no torch worker built) fail instead of
+    /// being reported as not run (CI uses it).
+    #[arg(long)]
+    pub require_worker: bool,
 }
 
 /// Runs `fleming test`; exit 1 if a case fails.
@@ -48,12 +52,18 @@ pub fn run(args: &TestArgs, registry: Arc<dyn Registry>) -> anyhow::Result<i32> 
     let results = run_cases(cases, registry, jobs);
     // Every case is over (its servers and workers gone): only printing is left.
     super::end_quietly_when_the_reader_leaves();
-    let mut failed = 0;
+    let (mut failed, mut not_run) = (0, 0);
+    let mut why_not_run = None;
     for r in &results {
         let label = format!("{} [{}] {}", r.case.file.display(), r.case.op, r.case.name);
-        match &r.failure {
-            None => println!("ok    {label} ({} ms)", r.duration.as_millis()),
-            Some(why) => {
+        match (&r.failure, &r.not_run) {
+            (None, None) => println!("ok    {label} ({} ms)", r.duration.as_millis()),
+            (None, Some(why)) if !args.require_worker => {
+                not_run += 1;
+                println!("SKIP  {label}: not run");
+                why_not_run.get_or_insert_with(|| why.clone());
+            }
+            (Some(why), _) | (None, Some(why)) => {
                 failed += 1;
                 println!("FAIL  {label}");
                 for l in why.lines() {
@@ -62,6 +72,11 @@ pub fn run(args: &TestArgs, registry: Arc<dyn Registry>) -> anyhow::Result<i32> 
             }
         }
     }
-    println!("{} passed, {failed} failed in {:.2}s", results.len() - failed, start.elapsed().as_secs_f64());
+    let passed = results.len() - failed - not_run;
+    let skipped = if not_run > 0 { format!(", {not_run} not run") } else { String::new() };
+    println!("{passed} passed, {failed} failed{skipped} in {:.2}s", start.elapsed().as_secs_f64());
+    if let Some(why) = why_not_run {
+        println!("not run: {why}");
+    }
     Ok(if failed > 0 { EXIT_FAILED } else { 0 })
 }

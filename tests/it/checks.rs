@@ -1,6 +1,6 @@
 //! Data checks (`checks:`) and operator tests (`fleming test`).
 
-use crate::support::{Project, repo, rows_jsonl};
+use crate::support::{Project, Ran, repo, rows_jsonl};
 
 fn pipeline(checks: &str) -> String {
     format!(
@@ -128,15 +128,69 @@ fn check_definitions_are_validated() {
 fn shipped_operator_tests_pass() {
     let p = Project::new();
     let ops = repo().join("tests/ops");
-    let r = p.fleming(&["test", ops.to_str().expect("path")]);
+    // No torch worker in this suite: the cases that need it are reported as not run
+    // (`make test` runs them all with the worker, and `--require-worker`).
+    let r = Ran::from(
+        p.command(&["test", ops.to_str().expect("path")])
+            .env("FLEMING_WORKER", "/nonexistent/fleming-worker")
+            .output()
+            .expect("run"),
+    );
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
-    let summary = r.stdout.lines().last().unwrap_or_default();
-    assert!(summary.ends_with("s") && summary.contains(" passed, 0 failed"), "{}", r.stdout);
+    let summary = r.stdout.lines().rev().nth(1).unwrap_or_default();
+    assert!(summary.contains(" passed, 0 failed, ") && summary.contains(" not run in "), "{}", r.stdout);
+    assert!(r.stdout.contains("SKIP  ") && r.stdout.contains("[sft]"), "{}", r.stdout);
+    assert!(r.stdout.lines().last().unwrap_or_default().starts_with("not run: "), "{}", r.stdout);
     for op in ["load", "sql", "export"] {
         assert!(r.stdout.contains(&format!("[{op}]")), "no cases for {op}: {}", r.stdout);
     }
     let r = p.fleming(&["test", ops.to_str().expect("path"), "--op", "sql"]);
     assert!(r.stdout.lines().filter(|l| l.starts_with("ok")).all(|l| l.contains("[sql]")), "{}", r.stdout);
+}
+
+#[test]
+fn worker_operator_cases_run_in_the_worker_or_say_they_did_not() {
+    let p = Project::new();
+    p.write(
+        "t/worker.yaml",
+        r#"
+op: test-worker
+cases:
+  - name: copies its input in the worker
+    inputs: { table: [{ id: a }, { id: b }] }
+    expect: { rows: [{ id: a, device: "cpu:" }, { id: b, device: "cpu:" }] }
+  - name: a failing worker fails the case
+    params: { mode: fail }
+    inputs: { table: [{ id: a }] }
+    expect: { error: "failing on purpose" }
+"#,
+    );
+    // With a worker (here `fleming-test-worker`), through the harness as in a pipeline.
+    let r = p.fleming(&["test", "t"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("2 passed, 0 failed in "), "{}", r.stdout);
+    // Without one: not run, said clearly, and not a failure unless asked.
+    let without = |extra: &[&str]| {
+        let mut args = vec!["test", "t"];
+        args.extend_from_slice(extra);
+        Ran::from(p.command(&args).env("FLEMING_WORKER", "/nonexistent/worker").output().expect("run"))
+    };
+    let r = without(&[]);
+    assert_eq!(r.code, 0, "{}", r.stdout);
+    assert!(
+        r.stdout.contains("SKIP  t/worker.yaml [test-worker] copies its input in the worker: not run"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("0 passed, 0 failed, 2 not run in "), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("not run: operator `test-worker` runs in the torch worker, which is not built"),
+        "{}",
+        r.stdout
+    );
+    let r = without(&["--require-worker"]);
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert!(r.stdout.contains("0 passed, 2 failed in "), "{}", r.stdout);
 }
 
 #[test]

@@ -9,6 +9,7 @@ mod concurrency;
 mod crash;
 mod crawl_extract;
 mod dispatch;
+mod evaluate;
 mod inspect;
 mod question_data;
 mod quickstart;

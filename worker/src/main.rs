@@ -3,6 +3,7 @@
 //! OpenAI-compatible HTTP API. libtorch is found through an rpath embedded at
 //! build time (see model/README.md), so nothing needs exporting to run it.
 
+mod ops;
 mod run;
 mod serve;
 
@@ -39,6 +40,10 @@ enum Command {
         /// libtorch intra-op threads (0: libtorch's default).
         #[arg(long, default_value_t = 0)]
         threads: usize,
+        /// Sequences generated together at most: concurrent requests (and the `n` choices
+        /// of each) join one running batch up to this many.
+        #[arg(long, default_value_t = 16)]
+        max_batch: usize,
     },
     /// Run one stage dispatched by the fleming runtime (JOB.json per its dispatch protocol).
     Run {
@@ -52,10 +57,10 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { model, port, host, name, device, threads } => {
+        Command::Serve { model, port, host, name, device, threads, max_batch } => {
             fleming_model::set_threads(threads);
             let device = fleming_model::Placement::parse_device(&device)?;
-            let opts = serve::ServeOptions { model_dir: model, host, port, name, device };
+            let opts = serve::ServeOptions { model_dir: model, host, port, name, device, max_batch };
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()

@@ -1,7 +1,9 @@
 //! `fleming-worker serve`: an OpenAI-compatible chat completions server.
 //!
 //! One generation thread owns the model (libtorch calls stay off the async
-//! runtime); HTTP handlers send it jobs and receive tokens over channels.
+//! runtime); HTTP handlers send it jobs and receive tokens over channels. Concurrent
+//! requests are batched continuously: a request joins the running batch at the next
+//! decode step and leaves it when done ([`fleming_model::Engine`]).
 //! Every failure becomes an OpenAI-style JSON error, never a crash.
 
 use anyhow::Context;
@@ -13,8 +15,10 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use fleming_model::chat::{Message, render};
-use fleming_model::{Flow, Placement, Qwen2, SamplingParams, TextTokenizer, generate_with};
+use fleming_model::engine::Event as EngineEvent;
+use fleming_model::{Engine, Flow, Placement, Qwen2, SamplingParams, TextTokenizer};
 use serde_json::{Value, json};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
@@ -35,6 +39,8 @@ pub struct ServeOptions {
     pub name: Option<String>,
     /// Device override (None: automatic).
     pub device: Option<tch::Device>,
+    /// Sequences generated together at most (continuous batching).
+    pub max_batch: usize,
 }
 
 const MAX_N: usize = 16;
@@ -135,7 +141,10 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let (tx, rx) = std_mpsc::channel::<Job>();
     let tk = tokenizer.clone();
     let pad = tokenizer.pad_id();
-    std::thread::Builder::new().name("generation".into()).spawn(move || generation_loop(model, tk, pad, rx))?;
+    let max_batch = opts.max_batch.max(1);
+    std::thread::Builder::new()
+        .name("generation".into())
+        .spawn(move || generation_loop(model, tk, pad, max_batch, rx))?;
     let state =
         Arc::new(AppState { name: name.clone(), tokenizer, max_context, stop_ids, jobs: std::sync::Mutex::new(tx) });
     let app = router(state);
@@ -424,6 +433,7 @@ async fn chat_inner(st: Arc<AppState>, body: Bytes) -> Result<Response, ApiError
 struct ChoiceText {
     tokens: Vec<i64>,
     sent: usize,
+    /// A stop string ended it (its text is final).
     done: bool,
 }
 
@@ -441,41 +451,29 @@ fn held_back(text: &str, stops: &[String]) -> usize {
     hold
 }
 
-fn generation_loop(model: Qwen2, tk: Arc<TextTokenizer>, pad: i64, jobs: std_mpsc::Receiver<Job>) {
-    while let Ok(job) = jobs.recv() {
-        let events = job.events.clone();
-        // A panic inside libtorch must fail this request, not the server.
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_job(&model, &tk, pad, job)));
-        match result {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                let _ = events.send(GenEvent::Error(e.to_string()));
-            }
-            Err(_) => {
-                let _ = events.send(GenEvent::Error("generation panicked".into()));
-            }
-        }
-    }
+/// A request being generated: its choices run as sequences of the engine.
+struct Running {
+    job: Job,
+    choices: Vec<ChoiceText>,
+    finished: usize,
+    /// The client went away: its sequences are stopped.
+    disconnected: bool,
 }
 
-fn run_job(model: &Qwen2, tk: &TextTokenizer, pad: i64, job: Job) -> anyhow::Result<()> {
-    let prompts = vec![job.prompt.clone(); job.n];
-    let mut choices: Vec<ChoiceText> =
-        (0..job.n).map(|_| ChoiceText { tokens: vec![], sent: 0, done: false }).collect();
-    let stop_ids = job.params.stop_token_ids.clone();
-    let mut disconnected = false;
-    let out = generate_with(model, &prompts, &job.params, pad, |i, tok, _| {
-        if disconnected {
+impl Running {
+    /// A new token of choice `i`: stream the text that is certain, watch for stop strings.
+    fn on_token(&mut self, tk: &TextTokenizer, i: usize, tok: i64) -> Flow {
+        if self.disconnected {
             return Flow::Stop;
         }
-        let c = &mut choices[i];
-        if stop_ids.contains(&tok) {
+        if self.job.params.stop_token_ids.contains(&tok) {
             return Flow::Continue;
         }
+        let Some(c) = self.choices.get_mut(i) else { return Flow::Stop };
         c.tokens.push(tok);
         let text = tk.decode(&c.tokens, true).unwrap_or_default();
         let mut stop_at = None;
-        for s in &job.stops {
+        for s in &self.job.stops {
             // Search only from where the unsent text begins (minus a stop's length).
             let from = c.sent.saturating_sub(s.len());
             let from = (0..=from).rev().find(|&k| text.is_char_boundary(k)).unwrap_or(0);
@@ -487,11 +485,11 @@ fn run_job(model: &Qwen2, tk: &TextTokenizer, pad: i64, job: Job) -> anyhow::Res
             Some(p) => (p, Flow::Stop),
             // Hold back a possible stop-string prefix and any unfinished UTF-8 sequence.
             None if text.ends_with('\u{FFFD}') => (c.sent, Flow::Continue),
-            None => (text.len() - held_back(&text, &job.stops), Flow::Continue),
+            None => (text.len() - held_back(&text, &self.job.stops), Flow::Continue),
         };
         if end > c.sent && text.is_char_boundary(end) && text.is_char_boundary(c.sent) {
-            if job.events.send(GenEvent::Delta { index: i, text: text[c.sent..end].to_string() }).is_err() {
-                disconnected = true;
+            if self.job.events.send(GenEvent::Delta { index: i, text: text[c.sent..end].to_string() }).is_err() {
+                self.disconnected = true;
                 return Flow::Stop;
             }
             c.sent = end;
@@ -500,19 +498,103 @@ fn run_job(model: &Qwen2, tk: &TextTokenizer, pad: i64, job: Job) -> anyhow::Res
             c.done = true;
         }
         flow
-    })?;
-    for (i, (g, c)) in out.iter().zip(&choices).enumerate() {
+    }
+
+    /// Choice `i` left the batch: flush what was held back and say why it ended.
+    fn on_finish(&mut self, tk: &TextTokenizer, i: usize, truncated: bool, tokens: usize) {
+        self.finished += 1;
+        let Some(c) = self.choices.get(i) else { return };
         if !c.done {
-            // Flush what was held back (no stop string completed).
+            // No stop string completed: the held-back text is part of the answer.
             let text = tk.decode(&c.tokens, true).unwrap_or_default();
             if text.len() > c.sent && text.is_char_boundary(c.sent) {
-                let _ = job.events.send(GenEvent::Delta { index: i, text: text[c.sent..].to_string() });
+                let _ = self.job.events.send(GenEvent::Delta { index: i, text: text[c.sent..].to_string() });
             }
         }
-        let reason = if g.truncated { "length" } else { "stop" };
-        let _ = job.events.send(GenEvent::Finish { index: i, reason, tokens: g.tokens.len() });
+        let reason = if truncated { "length" } else { "stop" };
+        let _ = self.job.events.send(GenEvent::Finish { index: i, reason, tokens });
     }
-    Ok(())
+}
+
+/// The generation thread: requests join the engine's running batch as they arrive
+/// (continuous batching), so concurrent requests share every forward pass.
+fn generation_loop(model: Qwen2, tk: Arc<TextTokenizer>, pad: i64, max_batch: usize, jobs: std_mpsc::Receiver<Job>) {
+    let mut engine = Engine::new(&model, pad, max_batch);
+    let mut running: HashMap<u64, Running> = HashMap::new();
+    let mut next_job: u64 = 0;
+    loop {
+        let mut incoming = Vec::new();
+        if !engine.has_work() {
+            match jobs.recv() {
+                Ok(j) => incoming.push(j),
+                Err(_) => return,
+            }
+        }
+        while let Ok(j) = jobs.try_recv() {
+            incoming.push(j);
+        }
+        for mut job in incoming {
+            let id = next_job;
+            next_job += 1;
+            let mut added = 0;
+            let mut error = None;
+            for i in 0..job.n {
+                match engine.add(id * MAX_N as u64 + i as u64, job.prompt.clone(), job.params.clone(), i as u64) {
+                    Ok(()) => added += 1,
+                    Err(e) => {
+                        error = Some(e.to_string());
+                        break;
+                    }
+                }
+            }
+            let disconnected = match error {
+                Some(e) => {
+                    let _ = job.events.send(GenEvent::Error(e));
+                    // Sequences already queued run to no one: they stop at their first token.
+                    job.n = added;
+                    true
+                }
+                None => false,
+            };
+            if job.n > 0 {
+                let choices = (0..job.n).map(|_| ChoiceText { tokens: vec![], sent: 0, done: false }).collect();
+                running.insert(id, Running { job, choices, finished: 0, disconnected });
+            }
+        }
+        let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            engine.step(|ev| match ev {
+                EngineEvent::Token { id, token, .. } => {
+                    let (job, choice) = (id / MAX_N as u64, (id % MAX_N as u64) as usize);
+                    match running.get_mut(&job) {
+                        Some(r) => r.on_token(&tk, choice, *token),
+                        None => Flow::Stop,
+                    }
+                }
+                EngineEvent::Finished { id, truncated, tokens } => {
+                    let (job, choice) = (id / MAX_N as u64, (id % MAX_N as u64) as usize);
+                    if let Some(r) = running.get_mut(&job) {
+                        r.on_finish(&tk, choice, *truncated, *tokens);
+                        if r.finished >= r.job.n {
+                            running.remove(&job);
+                        }
+                    }
+                    Flow::Continue
+                }
+            })
+        }));
+        let failure = match step {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            // A panic inside libtorch must fail these requests, not the server.
+            Err(_) => Some("generation panicked".to_string()),
+        };
+        if let Some(msg) = failure {
+            engine = Engine::new(&model, pad, max_batch);
+            for (_, r) in running.drain() {
+                let _ = r.job.events.send(GenEvent::Error(msg.clone()));
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use crate::common::cpu_f32;
 use crate::tokenizer::toy_tokenizer;
 use fleming_model::sft::{Example, SftConfig, SftTrainer};
 use fleming_model::toy::ToyTask;
-use fleming_model::{Qwen2, Qwen2Config, SamplingParams, TextTokenizer, extract_answer, generate};
+use fleming_model::{Qwen2, Qwen2Config, SamplingParams, TextTokenizer, generate};
 use std::time::Instant;
 
 fn accuracy(model: &Qwen2, tk: &TextTokenizer, task: &ToyTask) -> f64 {
@@ -18,7 +18,7 @@ fn accuracy(model: &Qwen2, tk: &TextTokenizer, task: &ToyTask) -> f64 {
         let out = generate(model, chunk, &p, tk.pad_id()).unwrap();
         for (g, q) in out.iter().zip(qchunk) {
             let text = tk.decode(&g.tokens, true).unwrap();
-            if extract_answer(&text, &q.options, g.truncated).as_deref() == Ok(q.answer.as_str()) {
+            if fleming_questions::score(&q.item, &text, g.truncated).correct {
                 right += 1;
             }
         }

@@ -44,11 +44,14 @@ fn run(dir: &Path, delay: Duration) -> Vec<MetricsRow> {
     let ex = examples();
     let mut t = SftTrainer::new(&mut model, &ex, cfg, dir, 0).unwrap();
     let mut rows = vec![];
-    t.train(|r| {
-        rows.push(r.clone());
-        std::thread::sleep(delay);
-        Ok(())
-    })
+    t.train(
+        || false,
+        |r| {
+            rows.push(r.clone());
+            std::thread::sleep(delay);
+            Ok(())
+        },
+    )
     .unwrap();
     rows
 }
@@ -122,6 +125,36 @@ fn prompt_tokens_carry_no_loss() {
 }
 
 #[test]
+fn a_stop_request_checkpoints_and_the_next_trainer_continues_the_same_curve() {
+    let whole = run(tempfile::tempdir().unwrap().path(), Duration::ZERO);
+    let dir = tempfile::tempdir().unwrap();
+    let ex = examples();
+    let mut rows = vec![];
+    {
+        let (mut model, cfg) = setup();
+        let mut t = SftTrainer::new(&mut model, &ex, cfg, dir.path(), 0).unwrap();
+        let done = std::cell::Cell::new(0u64);
+        let end = t
+            .train(
+                || done.get() >= 7,
+                |r| {
+                    rows.push(r.clone());
+                    done.set(r.step);
+                    Ok(())
+                },
+            )
+            .unwrap();
+        assert_eq!(end, fleming_model::TrainEnd::Stopped { step: 7 });
+    }
+    let (mut model, cfg) = setup();
+    let mut t = SftTrainer::new(&mut model, &ex, cfg, dir.path(), 0).unwrap();
+    assert_eq!(t.state.step, 7, "the stop wrote a checkpoint at the step in progress");
+    assert_eq!(t.train(|| false, |r| Ok(rows.push(r.clone()))).unwrap(), fleming_model::TrainEnd::Finished);
+    let key = |r: &MetricsRow| (r.step, r.loss.to_bits(), r.lr.to_bits(), r.grad_norm.to_bits());
+    assert_eq!(rows.iter().map(key).collect::<Vec<_>>(), whole.iter().map(key).collect::<Vec<_>>());
+}
+
+#[test]
 fn bf16_weights_train_with_f32_moments() {
     // The CUDA configuration (bf16 weights), exercised on CPU.
     let placement = fleming_model::Placement { device: Some(tch::Device::Cpu), kind: Some(tch::Kind::BFloat16) };
@@ -131,10 +164,13 @@ fn bf16_weights_train_with_f32_moments() {
     let dir = tempfile::tempdir().unwrap();
     let mut t = SftTrainer::new(&mut model, &ex, cfg, dir.path(), 0).unwrap();
     let mut losses = vec![];
-    t.train(|r| {
-        losses.push(r.loss);
-        Ok(())
-    })
+    t.train(
+        || false,
+        |r| {
+            losses.push(r.loss);
+            Ok(())
+        },
+    )
     .unwrap();
     assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
     let ck = latest_checkpoint(dir.path()).unwrap().unwrap();

@@ -41,6 +41,17 @@ impl Message {
     pub fn user(s: impl Into<String>) -> Self {
         Message { role: "user".into(), content: s.into() }
     }
+
+    /// The chat an item is asked as (the shared prompt of [`fleming_questions::prompt`]).
+    pub fn for_item(q: &fleming_questions::Question) -> Vec<Message> {
+        fleming_questions::messages(q).into_iter().map(Message::from).collect()
+    }
+}
+
+impl From<fleming_questions::ChatMessage> for Message {
+    fn from(m: fleming_questions::ChatMessage) -> Self {
+        Message { role: m.role.to_string(), content: m.content }
+    }
 }
 
 /// One call to make: messages, request parameters (merged over the endpoint's), and the
@@ -57,12 +68,26 @@ pub struct Call {
 }
 
 /// What the endpoint answered.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Completion {
     /// The assistant's text.
     pub content: String,
     /// `stop`, `length`, …
     pub finish_reason: Option<String>,
+    /// Completion tokens, when the endpoint reports `usage`.
+    #[serde(default)]
+    pub tokens: Option<u64>,
+    /// Seconds the answering request took (the last attempt).
+    #[serde(default)]
+    pub seconds: Option<f64>,
+}
+
+impl Completion {
+    /// The generation stopped at its token limit (`finish_reason: length`): the strict
+    /// extractor does not score such a reply.
+    pub fn truncated(&self) -> bool {
+        self.finish_reason.as_deref() == Some("length")
+    }
 }
 
 /// An endpoint of the pipeline's `llm:` section.
@@ -84,6 +109,9 @@ pub struct Endpoint {
     pub max_retries: u32,
     /// Default request parameters.
     pub params: Map<String, Value>,
+    /// What identifies the model in memo keys, when not its `model` name: a served model
+    /// artifact is keyed by its content digest, not by the name it is served under.
+    pub memo_model: Option<String>,
 }
 
 impl Endpoint {
@@ -107,6 +135,7 @@ impl Endpoint {
             timeout: Duration::from_secs_f64(n("timeout_secs", 120.0).max(0.001)),
             max_retries: n("max_retries", 5.0).max(0.0) as u32,
             params: e.get("params").and_then(Value::as_object).cloned().unwrap_or_default(),
+            memo_model: None,
         })
     }
 
@@ -197,7 +226,9 @@ impl LlmClient {
 
     /// The memo key of a call: model, full messages, sampling parameters and trial.
     pub fn memo_key(&self, memo: &RecordMemo, call: &Call) -> fleming_artifacts::Digest {
-        let what = json!({ "model": self.inner.endpoint.model, "params": self.inner.request_params(call) });
+        let e = &self.inner.endpoint;
+        let model = e.memo_model.as_deref().unwrap_or(&e.model);
+        let what = json!({ "model": model, "params": self.inner.request_params(call) });
         let record = json!({ "messages": call.messages, "trial": call.trial });
         memo.key(&what, fleming_runtime::keys::canonical_json(&record).as_bytes())
     }
@@ -350,6 +381,7 @@ impl Inner {
     }
 
     async fn attempt(&self, body: &Value) -> Result<Completion, Attempt> {
+        let started = std::time::Instant::now();
         let url = self.endpoint.chat_url();
         let mut req = self.http.post(&url).json(body);
         if let Some(k) = &self.api_key {
@@ -401,7 +433,7 @@ impl Inner {
             return Err(Attempt::Fatal(format!("HTTP {status}: {}{hint}", snippet(&text))));
         }
         match parse_completion(&text) {
-            Ok(c) => Ok(c),
+            Ok(c) => Ok(Completion { seconds: Some(started.elapsed().as_secs_f64()), ..c }),
             Err(e) => Err(Attempt::Retry { error: format!("unreadable answer: {e}: {}", snippet(&text)), after: None }),
         }
     }
@@ -484,7 +516,12 @@ pub fn parse_completion(text: &str) -> anyhow::Result<Completion> {
         Some(Value::Null) | None => String::new(),
         Some(other) => bail!("`message.content` is not text: {other}"),
     };
-    Ok(Completion { content, finish_reason: choice.get("finish_reason").and_then(Value::as_str).map(str::to_string) })
+    Ok(Completion {
+        content,
+        finish_reason: choice.get("finish_reason").and_then(Value::as_str).map(str::to_string),
+        tokens: v.get("usage").and_then(|u| u.get("completion_tokens")).and_then(Value::as_u64),
+        seconds: None,
+    })
 }
 
 /// Summarises failed calls into one error naming the endpoint, how many failed and why.
@@ -512,58 +549,6 @@ pub fn failure_report<T>(endpoint: &Endpoint, results: &[Result<T, CallFailure>]
         results.len() - failed.len(),
         list.join("; ")
     ))
-}
-
-/// The option letter an answer text commits to: `<answer>X</answer>` first, then
-/// "answer is X" / "Answer: X", then a lone letter. `None` when nothing parses.
-pub fn extract_choice(text: &str, labels: &[&str]) -> Option<String> {
-    let upper_labels: Vec<String> = labels.iter().map(|l| l.to_uppercase()).collect();
-    let is_label = |s: &str| upper_labels.iter().any(|l| l == s);
-    let clean = |s: &str| -> Option<String> {
-        let t: String = s.trim().trim_matches(|c: char| !c.is_alphanumeric()).to_uppercase();
-        let mut letters: Vec<String> =
-            t.split(|c: char| c == ',' || c.is_whitespace()).filter(|x| !x.is_empty()).map(str::to_string).collect();
-        if letters.len() == 1 && letters[0].len() > 1 && letters[0].chars().all(|c| c.is_ascii_uppercase()) {
-            letters = letters[0].chars().map(|c| c.to_string()).collect();
-        }
-        if !letters.is_empty() && letters.iter().all(|l| is_label(l)) {
-            letters.sort();
-            letters.dedup();
-            Some(letters.join(","))
-        } else {
-            None
-        }
-    };
-    if let Some(start) = text.rfind("<answer>") {
-        let rest = &text[start + 8..];
-        let inner = rest.split("</answer>").next().unwrap_or(rest);
-        let inner = inner.trim();
-        if let Some(c) = clean(inner) {
-            return Some(c);
-        }
-        // "<answer>B. Aspirin</answer>"
-        if let Some(first) = inner.split(['.', ')', ':']).next()
-            && let Some(c) = clean(first)
-        {
-            return Some(c);
-        }
-    }
-    let lower = text.to_lowercase();
-    for cue in ["answer is", "answer:"] {
-        if let Some(p) = lower.rfind(cue) {
-            let after = &text[p + cue.len()..];
-            let word: String = after
-                .trim_start()
-                .trim_start_matches(['(', '*', '['])
-                .chars()
-                .take_while(|c| c.is_ascii_alphabetic())
-                .collect();
-            if let Some(c) = clean(&word) {
-                return Some(c);
-            }
-        }
-    }
-    clean(text)
 }
 
 #[cfg(test)]

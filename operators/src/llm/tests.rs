@@ -16,19 +16,6 @@ fn parses_completions_and_errors() {
 }
 
 #[test]
-fn extracts_choices() {
-    let l = ["A", "B", "C", "D"];
-    assert_eq!(extract_choice("thinking... <answer>C</answer>", &l).as_deref(), Some("C"));
-    assert_eq!(extract_choice("<answer>B. Aspirin</answer>", &l).as_deref(), Some("B"));
-    assert_eq!(extract_choice("So the answer is (D).", &l).as_deref(), Some("D"));
-    assert_eq!(extract_choice("Answer: a", &l).as_deref(), Some("A"));
-    assert_eq!(extract_choice("<answer>A, C</answer>", &l).as_deref(), Some("A,C"));
-    assert_eq!(extract_choice("<answer>CA</answer>", &l).as_deref(), Some("A,C"));
-    assert_eq!(extract_choice("I am not sure", &l), None);
-    assert_eq!(extract_choice("<answer>E</answer>", &l), None);
-}
-
-#[test]
 fn retry_after_seconds_and_dates() {
     assert_eq!(parse_retry_after("2"), Some(Duration::from_secs(2)));
     assert_eq!(parse_retry_after("0.5"), Some(Duration::from_millis(500)));

@@ -36,7 +36,7 @@ static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
     inputs: InputPorts::Fixed(vec![PortSpec::table("table", "the table to write")]),
     outputs: vec![PortSpec::table_with("receipt", receipt_columns(), "what was written: path, format, rows, digest")],
     execution: Execution::Cpu,
-    fingerprint: crate::fingerprint("export"),
+    fingerprint: crate::fingerprints::export.to_string(),
 });
 
 fn receipt_columns() -> Vec<ColumnSpec> {

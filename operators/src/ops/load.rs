@@ -58,7 +58,7 @@ static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
         PortSpec::table_with("rejects", rejects_columns(), "rows that could not be read, with the reason"),
     ],
     execution: Execution::Cpu,
-    fingerprint: crate::fingerprint("load"),
+    fingerprint: crate::fingerprints::load.to_string(),
 });
 
 fn rejects_columns() -> Vec<ColumnSpec> {

@@ -3,9 +3,11 @@
 pub mod crawl;
 pub mod curated;
 pub mod difficulty_label;
+pub mod evaluate;
 pub mod export;
 pub mod extract;
 pub mod load;
+pub mod model;
 pub mod sample;
 pub mod sft;
 pub mod sql;

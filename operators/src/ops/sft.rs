@@ -9,15 +9,27 @@ use serde_json::json;
 
 static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
     name: "sft",
-    version: 1,
+    // 2: questions are rendered with the shared prompt (context included) and completion
+    // format; a `metrics` output.
+    version: 2,
     summary: "Fine-tune a Qwen2-style model on prompt/completion pairs (loss on completions only)",
     doc: "Trains `base` (a Hugging Face safetensors directory) or, without one, a small model from scratch \
           with its own byte-level BPE tokenizer. Examples come from `prompt`/`completion` columns, or from a \
           questions table (question, options, answer, explanation). AdamW with warmup and cosine decay, \
           gradient clipping and accumulation; checkpoints in the stage's durable directory, so a killed \
-          run resumes where it stopped with the same loss curve. Runs on a GPU when one is assigned.",
+          run resumes where it stopped with the same loss curve, and SIGTERM (Ctrl-C) saves one first. \
+          Raising only `steps` continues the previous run from its final checkpoint (the cosine \
+          schedule is stretched to the new end). `steps: 0` writes the initial model (the untrained \
+          baseline). Runs on a GPU when one is assigned.",
     params: vec![
-        ParamSpec::with_default("steps", ParamType::Int, json!(200), "Optimizer steps").range(Some(1.0), None),
+        ParamSpec::with_default(
+            "steps",
+            ParamType::Int,
+            json!(200),
+            "Optimizer steps (0: the initial model); raising it continues the previous run",
+        )
+        .range(Some(0.0), None)
+        .continues(),
         ParamSpec::with_default("batch_size", ParamType::Int, json!(16), "Examples per micro-batch")
             .range(Some(1.0), None),
         ParamSpec::with_default("grad_accum", ParamType::Int, json!(1), "Micro-batches per optimizer step")
@@ -27,6 +39,13 @@ static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
             .range(Some(0.0), None),
         ParamSpec::with_default("weight_decay", ParamType::Float, json!(0.01), "AdamW weight decay")
             .range(Some(0.0), None),
+        ParamSpec::with_default(
+            "max_grad_norm",
+            ParamType::Float,
+            json!(1.0),
+            "Clip the global gradient norm to this (0: no clipping)",
+        )
+        .range(Some(0.0), None),
         ParamSpec::with_default(
             "max_len",
             ParamType::Int,
@@ -63,9 +82,12 @@ static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
         PortSpec::table("examples", "prompt/completion pairs, or questions with answers"),
         PortSpec::model("base", "model to fine-tune (default: train a small one from scratch)").optional(),
     ]),
-    outputs: vec![PortSpec::model("model", "the fine-tuned model (safetensors, config, tokenizer)")],
+    outputs: vec![
+        PortSpec::model("model", "the fine-tuned model (safetensors, config, tokenizer)"),
+        PortSpec::table("metrics", "one row per optimizer step: step, loss, lr, grad_norm, tokens, tokens_per_s"),
+    ],
     execution: Execution::Worker,
-    fingerprint: crate::fingerprint("sft"),
+    fingerprint: crate::fingerprints::sft.to_string(),
 });
 
 /// The `sft` operator (executed by `fleming-worker`).

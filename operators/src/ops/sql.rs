@@ -19,7 +19,7 @@ static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
     inputs: InputPorts::Named { doc: "each named input becomes a table of that name" },
     outputs: vec![PortSpec::table("table", "the query's result")],
     execution: Execution::Cpu,
-    fingerprint: crate::fingerprint("sql"),
+    fingerprint: crate::fingerprints::sql.to_string(),
 });
 
 /// The `sql` operator.

@@ -46,7 +46,7 @@ static SLOW: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
         "id and tagged value",
     )],
     execution: Execution::Cpu,
-    fingerprint: crate::fingerprint("testing"),
+    fingerprint: crate::fingerprints::testing.to_string(),
 });
 
 /// `test-slow`.
@@ -121,7 +121,7 @@ static WORKER: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
     inputs: InputPorts::Fixed(vec![PortSpec::table("table", "rows to copy")]),
     outputs: vec![PortSpec::table("table", "the rows, with a `device` column")],
     execution: Execution::Worker,
-    fingerprint: crate::fingerprint("testing"),
+    fingerprint: crate::fingerprints::testing.to_string(),
 });
 
 /// `test-worker` (executed by `fleming-test-worker`).

@@ -227,7 +227,7 @@ pub fn run_job(
                         unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
                         term_sent = Some(Instant::now());
                     }
-                    Some(t) if t.elapsed() > Duration::from_secs(10) => {
+                    Some(t) if t.elapsed() > super::GRACE_PERIOD => {
                         let _ = child.kill();
                     }
                     _ => {}

@@ -685,7 +685,7 @@ impl Validator<'_> {
                     };
                     let in_kind = port_spec.as_ref().map(|p| &p.kind);
                     match (in_kind, &out_port.kind) {
-                        (Some(PortKind::Model), PortKind::Table(_)) | (Some(PortKind::Table(_)), PortKind::Model) => {
+                        (Some(a), b) if kind_name(Some(a)) != kind_name(Some(b)) => {
                             let pos = self.at(rpath);
                             self.error(
                                 pos,
@@ -697,11 +697,15 @@ impl Validator<'_> {
                                 ),
                             );
                         }
-                        (None, PortKind::Model) if port_spec.is_none() && op.is_some() => {
+                        (None, PortKind::Model | PortKind::Dir) if port_spec.is_none() && op.is_some() => {
                             let pos = self.at(rpath);
                             self.error(
                                 pos,
-                                format!("named input `{port}` takes a table but `{up}.{}` is a model", out_port.name),
+                                format!(
+                                    "named input `{port}` takes a table but `{up}.{}` is a {}",
+                                    out_port.name,
+                                    kind_name(Some(&out_port.kind))
+                                ),
                             );
                         }
                         (Some(PortKind::Table(Some(need))), PortKind::Table(Some(have))) => {
@@ -1157,6 +1161,7 @@ impl Validator<'_> {
 fn kind_name(k: Option<&PortKind>) -> &'static str {
     match k {
         Some(PortKind::Model) => "model",
+        Some(PortKind::Dir) => "directory",
         Some(PortKind::Table(_)) => "table",
         None => "table",
     }

@@ -66,10 +66,39 @@ fn fleming_runs_an_sft_stage_in_the_worker_and_serves_the_model() {
     // A rerun is cached.
     let out = run(&["run", "p.yaml"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("0 ran, 2 cached"));
+    // The curve is also the stage's `metrics` table.
+    let out = run(&["show", "p.yaml", "model.metrics"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("12 rows"), "{}", String::from_utf8_lossy(&out.stdout));
 
-    // `fleming serve` starts the worker on the trained model.
+    // More steps, nothing else changed: the stage continues from its final checkpoint.
+    let yaml = std::fs::read_to_string(dir.path().join("p.yaml")).unwrap();
+    std::fs::write(dir.path().join("p.yaml"), yaml.replace("steps: 12", "steps: 20")).unwrap();
+    let out = run(&["run", "p.yaml", "-n"]);
+    let plan = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(plan.contains("continues from step 12 of the previous run"), "{plan}");
+    let out = run(&["status", "p.yaml"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("continues from step 12"));
+    let out = run(&["run", "p.yaml"]);
+    let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("continuing the previous run at step 12 of 20"), "{log}");
+    let out =
+        run(&["query", "p.yaml", "select count(*) as n, min(step) as first, max(step) as last from model_metrics"]);
+    let table = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(table.contains("20") && table.contains(" 1 "), "{table}");
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join(".fleming/refs/tiny/model.json")).unwrap()).unwrap();
+    let d = r["outputs"]["model"]["digest"].as_str().unwrap();
+    let model_dir = dir.path().join(".fleming/objects").join(&d[..2]).join(format!("{}.tree", &d[2..]));
+    // Less than before is not a continuation: it trains from the start.
+    std::fs::write(dir.path().join("p.yaml"), yaml.replace("steps: 12", "steps: 6")).unwrap();
+    let out = run(&["run", "p.yaml", "-n"]);
+    let plan = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(!plan.contains("continues") && plan.contains("steps: 20 -> 6"), "{plan}");
+
+    // `fleming serve` starts the worker on the trained model, under the stage's name.
     let mut child = Command::new(fleming())
-        .args(["serve", "--model", model_dir.to_str().unwrap(), "--port", "0", "--name", "tiny", "--device", "cpu"])
+        .args(["serve", "--model", model_dir.to_str().unwrap(), "--port", "0", "--device", "cpu"])
         .env("FLEMING_WORKER", env!("CARGO_BIN_EXE_fleming-worker"))
         .stdout(Stdio::piped())
         .spawn()
@@ -85,5 +114,71 @@ fn fleming_runs_an_sft_stage_in_the_worker_and_serves_the_model() {
     let _ = child.kill();
     let _ = child.wait();
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
-    assert!(resp.contains("\"id\":\"tiny\""), "{resp}");
+    assert!(resp.contains("\"id\":\"model\""), "{resp}");
+}
+
+#[test]
+fn ctrl_c_during_training_keeps_a_checkpoint_at_the_last_step_and_the_curve() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rows = String::new();
+    for i in 0..40 {
+        rows.push_str(&format!(
+            "{{\"id\": \"e{i}\", \"prompt\": \"Letter {}? \", \"completion\": \"<answer>A</answer>\"}}\n",
+            i % 4
+        ));
+    }
+    std::fs::write(dir.path().join("examples.jsonl"), rows).unwrap();
+    std::fs::write(
+        dir.path().join("p.yaml"),
+        "name: long\nstages:\n  examples: { op: load, params: { path: examples.jsonl } }\n  model:\n    op: sft\n    inputs: { examples: examples }\n    params: { steps: 3000, batch_size: 8, warmup_steps: 2, checkpoint_every: 1000, vocab_size: 300, hidden_size: 32 }\n",
+    )
+    .unwrap();
+    let mut child = Command::new(fleming())
+        .current_dir(dir.path())
+        .args(["run", "p.yaml"])
+        .env("FLEMING_WORKER", env!("CARGO_BIN_EXE_fleming-worker"))
+        .env("FLEMING_GPUS", "none")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the worker has a few steps on its durable curve, then Ctrl-C fleming.
+    let work = dir.path().join(".fleming/work");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let steps_on_disk = || -> usize {
+        std::fs::read_dir(&work)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path().join("checkpoint/metrics.jsonl")).ok())
+            .map(|t| t.lines().count())
+            .max()
+            .unwrap_or(0)
+    };
+    while steps_on_disk() < 5 {
+        assert!(std::time::Instant::now() < deadline, "training did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(130), "{log}");
+    assert!(log.contains("stopped by a signal"), "{log}");
+    let saved = steps_on_disk();
+    assert!(saved >= 5, "{log}");
+    // The cancelled run's curve is kept beside its manifest.
+    let kept: Vec<_> = std::fs::read_dir(dir.path().join(".fleming/runs"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".metrics.jsonl"))
+        .collect();
+    assert_eq!(kept.len(), 1, "{log}");
+    // The checkpoint the next run resumes from is at the last step of that curve.
+    let checkpoint = std::fs::read_dir(&work)
+        .unwrap()
+        .flatten()
+        .find_map(|e| std::fs::read_to_string(e.path().join("checkpoint/checkpoints/latest")).ok())
+        .expect("a checkpoint in the stage's work directory");
+    let at: usize = checkpoint.trim().trim_start_matches("step-").parse().unwrap();
+    assert_eq!(at, saved, "the checkpoint is at the last step the curve has");
 }

@@ -3,9 +3,9 @@
 use arrow::array::{RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use fleming_artifacts::Table;
+use fleming_dispatch::{Device, Event, Job, JobInput, PROTOCOL_VERSION};
 use fleming_model::toy::ToyTask;
 use fleming_model::{Placement, Qwen2, TextTokenizer};
-use fleming_runtime::dispatch::{Device, Event, Job, JobInput, PROTOCOL_VERSION};
 use serde_json::{Map, json};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -29,9 +29,11 @@ fn job(root: &Path, steps: u64) -> std::path::PathBuf {
     write_examples(&table);
     let out = root.join("out");
     std::fs::create_dir_all(&out).unwrap();
+    // Resolved parameters, as the runtime hands them over: every declared name.
     let params: Map<String, serde_json::Value> = json!({
-        "steps": steps, "batch_size": 8, "checkpoint_every": 10, "vocab_size": 300,
-        "hidden_size": 32, "layers": 2, "heads": 4, "kv_heads": 2, "lr": 3e-3, "warmup_steps": 5
+        "steps": steps, "batch_size": 8, "grad_accum": 1, "checkpoint_every": 10, "vocab_size": 300,
+        "hidden_size": 32, "layers": 2, "heads": 4, "kv_heads": 2, "lr": 3e-3, "warmup_steps": 5,
+        "weight_decay": 0.01, "max_grad_norm": 1.0, "max_len": 512, "seed": 0
     })
     .as_object()
     .cloned()
@@ -55,6 +57,7 @@ fn job(root: &Path, steps: u64) -> std::path::PathBuf {
         device: Device { kind: "cpu".into(), gpus: vec![] },
         threads: 1,
         llm: Map::new(),
+        resume_from: None,
     };
     let path = root.join("job.json");
     std::fs::write(&path, serde_json::to_vec(&job).unwrap()).unwrap();
@@ -132,4 +135,65 @@ fn sft_job_resumes_after_kill_9_and_unknown_ops_fail() {
     let out = Command::new(env!("CARGO_BIN_EXE_fleming-worker")).args(["run", job.to_str().unwrap()]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(matches!(events(&out.stdout).last(), Some(Event::Error { .. })));
+}
+
+fn metric_steps(dir: &Path) -> Vec<u64> {
+    fleming_dispatch::MetricsLog::read(&dir.join("ck").join(fleming_dispatch::METRICS_FILE))
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["step"].as_u64())
+        .collect()
+}
+
+#[test]
+fn sigterm_saves_a_checkpoint_and_the_rerun_continues_the_curve_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = job(dir.path(), 400);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fleming-worker"))
+        .args(["run", job.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut line = String::new();
+    // Between checkpoints (every 10 steps): the signal's checkpoint is the only one there.
+    while !line.contains("\"step\":13") {
+        line.clear();
+        assert!(reader.read_line(&mut line).unwrap() > 0, "the worker ended early");
+        assert!(Instant::now() < deadline, "no step 13 within the deadline");
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut reader, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1), "{rest}");
+    let Some(Event::Error { message }) = events(rest.as_bytes()).pop() else { panic!("no error event: {rest}") };
+    assert!(message.contains("stopped by a signal") && message.contains("is saved"), "{message}");
+    let latest = std::fs::read_to_string(dir.path().join("ck/checkpoints/latest")).unwrap();
+    let at: u64 = latest.trim().trim_start_matches("step-").parse().unwrap();
+    assert!(at >= 13 && at % 10 != 0, "the signal's own checkpoint, at step {at}");
+    assert_eq!(metric_steps(dir.path()), (1..=at).collect::<Vec<_>>(), "the curve up to the checkpoint is on disk");
+    // The rerun resumes there; the durable curve holds every step once.
+    let mut j: Job = serde_json::from_slice(&std::fs::read(&job).unwrap()).unwrap();
+    j.params.insert("steps".into(), json!(at + 5));
+    std::fs::write(&job, serde_json::to_vec(&j).unwrap()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_fleming-worker")).args(["run", job.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(metric_steps(dir.path()), (1..=at + 5).collect::<Vec<_>>());
+    let metrics = Table::read_parquet(&dir.path().join("out/metrics.parquet")).unwrap();
+    assert_eq!(metrics.num_rows() as u64, at + 5);
+}
+
+#[test]
+fn parameters_the_declaration_lacks_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = job(dir.path(), 2);
+    let mut j: Job = serde_json::from_slice(&std::fs::read(&job).unwrap()).unwrap();
+    j.params.insert("learning_rte".into(), json!(0.1));
+    std::fs::write(&job, serde_json::to_vec(&j).unwrap()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_fleming-worker")).args(["run", job.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let Some(Event::Error { message }) = events(&out.stdout).pop() else { panic!("no error") };
+    assert!(message.contains("learning_rte") && message.contains("parameters of `sft`"), "{message}");
 }

@@ -166,7 +166,7 @@ static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
         PortSpec::table_with("rejects", rejects_columns(), "pages that could not be read or fetched, with the reason"),
     ],
     execution: Execution::Cpu,
-    fingerprint: crate::fingerprint("crawl"),
+    fingerprint: crate::fingerprints::crawl.to_string(),
 });
 
 /// The columns of `pages`.

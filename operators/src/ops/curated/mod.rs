@@ -77,7 +77,7 @@ static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
         PortSpec::table_with("rejects", rejects_columns(), "records that could not become a question, with the reason"),
     ],
     execution: Execution::Cpu,
-    fingerprint: crate::fingerprint("curated"),
+    fingerprint: crate::fingerprints::curated.to_string(),
 });
 
 fn mapping_fields() -> Vec<ParamSpec> {

@@ -22,13 +22,15 @@ use fleming_runtime::op::{
 };
 use serde_json::{Map, Value, json};
 
-use crate::llm::{Call, LlmClient, Message, extract_choice, failure_report};
+use crate::llm::{Call, LlmClient, Message, failure_report};
 use crate::ops::sample::{Graph, KgModel};
 use crate::questions::{self, Question};
 
 static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
     name: "difficulty-label",
-    version: 1,
+    // 2: the reference model is asked with the shared prompt and read by the strict
+    // extractor; the judge sees the item as every other model does.
+    version: 2,
     summary: "Label each question easy / moderate / difficult (LLM judge, reference pass rate, or heuristic) with its evidence",
     doc: "Writes `difficulty` and `difficulty_evidence` (JSON: method, rationale or pass rate) for \
           every row. LLM calls are memoised by model, prompt, sampling parameters and trial.",
@@ -109,7 +111,7 @@ static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
         "the questions with `difficulty` and `difficulty_evidence`",
     )],
     execution: Execution::Cpu,
-    fingerprint: crate::fingerprint("difficulty_label"),
+    fingerprint: crate::fingerprints::difficulty_label.to_string(),
 });
 
 /// The judge's rubric (paper §3.1).
@@ -131,17 +133,23 @@ impl DifficultyLabel {
 }
 
 /// The tier a judge's answer names, and its rationale.
+///
+/// Tags and tier names are ASCII, so the search lowercases ASCII only: byte offsets in the
+/// lowercased text are offsets in the original (full Unicode lowercasing changes the
+/// length of characters like `İ` and would slice the reply out of bounds).
 pub fn parse_tier(text: &str) -> Option<(String, String)> {
-    let lower = text.to_lowercase();
-    let tier = if let Some(p) = lower.rfind("<tier>") {
-        let rest = &lower[p + 6..];
-        rest.split("</tier>").next().map(|s| s.trim().to_string())
-    } else {
-        ["difficult", "moderate", "easy"]
+    let lower = text.to_ascii_lowercase();
+    let tag = lower.rfind("<tier>");
+    let tier = match tag {
+        Some(p) => {
+            let rest = &lower[p + "<tier>".len()..];
+            rest.split("</tier>").next().map(|s| s.trim().to_string())
+        }
+        None => ["difficult", "moderate", "easy"]
             .iter()
             .filter_map(|t| lower.rfind(t).map(|p| (p, *t)))
             .max()
-            .map(|(_, t)| t.to_string())
+            .map(|(_, t)| t.to_string()),
     }?;
     let tier = match tier.as_str() {
         "easy" | "moderate" | "difficult" => tier,
@@ -149,8 +157,8 @@ pub fn parse_tier(text: &str) -> Option<(String, String)> {
         "medium" | "intermediate" => "moderate".into(),
         _ => return None,
     };
-    let rationale = match text.to_lowercase().find("<tier>") {
-        Some(p) => text[..p].trim().to_string(),
+    let rationale = match lower.find("<tier>") {
+        Some(p) => text.get(..p).unwrap_or(text).trim().to_string(),
         None => text.trim().to_string(),
     };
     Some((tier, rationale))
@@ -302,12 +310,13 @@ impl Operator for DifficultyLabel {
                     .iter()
                     .flat_map(|q| {
                         let messages = if judge {
+                            let item = fleming_questions::user_message(q);
                             vec![
                                 Message::system(rubric.clone()),
-                                Message::user(q.prompt() + &format!("Correct answer: {}\n", q.answer)),
+                                Message::user(format!("{item}\n\nCorrect answer: {}", q.answer)),
                             ]
                         } else {
-                            vec![Message::system(crate::ops::validate::DEFAULT_PROMPT), Message::user(q.prompt())]
+                            Message::for_item(q)
                         };
                         let params = params.clone();
                         (0..n).map(move |t| Call { messages: messages.clone(), params: params.clone(), trial: t })
@@ -332,14 +341,10 @@ impl Operator for DifficultyLabel {
                         *l = parse_tier(&text)
                             .map(|(t, why)| (t, json!({"method": "judge", "llm": name, "rationale": why})));
                     } else {
-                        let labels_: Vec<&str> = q.options.iter().map(|c| c.label.as_str()).collect();
                         let correct = rs
                             .iter()
                             .filter(|r| {
-                                r.as_ref()
-                                    .ok()
-                                    .and_then(|c| extract_choice(&c.content, &labels_))
-                                    .is_some_and(|a| q.is_answered_by(&a))
+                                r.as_ref().is_ok_and(|c| fleming_questions::score(q, &c.content, c.truncated()).correct)
                             })
                             .count();
                         let rate = correct as f64 / n as f64;

@@ -15,6 +15,32 @@ fn parses_judge_answers() {
     assert_eq!(parse_tier("I'd call this moderate.").map(|x| x.0), Some("moderate".into()));
     assert_eq!(parse_tier("<tier>hard</tier>").map(|x| x.0), Some("difficult".into()));
     assert_eq!(parse_tier("no idea"), None);
+    // Characters whose lowercase is longer in UTF-8 (İ: 2 bytes, i̇: 3) before the tag.
+    assert_eq!(
+        parse_tier("İİİ rare İstanbul syndrome <TIER>difficult</TIER>"),
+        Some(("difficult".into(), "İİİ rare İstanbul syndrome".into()))
+    );
+}
+
+proptest::proptest! {
+    #[test]
+    fn judge_replies_never_panic(parts in proptest::collection::vec(
+        proptest::prop_oneof![
+            proptest::prelude::any::<String>(),
+            proptest::strategy::Just("<tier>".to_string()),
+            proptest::strategy::Just("</tier>".to_string()),
+            proptest::strategy::Just("İ".to_string()),
+            proptest::strategy::Just("ẞ".to_string()),
+            proptest::strategy::Just("easy".to_string()),
+        ],
+        0..10,
+    )) {
+        let text = parts.concat();
+        if let Some((tier, why)) = parse_tier(&text) {
+            proptest::prop_assert!(["easy", "moderate", "difficult"].contains(&tier.as_str()));
+            proptest::prop_assert!(why.len() <= text.len());
+        }
+    }
 }
 
 #[test]

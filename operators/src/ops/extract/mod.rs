@@ -114,7 +114,7 @@ static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
         ),
     ],
     execution: Execution::Cpu,
-    fingerprint: crate::fingerprint("extract"),
+    fingerprint: crate::fingerprints::extract.to_string(),
 });
 
 fn list_of(t: DataType) -> DataType {

@@ -130,7 +130,7 @@ static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
         ),
     ],
     execution: Execution::Cpu,
-    fingerprint: crate::fingerprint("sample"),
+    fingerprint: crate::fingerprints::sample.to_string(),
 });
 
 fn pattern_fields() -> Vec<ParamSpec> {

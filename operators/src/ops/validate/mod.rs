@@ -25,14 +25,15 @@ use fleming_runtime::op::{
 use rayon::prelude::*;
 use serde_json::{Map, Value, json};
 
-use crate::llm::{Call, LlmClient, Message, extract_choice, failure_report};
+use crate::llm::{Call, Completion, LlmClient, Message, failure_report};
 use crate::ops::sample::{Graph, KgModel};
 use crate::questions::{self, Question};
 use anonymise::{Anonymiser, Kind};
 
 static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
     name: "validate",
-    version: 1,
+    // 2: the LLM validator is asked with the shared prompt and read by the strict extractor.
+    version: 2,
     summary: "Format filtering, anonymisation, exact and near-duplicate removal, label verification and mixing of questions",
     doc: "Reads any number of question tables (curated and synthetic) and writes the kept `questions`, \
           the `rejected` rows with a reason, and the `flagged` rows a validator never answered \
@@ -117,7 +118,7 @@ static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
         ),
     ],
     execution: Execution::Cpu,
-    fingerprint: crate::fingerprint("validate"),
+    fingerprint: crate::fingerprints::validate.to_string(),
 });
 
 fn verify_fields() -> Vec<ParamSpec> {
@@ -137,12 +138,6 @@ fn verify_fields() -> Vec<ParamSpec> {
             .range(Some(1.0), Some(100.0)),
         ParamSpec::optional("temperature", ParamType::Float, "LLM sampling temperature (default: the endpoint's)"),
         ParamSpec::optional("max_tokens", ParamType::Int, "LLM answer length cap (default: the endpoint's)"),
-        ParamSpec::with_default(
-            "prompt",
-            ParamType::Str,
-            json!(DEFAULT_PROMPT),
-            "LLM system prompt; the user message is the item (context, stem, lettered options)",
-        ),
         ParamSpec::with_default(
             "knowledge",
             ParamType::Float,
@@ -166,9 +161,6 @@ fn mix_fields() -> Vec<ParamSpec> {
         ParamSpec::with_default("seed", ParamType::Int, json!(0), "Seed of which rows are left out"),
     ]
 }
-
-/// Default system prompt of the LLM validator.
-pub const DEFAULT_PROMPT: &str = "You are a medical expert answering a multiple-choice question. Think briefly, then give the letter of the single best option inside <answer></answer> (if the question asks for all correct options, give their letters separated by commas).";
 
 fn rejected_columns() -> Vec<ColumnSpec> {
     let mut c = questions::columns();
@@ -420,8 +412,16 @@ fn decisions(t: &Table) -> anyhow::Result<HashMap<String, bool>> {
 
 /// A validator's verdict on one item.
 struct Verdict {
+    /// Each trial's labels, `[status]` when it gave no answer (strict extractor), or null.
     answers: Vec<Option<String>>,
     correct: usize,
+}
+
+/// A validator's reply as the flagged table shows it: the labels it chose, or the status
+/// of the strict extractor in brackets (`[no_answer]`, `[truncated]`, …).
+fn read_answer(q: &Question, c: &Completion) -> String {
+    let v = fleming_questions::score(q, &c.content, c.truncated());
+    v.answer.unwrap_or_else(|| format!("[{}]", v.status))
 }
 
 impl Operator for Validate {
@@ -536,7 +536,6 @@ impl Operator for Validate {
                     v.get("llm").and_then(Value::as_str).ok_or_else(|| anyhow!("`verify` names no validator"))?;
                 validator_name = format!("llm:{name}");
                 let client = LlmClient::from_section(&ctx.llm, name)?;
-                let prompt = v.get("prompt").and_then(Value::as_str).unwrap_or(DEFAULT_PROMPT).to_string();
                 let mut params = Map::new();
                 for k in ["temperature", "max_tokens"] {
                     if let Some(x) = v.get(k).filter(|x| !x.is_null()) {
@@ -546,7 +545,7 @@ impl Operator for Validate {
                 let calls: Vec<Call> = kept
                     .iter()
                     .flat_map(|q| {
-                        let messages = vec![Message::system(prompt.clone()), Message::user(q.prompt())];
+                        let messages = Message::for_item(q);
                         let params = params.clone();
                         (0..trials).map(move |t| Call { messages: messages.clone(), params: params.clone(), trial: t })
                     })
@@ -567,10 +566,9 @@ impl Operator for Validate {
                 kept.iter()
                     .enumerate()
                     .map(|(i, q)| {
-                        let labels: Vec<&str> = q.options.iter().map(|c| c.label.as_str()).collect();
                         let answers: Vec<Option<String>> = results[i * trials as usize..(i + 1) * trials as usize]
                             .iter()
-                            .map(|r| r.as_ref().ok().and_then(|c| extract_choice(&c.content, &labels)))
+                            .map(|r| r.as_ref().ok().map(|c| read_answer(q, c)))
                             .collect();
                         let correct =
                             answers.iter().filter(|a| a.as_deref().is_some_and(|a| q.is_answered_by(a))).count();

@@ -1,0 +1,179 @@
+//! A model artifact as an OpenAI-compatible endpoint: `fleming-worker serve` on a free
+//! loopback port, for as long as an operator needs it.
+//!
+//! Operators that ask a model questions (evaluate, and mining and distillation to come) talk
+//! to every model the same way — through [`crate::llm::LlmClient`], with its retries,
+//! concurrency and per-record memo — whether it is a hosted endpoint or a model directory
+//! in the store. For a directory, this module starts the torch worker's server (which
+//! batches concurrent requests into one generation), and stops it when dropped. The
+//! server dies with fleming (parent-death signal), and only runs on the GPUs the stage
+//! was given.
+
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use fleming_runtime::CancelToken;
+use fleming_runtime::dispatch::launcher::find_worker;
+use serde_json::Map;
+
+use crate::llm::Endpoint;
+
+/// How long a server may take to load its model and announce itself.
+const START_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// A running `fleming-worker serve` for one model directory.
+pub struct ServedModel {
+    child: Child,
+    /// Base URL (`http://127.0.0.1:PORT/v1`).
+    pub url: String,
+    /// The name it serves the model under (requests must name it).
+    pub name: String,
+    log: PathBuf,
+}
+
+/// How to start a server.
+pub struct ServeOptions<'a> {
+    /// The model directory (Hugging Face layout).
+    pub dir: &'a Path,
+    /// The name to serve it under (a stage name: what users recognise in logs).
+    pub name: &'a str,
+    /// CPU threads of libtorch.
+    pub threads: usize,
+    /// GPUs to run on (none: CPU).
+    pub gpus: &'a [u32],
+    /// Sequences generated together at most.
+    pub max_batch: usize,
+    /// Where the server's stderr goes.
+    pub log: PathBuf,
+}
+
+impl ServedModel {
+    /// Starts the server and waits until it listens (or fails, or `cancel` fires).
+    pub fn start(opts: &ServeOptions<'_>, cancel: &CancelToken) -> anyhow::Result<ServedModel> {
+        let worker = find_worker().map_err(|e| fleming_runtime::harness::WorkerNotBuilt {
+            what: "the model server".into(),
+            why: format!("{e:#}"),
+        })?;
+        let log_file = std::fs::File::create(&opts.log).with_context(|| format!("creating {}", opts.log.display()))?;
+        let visible = opts.gpus.iter().map(|g| g.to_string()).collect::<Vec<_>>().join(",");
+        let mut cmd = Command::new(&worker);
+        cmd.arg("serve")
+            .arg("--model")
+            .arg(opts.dir)
+            .args(["--port", "0", "--host", "127.0.0.1", "--name", opts.name])
+            .args(["--device", if opts.gpus.is_empty() { "cpu" } else { "cuda" }])
+            .args(["--threads", &opts.threads.max(1).to_string()])
+            .args(["--max-batch", &opts.max_batch.max(1).to_string()])
+            .env("CUDA_VISIBLE_DEVICES", &visible)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log_file));
+        // SAFETY: prctl is async-signal-safe; the server must not outlive fleming.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().with_context(|| format!("starting {} serve", worker.display()))?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("the server's stdout is missing"))?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut line = String::new();
+            let _ = tx.send(reader.read_line(&mut line).map(|_| line));
+            // Keep draining so the server never blocks on a full pipe.
+            let _ = std::io::copy(&mut reader, &mut std::io::sink());
+        });
+        let started = Instant::now();
+        let mut server = ServedModel { child, url: String::new(), name: opts.name.to_string(), log: opts.log.clone() };
+        loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(Ok(line)) => {
+                    // `fleming-worker: serving NAME on http://ADDR/v1`
+                    match line.trim().rsplit(' ').next().filter(|u| u.starts_with("http://")) {
+                        Some(url) => {
+                            server.url = url.to_string();
+                            return Ok(server);
+                        }
+                        None => bail!("the model server did not start: {}", server.failure(&line)),
+                    }
+                }
+                Ok(Err(e)) => bail!("reading the model server's address: {e}"),
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    bail!("the model server stopped before listening: {}", server.failure(""))
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    cancel.check()?;
+                    if let Ok(Some(status)) = server.child.try_wait() {
+                        bail!("the model server exited ({status}): {}", server.failure(""));
+                    }
+                    if started.elapsed() > START_TIMEOUT {
+                        bail!("the model server did not listen within {START_TIMEOUT:?}: {}", server.failure(""));
+                    }
+                }
+            }
+        }
+    }
+
+    /// What went wrong: the server's first line and the end of its log.
+    fn failure(&mut self, first_line: &str) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let mut log = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut log);
+        }
+        let tail: Vec<&str> = log.lines().rev().take(12).collect::<Vec<_>>().into_iter().rev().collect();
+        format!(
+            "{}{}",
+            first_line.trim(),
+            if tail.is_empty() { String::new() } else { format!("\n{}", tail.join("\n")) }
+        )
+    }
+
+    /// The endpoint a served model will have, for memo lookups before (or without)
+    /// starting it: memo keys depend on `identity`, never on the address.
+    pub fn offline_endpoint(name: &str, identity: &str) -> Endpoint {
+        Endpoint {
+            name: name.to_string(),
+            url: "http://127.0.0.1:9/v1".into(),
+            model: name.to_string(),
+            api_key_env: None,
+            max_concurrency: 1,
+            timeout: Duration::from_secs(1),
+            max_retries: 0,
+            params: Map::new(),
+            memo_model: Some(identity.to_string()),
+        }
+    }
+
+    /// An endpoint for the served model: requests name it by its served name, memo keys
+    /// by `identity` (the artifact's digest).
+    pub fn endpoint(&self, identity: &str, max_concurrency: usize) -> Endpoint {
+        Endpoint {
+            name: self.name.clone(),
+            url: self.url.clone(),
+            model: self.name.clone(),
+            api_key_env: None,
+            max_concurrency: max_concurrency.max(1),
+            // Generation on a CPU can be slow; a request is never retried for being slow.
+            timeout: Duration::from_secs(6 * 3600),
+            max_retries: 2,
+            params: Map::new(),
+            memo_model: Some(identity.to_string()),
+        }
+    }
+}
+
+impl Drop for ServedModel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
