@@ -72,7 +72,7 @@ mod tests {
             answer: "A".into(),
             ..Default::default()
         };
-        let t = to_table(&[q.clone()]).unwrap();
+        let t = to_table(std::slice::from_ref(&q)).unwrap();
         let back = from_table(&t, "z").unwrap();
         assert_eq!(back[0], q);
         assert_eq!(t.digest().unwrap(), to_table(&back).unwrap().digest().unwrap());

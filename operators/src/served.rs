@@ -10,15 +10,14 @@
 //! was given.
 
 use std::io::{BufRead, BufReader, Read};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use fleming_runtime::CancelToken;
-use fleming_runtime::dispatch::launcher::find_worker;
+use fleming_runtime::dispatch::launcher::{find_worker, worker_command};
 use serde_json::Map;
 
 use crate::llm::Endpoint;
@@ -60,8 +59,7 @@ impl ServedModel {
             why: format!("{e:#}"),
         })?;
         let log_file = std::fs::File::create(&opts.log).with_context(|| format!("creating {}", opts.log.display()))?;
-        let visible = opts.gpus.iter().map(|g| g.to_string()).collect::<Vec<_>>().join(",");
-        let mut cmd = Command::new(&worker);
+        let mut cmd = worker_command(&worker, opts.gpus);
         cmd.arg("serve")
             .arg("--model")
             .arg(opts.dir)
@@ -69,17 +67,8 @@ impl ServedModel {
             .args(["--device", if opts.gpus.is_empty() { "cpu" } else { "cuda" }])
             .args(["--threads", &opts.threads.max(1).to_string()])
             .args(["--max-batch", &opts.max_batch.max(1).to_string()])
-            .env("CUDA_VISIBLE_DEVICES", &visible)
-            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log_file));
-        // SAFETY: prctl is async-signal-safe; the server must not outlive fleming.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
         let mut child = cmd.spawn().with_context(|| format!("starting {} serve", worker.display()))?;
         let stdout = child.stdout.take().ok_or_else(|| anyhow!("the server's stdout is missing"))?;
         let (tx, rx) = mpsc::channel();

@@ -133,6 +133,12 @@ fn diff_into(path: &str, old: &Value, new: &Value, out: &mut Vec<String>) {
                 diff_into(&p, a.get(k).unwrap_or(&Value::Null), b.get(k).unwrap_or(&Value::Null), out);
             }
         }
+        // Lists of the same length: the items that changed, by index (`endpoints[1].model`).
+        (Value::Array(a), Value::Array(b)) if a.len() == b.len() => {
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                diff_into(&format!("{path}[{i}]"), x, y, out);
+            }
+        }
         _ => out.push(format!("{}: {} -> {}", if path.is_empty() { "(all)" } else { path }, short(old), short(new))),
     }
 }

@@ -277,6 +277,9 @@ pub enum Execution {
     Cpu,
     /// In a worker process (libtorch; GPU when available).
     Worker,
+    /// In the `fleming` process, starting worker processes of its own (the model server
+    /// of `evaluate`) on the GPUs the stage is given (`resources.gpu`).
+    CpuWithWorkers,
 }
 
 /// Everything the runtime knows about an operator without running it.

@@ -113,11 +113,8 @@ pub fn dag(args: &DagArgs, registry: &dyn Registry) -> anyhow::Result<i32> {
         DagFormat::Dot => {
             println!("digraph \"{}\" {{\n  rankdir=LR;\n  node [shape=box, fontname=\"Helvetica\"];", p.name);
             for s in &p.stages {
-                let shape = if s.op.spec().execution == Execution::Worker {
-                    ", style=filled, fillcolor=\"#ffe0b0\""
-                } else {
-                    ""
-                };
+                let shape =
+                    if s.op.spec().execution != Execution::Cpu { ", style=filled, fillcolor=\"#ffe0b0\"" } else { "" };
                 println!("  \"{}\" [label=\"{}\\n[{}]\"{shape}];", s.name, s.name, s.op.spec().name);
             }
             for (a, b, label) in &edges {
@@ -247,7 +244,11 @@ pub fn ops(args: &OpsArgs, registry: &dyn Registry) -> anyhow::Result<i32> {
         for n in registry.names() {
             if let Some(op) = registry.get(n) {
                 let s = op.spec();
-                let gpu = if s.execution == Execution::Worker { " (GPU worker)" } else { "" };
+                let gpu = match s.execution {
+                    Execution::Worker => " (GPU worker)",
+                    Execution::CpuWithWorkers => " (starts GPU workers)",
+                    Execution::Cpu => "",
+                };
                 println!("{n:<w$}  v{}  {}{gpu}", s.version, s.summary);
             }
         }
@@ -259,8 +260,12 @@ pub fn ops(args: &OpsArgs, registry: &dyn Registry) -> anyhow::Result<i32> {
     };
     let s = op.spec();
     println!("{} v{} — {}", s.name, s.version, s.summary);
-    if s.execution == Execution::Worker {
-        println!("runs in the torch worker (fleming-worker); GPU when available");
+    match s.execution {
+        Execution::Worker => println!("runs in the torch worker (fleming-worker); GPU when available"),
+        Execution::CpuWithWorkers => {
+            println!("runs in fleming and starts the torch worker for model artifacts; GPU when one is assigned")
+        }
+        Execution::Cpu => {}
     }
     if !s.doc.is_empty() {
         println!("\n{}", textwrap(s.doc, 88));

@@ -15,7 +15,7 @@ fn model(skill: u64) -> impl Fn(&Request) -> Response + Send + Sync + 'static {
         let user = body["messages"].as_array().and_then(|m| m.last()).and_then(|m| m["content"].as_str()).unwrap_or("");
         let n: u64 =
             user.split(|c: char| !c.is_ascii_digit()).find(|s| !s.is_empty()).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let content = if n % 7 == 0 {
+        let content = if n.is_multiple_of(7) {
             "<think>not sure</think> maybe B".to_string()
         } else if n < skill {
             "<think>the pancreas makes insulin</think><answer>B</answer>".to_string()

@@ -1,7 +1,8 @@
-//! The README's main job runs, and reruns as a no-op. Its `sft` stage needs the torch
+//! The README's main job runs, and reruns as a no-op. Its `sft` stages need the torch
 //! worker, which this suite does not build: here the worker is missing on purpose, so
-//! that stage fails with its clear message and every other stage runs
-//! (`--keep-going`). `worker/tests/it/quickstart.rs` runs the whole job with the worker.
+//! those stages fail with their clear message, `eval` (which asks their models) is
+//! skipped, and every other stage runs (`--keep-going`). `worker/tests/it/quickstart.rs`
+//! runs the whole job with the worker.
 
 use crate::support::{Project, jsonl_rows, repo};
 
@@ -28,8 +29,9 @@ fn quickstart_runs_and_reruns_cached() {
     };
     let first = run();
     // Every CPU stage runs (the count grows as operators join the quickstart).
-    assert!(first.contains(" ran, 0 cached, 1 failed"), "{first}");
+    assert!(first.contains("17 ran, 0 cached, 2 failed, 1 skipped"), "{first}");
     assert!(first.lines().any(|l| l.starts_with("tutor ") && l.contains("FAILED")), "{first}");
+    assert!(first.lines().any(|l| l.starts_with("eval ") && l.contains("upstream `base` failed")), "{first}");
     let hard = jsonl_rows(&out.join("hard-questions.jsonl"));
     assert_eq!(hard.len(), 13);
     assert!(hard.iter().all(|r| r["difficulty"] != "easy"));
@@ -37,7 +39,7 @@ fn quickstart_runs_and_reruns_cached() {
     assert_eq!(summary.lines().next(), Some("id,area,exam_weight,questions,difficult"));
     assert!(summary.contains("cardiology,internal medicine,0.14,5,0"), "{summary}");
     let second = run();
-    assert!(second.contains("0 ran, 15 cached, 1 failed"), "{second}");
+    assert!(second.contains("0 ran, 17 cached, 2 failed, 1 skipped"), "{second}");
     // Question data: synthetic and curated items, validated, mixed and tiered.
     let tiered = jsonl_rows(&out.join("questions-tiered.jsonl"));
     assert!(tiered.iter().any(|r| r["source"] == "synthetic") && tiered.iter().any(|r| r["source"] == "medqa"));

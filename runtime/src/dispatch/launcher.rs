@@ -126,6 +126,23 @@ impl GpuPool {
     }
 }
 
+/// A command starting the worker executable on `gpus` (`CUDA_VISIBLE_DEVICES`; none: the
+/// CPU), with no stdin, that dies with fleming (parent-death signal, so a `kill -9` of
+/// fleming takes its workers along). The caller adds the subcommand and the pipes.
+pub fn worker_command(worker: &Path, gpus: &[u32]) -> Command {
+    let visible = gpus.iter().map(|g| g.to_string()).collect::<Vec<_>>().join(",");
+    let mut cmd = Command::new(worker);
+    cmd.env("CUDA_VISIBLE_DEVICES", visible).stdin(Stdio::null());
+    // SAFETY: prctl is async-signal-safe, as pre_exec requires.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    cmd
+}
+
 /// What a finished worker reported.
 #[derive(Debug, Default)]
 pub struct WorkerReport {
@@ -152,21 +169,8 @@ pub fn run_job(
     let log_path = work_dir.join("worker.log");
     let log_file = OpenOptions::new().create(true).append(true).open(&log_path)?;
     let log_start = log_file.metadata().map(|m| m.len()).unwrap_or(0);
-    let visible = job.device.gpus.iter().map(|g| g.to_string()).collect::<Vec<_>>().join(",");
-    let mut cmd = Command::new(worker);
-    cmd.arg("run")
-        .arg(&job_path)
-        .env("CUDA_VISIBLE_DEVICES", &visible)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(log_file));
-    // The worker must not outlive fleming (kill -9 of fleming included).
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
+    let mut cmd = worker_command(worker, &job.device.gpus);
+    cmd.arg("run").arg(&job_path).stdout(Stdio::piped()).stderr(Stdio::from(log_file));
     let mut child = cmd.spawn().with_context(|| format!("starting the worker {}", worker.display()))?;
     let stdout = child.stdout.take().ok_or_else(|| anyhow!("worker stdout missing"))?;
     let pid = child.id();

@@ -1,4 +1,4 @@
-"""Python side of `cargo run --release -p fleming-worker --example bench -- --part eval`.
+"""Python side of `cargo run --release -p fleming-worker --example eval_bench -- --part eval`.
 
 hf_generate.py MODEL_DIR PROMPTS_JSON THREADS BATCH MAX_NEW
 

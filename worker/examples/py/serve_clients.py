@@ -1,4 +1,4 @@
-"""Python side of `cargo run --release -p fleming-worker --example bench -- --part serve`.
+"""Python side of `cargo run --release -p fleming-worker --example eval_bench -- --part serve`.
 
 serve_clients.py BASE_URL MODEL CLIENTS MAX_TOKENS
 

@@ -82,3 +82,62 @@ fn serve_fails_clearly_on_a_missing_model() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/nonexistent/model"), "{err}");
 }
+
+/// POSTs a chat request and returns the answer's JSON body.
+fn chat(addr: &str, body: &serde_json::Value) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let text = body.to_string();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+        text.len()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let body = resp.split("\r\n\r\n").nth(1).unwrap_or_default();
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {resp}"))
+}
+
+#[test]
+fn concurrent_requests_are_batched_and_answer_as_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny_model_dir(dir.path());
+    let (_server, url) = start_server(dir.path());
+    let addr = url.trim_start_matches("http://").trim_end_matches("/v1").to_string();
+    let request = |i: usize| {
+        serde_json::json!({
+            "model": "tiny",
+            "messages": [{"role": "user", "content": format!("Which drug treats case {i}? {}", "x ".repeat(i * 3))}],
+            "max_tokens": 12 + i,
+            "temperature": 0,
+        })
+    };
+    let alone: Vec<serde_json::Value> = (0..6).map(|i| chat(&addr, &request(i))).collect();
+    let together: Vec<serde_json::Value> = std::thread::scope(|s| {
+        let (addr, request) = (&addr, &request);
+        let handles: Vec<_> = (0..6).map(|i| s.spawn(move || chat(addr, &request(i)))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (i, (a, t)) in alone.iter().zip(&together).enumerate() {
+        assert_eq!(a["choices"][0]["message"]["content"], t["choices"][0]["message"]["content"], "request {i}");
+        assert_eq!(a["usage"]["completion_tokens"], t["usage"]["completion_tokens"], "request {i}");
+    }
+    // A request with n choices and a bad one at the same time: the bad one is refused, the
+    // others are answered.
+    let (good, bad) = std::thread::scope(|s| {
+        let g = s.spawn(|| {
+            chat(&addr, &serde_json::json!({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "n": 3, "max_tokens": 5, "temperature": 0.8, "seed": 1}))
+        });
+        let b = s.spawn(|| {
+            chat(
+                &addr,
+                &serde_json::json!({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "top_p": 0}),
+            )
+        });
+        (g.join().unwrap(), b.join().unwrap())
+    });
+    assert_eq!(good["choices"].as_array().map(Vec::len), Some(3), "{good}");
+    assert!(bad["error"]["message"].as_str().unwrap_or("").contains("top_p"), "{bad}");
+}

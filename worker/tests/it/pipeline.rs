@@ -133,7 +133,7 @@ fn ctrl_c_during_training_keeps_a_checkpoint_at_the_last_step_and_the_curve() {
         "name: long\nstages:\n  examples: { op: load, params: { path: examples.jsonl } }\n  model:\n    op: sft\n    inputs: { examples: examples }\n    params: { steps: 3000, batch_size: 8, warmup_steps: 2, checkpoint_every: 1000, vocab_size: 300, hidden_size: 32 }\n",
     )
     .unwrap();
-    let mut child = Command::new(fleming())
+    let child = Command::new(fleming())
         .current_dir(dir.path())
         .args(["run", "p.yaml"])
         .env("FLEMING_WORKER", env!("CARGO_BIN_EXE_fleming-worker"))

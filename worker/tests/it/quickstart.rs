@@ -42,6 +42,35 @@ fn the_whole_quickstart_runs_with_the_worker_and_reruns_cached() {
         serde_json::from_slice(&std::fs::read(store.join("runs").join(format!("{run_id}.json"))).unwrap()).unwrap();
     let m = &manifest["metrics"];
     assert!(m["final_loss"].as_f64().unwrap() < 3.0, "{m}");
+    // The evaluation of `base` and `tutor` on the held-out items: every answer is counted
+    // under one status, and the numbers add up.
+    let query = |sql: &str| -> Vec<serde_json::Value> {
+        let o = Command::new(fleming())
+            .args(["query", repo.join("pipelines/quickstart.yaml").to_str().unwrap(), sql, "--format", "json"])
+            .args(["--store", store.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        // One JSON object per line.
+        String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let heldout = query("select count(*) as n from heldout")[0]["n"].as_i64().unwrap();
+    let trained = query("select count(*) as n from train")[0]["n"].as_i64().unwrap();
+    assert!(heldout > 0 && trained > heldout, "{trained} training items, {heldout} held out");
+    let overlap = query("select count(*) as n from heldout h join train t on h.id = t.id")[0]["n"].as_i64().unwrap();
+    assert_eq!(overlap, 0, "no held-out item is trained on");
+    let scores = query("select * from eval_scores where tier is null order by model, benchmark");
+    assert_eq!(scores.len(), 4, "base and tutor, on heldout and on average: {scores:?}");
+    for s in &scores {
+        let statuses: i64 =
+            ["ok", "no_answer", "truncated", "invalid", "several"].iter().map(|k| s[*k].as_i64().unwrap()).sum();
+        assert_eq!(s["n"].as_i64(), Some(heldout), "{s}");
+        assert_eq!(statuses, heldout, "every answer has one status: {s}");
+        assert!(s["correct"].as_i64().unwrap() <= s["ok"].as_i64().unwrap(), "{s}");
+    }
+    let results = query("select model, count(*) as n from eval_results group by model order by model");
+    assert_eq!(results.len(), 2);
+    assert!(results.iter().all(|r| r["n"].as_i64() == Some(heldout)));
     let second = run();
     assert!(second.contains("0 ran, "), "{second}");
 }

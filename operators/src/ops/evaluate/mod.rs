@@ -114,7 +114,7 @@ static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
         ),
         PortSpec::dir("report", "report.md (Table 1 and Table 2 layouts) and report.html"),
     ],
-    execution: Execution::Cpu,
+    execution: Execution::CpuWithWorkers,
     fingerprint: crate::fingerprints::evaluate.to_string(),
 });
 
@@ -733,9 +733,8 @@ fn results_table(models: &[&str], benchmarks: &[Benchmark], scored: &[Scored]) -
     fn item<'b>(benchmarks: &'b [Benchmark], s: &Scored) -> &'b Question {
         &benchmarks[s.bench].items[s.item]
     }
-    let strs = |f: &dyn Fn(&Scored) -> Option<String>| -> ArrayRef {
-        Arc::new(scored.iter().map(|s| f(s)).collect::<StringArray>())
-    };
+    let strs =
+        |f: &dyn Fn(&Scored) -> Option<String>| -> ArrayRef { Arc::new(scored.iter().map(f).collect::<StringArray>()) };
     table(vec![
         (
             "id",

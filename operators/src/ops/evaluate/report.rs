@@ -228,7 +228,7 @@ impl Report<'_> {
         let mut s = String::from(
             "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n",
         );
-        let _ = write!(s, "<title>Evaluation {}</title>\n", esc(self.stage));
+        let _ = writeln!(s, "<title>Evaluation {}</title>", esc(self.stage));
         s.push_str(
             "<style>body{font:15px/1.45 system-ui,sans-serif;margin:2em auto;max-width:72em;padding:0 1em;color:#222}\
              table{border-collapse:collapse;margin:.5em 0 1.5em}th,td{border:1px solid #ccc;padding:.3em .6em}\
@@ -238,9 +238,9 @@ impl Report<'_> {
         let _ = write!(s, "<h1>Evaluation <code>{}</code></h1>\n<p>{}</p>\n", esc(self.stage), esc(&self.intro()));
         s.push_str(&self.bars());
         for g in self.grids() {
-            let _ = write!(s, "<h2>{}</h2>\n", esc(&g.title));
+            let _ = writeln!(s, "<h2>{}</h2>", esc(&g.title));
             if let Some(n) = &g.note {
-                let _ = write!(s, "<p class=\"note\">{}</p>\n", esc(n));
+                let _ = writeln!(s, "<p class=\"note\">{}</p>", esc(n));
             }
             s.push_str("<table><thead><tr>");
             for h in &g.header {
@@ -271,9 +271,9 @@ impl Report<'_> {
         );
         let x = |v: f64| left + (w - left - 20.0) * v.clamp(0.0, 1.0);
         for tick in [0.0, 0.25, 0.5, 0.75, 1.0] {
-            let _ = write!(
+            let _ = writeln!(
                 s,
-                "<line x1=\"{0:.1}\" x2=\"{0:.1}\" y1=\"0\" y2=\"{1:.1}\" stroke=\"#ddd\"/><text x=\"{0:.1}\" y=\"{2:.1}\" text-anchor=\"middle\">{3}%</text>\n",
+                "<line x1=\"{0:.1}\" x2=\"{0:.1}\" y1=\"0\" y2=\"{1:.1}\" stroke=\"#ddd\"/><text x=\"{0:.1}\" y=\"{2:.1}\" text-anchor=\"middle\">{3}%</text>",
                 x(tick),
                 h - 18.0,
                 h - 4.0,
@@ -284,9 +284,9 @@ impl Report<'_> {
             let Some(sc) = self.score(m, AVERAGE, None) else { continue };
             let y = i as f64 * row + 4.0;
             let a = if sc.accuracy.mean.is_finite() { sc.accuracy.mean } else { 0.0 };
-            let _ = write!(
+            let _ = writeln!(
                 s,
-                "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text><rect x=\"{left}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"#4a7ab7\"/>\n",
+                "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text><rect x=\"{left}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"#4a7ab7\"/>",
                 left - 8.0,
                 y + row * 0.55,
                 esc(m),
@@ -295,9 +295,9 @@ impl Report<'_> {
             );
             if sc.accuracy.low.is_finite() && sc.accuracy.high.is_finite() {
                 let cy = y + row * 0.35;
-                let _ = write!(
+                let _ = writeln!(
                     s,
-                    "<line x1=\"{:.1}\" x2=\"{:.1}\" y1=\"{cy:.1}\" y2=\"{cy:.1}\" stroke=\"#222\" stroke-width=\"1.5\"/>\n",
+                    "<line x1=\"{:.1}\" x2=\"{:.1}\" y1=\"{cy:.1}\" y2=\"{cy:.1}\" stroke=\"#222\" stroke-width=\"1.5\"/>",
                     x(sc.accuracy.low),
                     x(sc.accuracy.high)
                 );

@@ -260,7 +260,7 @@ fn samples_give_pass_at_k_and_majority_vote() {
 fn bad_benchmarks_and_endpoints_fail_clearly() {
     let (s, _) = server("plain");
     let h = || Harness::new(Arc::new(Evaluate)).llm(llm(&[("m", &s)])).param("endpoints", json!(["m"]));
-    let err = |h: Harness| format!("{:#}", h.run().err().expect("should fail"));
+    let err = |h: Harness| format!("{:#}", h.run().expect_err("should fail"));
     let e = err(h().input("benchmarks", to_table(&[]).unwrap()));
     assert!(e.contains("is empty"), "{e}");
     let e =

@@ -5,8 +5,8 @@
 //! eval "$(scripts/ensure-torch --env)"
 //! export CARGO_TARGET_DIR=~/.cache/fleming/target-release
 //! cargo build --release --bins && cargo build --release -p fleming-worker
-//! cargo run --release -p fleming-worker --example bench                 # both parts
-//! cargo run --release -p fleming-worker --example bench -- --part eval  # or serve
+//! cargo run --release -p fleming-worker --example eval_bench                 # both parts
+//! cargo run --release -p fleming-worker --example eval_bench -- --part eval  # or serve
 //! ```
 //!
 //! - `eval`: the `evaluate` operator (a `fleming run` stage: the model artifact served by
@@ -54,7 +54,7 @@ fn shared_data() -> anyhow::Result<PathBuf> {
     Ok(d)
 }
 
-/// The release binaries beside this example (`…/release/examples/bench` → `…/release/`).
+/// The release binaries beside this example (`…/release/examples/eval_bench` → `…/release/`).
 fn binary(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let dir = exe.parent().and_then(Path::parent).context("no target directory")?;

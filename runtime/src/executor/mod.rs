@@ -7,6 +7,15 @@
 //! key waits, then reuses the result). Outputs are written to the store atomically, then
 //! the cache entry, the manifest and the ref. A failure, Ctrl-C or `kill -9` before that
 //! point leaves nothing referenced; memo entries already committed are kept.
+//!
+//! Operators run in this process ([`Executor::run_in_process`]) or in a worker process
+//! ([`in_worker`]).
+
+mod in_worker;
+mod plan;
+
+pub use in_worker::continuation_checkpoint;
+pub use plan::why_changed;
 
 use std::collections::BTreeMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -24,11 +33,9 @@ use serde_json::{Map, Value};
 use crate::cancel::{CancelToken, Cancelled};
 use crate::checks::{CheckResult, evaluate};
 use crate::context::{Input, InputValue, OpContext, PreviousRun, RecordMemo, StoredTable};
-use crate::dispatch::launcher::{GpuPool, find_worker, run_job};
-use crate::dispatch::{Device, Job, JobInput, PROTOCOL_VERSION};
-use crate::keys::{KeyParts, json_diff};
-use crate::op::{EffectsCtx, Execution, OpSpec, OutputValue, ParamType, PortKind, check_outputs, schema_problems};
-use crate::params::{InputPathKind, input_paths_with_kind};
+use crate::dispatch::launcher::GpuPool;
+use crate::keys::KeyParts;
+use crate::op::{Execution, OpSpec, OutputValue, PortKind, check_outputs, schema_problems};
 use crate::progress::{Progress, ProgressSink};
 use crate::spec::{Pipeline, Stage};
 use crate::state::{CacheEntry, StageRef};
@@ -482,201 +489,6 @@ impl<'a> Executor<'a> {
         None
     }
 
-    /// Computes the key of stage `i` (its upstream must be usable) and decides whether it is
-    /// cached.
-    fn decide(
-        &self,
-        i: usize,
-        reports: &[Option<StageReport>],
-        force: bool,
-        dry_run: bool,
-    ) -> anyhow::Result<Decision> {
-        let stage = &self.pipeline.stages[i];
-        let spec = stage.op.spec();
-        let (parts, files) = self.key_parts(stage, reports)?;
-        let key = parts.key();
-        let previous = StageRef::load(self.store, &self.pipeline.name, &stage.name)?;
-        let mut warnings = Vec::new();
-        if force {
-            return Ok(Decision::Run(Pending {
-                forced: true,
-                parts,
-                key,
-                files,
-                reason: "forced (--force)".into(),
-                warnings,
-                resume_from: None,
-            }));
-        }
-        let mut missing_reason = None;
-        if let Some(entry) = CacheEntry::load(self.store, &key)? {
-            if entry.op_version == spec.version && entry.op_fingerprint != spec.fingerprint {
-                warnings.push(format!(
-                    "operator `{}` changed since stage `{}` was computed, but its version is still {}: the cached outputs are reused. Bump the operator's version (or run with --force) to recompute.",
-                    spec.name, stage.name, spec.version
-                ));
-            }
-            if let Some(why) = self.unusable(stage, &entry)? {
-                missing_reason = Some(why);
-            } else {
-                let note = match &previous {
-                    Some(p) if p.key == key => "cached".to_string(),
-                    Some(_) => "cached (same inputs and params as an earlier run)".to_string(),
-                    None => "cached (computed earlier under another pipeline or stage name)".to_string(),
-                };
-                if !dry_run && previous.as_ref().is_none_or(|p| p.key != key) {
-                    self.set_ref(stage, &parts, key, &entry.outputs, &entry.run_id)?;
-                }
-                let mut r = StageReport::new(stage, Outcome::Cached, note);
-                r.key = Some(key);
-                r.outputs = entry.outputs.clone();
-                r.warnings = warnings;
-                r.run_id = Some(entry.run_id);
-                return Ok(Decision::Cached(r));
-            }
-        }
-        let mut reason = match (&previous, missing_reason) {
-            (_, Some(m)) => m,
-            (None, None) => "new: never ran".to_string(),
-            (Some(p), None) => why_changed(&p.parts, &parts),
-        };
-        let mut resume_from = None;
-        if let Some(p) = &previous
-            && let Some((dir, note)) = self.continuation(spec, p, &parts)
-        {
-            reason = format!("{note} ({reason})");
-            resume_from = Some(dir);
-        }
-        Ok(Decision::Run(Pending { forced: false, parts, key, files, reason, warnings, resume_from }))
-    }
-
-    /// Whether a run with `parts` continues the stage's previous run: only parameters
-    /// marked [`crate::op::ParamSpec::continues`] changed, each to a larger integer, and
-    /// that run's final checkpoint is still in the store. Returns the checkpoint and what
-    /// `run -n` says ("continues from step 400 of the previous run").
-    fn continuation(
-        &self,
-        spec: &OpSpec,
-        previous: &StageRef,
-        parts: &KeyParts,
-    ) -> Option<(std::path::PathBuf, String)> {
-        let old = &previous.parts;
-        if old.op != parts.op || old.version != parts.version || old.inputs != parts.inputs || old.files != parts.files
-        {
-            return None;
-        }
-        let (Value::Object(a), Value::Object(b)) = (&old.params, &parts.params) else { return None };
-        if a.len() != b.len() {
-            return None;
-        }
-        let mut grown = Vec::new();
-        for (name, new) in b {
-            let was = a.get(name)?;
-            if was == new {
-                continue;
-            }
-            let declared = spec.param(name)?;
-            match (was.as_u64(), new.as_u64()) {
-                (Some(x), Some(y)) if declared.continues && y > x => grown.push((name.clone(), x)),
-                _ => return None,
-            }
-        }
-        let (_, from) = grown.first()?.clone();
-        let dir = continuation_checkpoint(self.store, &previous.key);
-        dir.is_dir().then(|| (dir, format!("continues from step {from} of the previous run")))
-    }
-
-    /// Why a cache entry cannot be reused (objects gone, effects gone), or `None` if it can.
-    fn unusable(&self, stage: &Stage, entry: &CacheEntry) -> anyhow::Result<Option<String>> {
-        if !entry.outputs.values().all(|o| self.store.has(o)) {
-            return Ok(Some(
-                "its cached outputs are missing from the store (deleted, or quarantined by `fleming verify`)".into(),
-            ));
-        }
-        if !self.effects_hold(stage, entry)? {
-            return Ok(Some("its effects outside the store are gone or changed (e.g. an exported file)".into()));
-        }
-        Ok(None)
-    }
-
-    fn effects_hold(&self, stage: &Stage, entry: &CacheEntry) -> anyhow::Result<bool> {
-        let read = |port: &str| -> anyhow::Result<Option<fleming_artifacts::Table>> {
-            match entry.outputs.get(port) {
-                Some(r) if r.kind == ArtifactKind::Table => Ok(Some(self.store.read_table(r)?)),
-                _ => Ok(None),
-            }
-        };
-        let digest = |p: &Path| -> anyhow::Result<Digest> { Ok(self.stat.digest(p)?.0) };
-        stage.op.effects_hold(&EffectsCtx { params: &stage.params, read_output: &read, digest: &digest })
-    }
-
-    /// The key parts of a stage whose upstream outputs are known.
-    fn key_parts(
-        &self,
-        stage: &Stage,
-        reports: &[Option<StageReport>],
-    ) -> anyhow::Result<(KeyParts, BTreeMap<String, FileRecord>)> {
-        let spec = stage.op.spec();
-        let mut inputs = BTreeMap::new();
-        for (port, refs) in &stage.inputs {
-            let mut ds = Vec::new();
-            for r in refs {
-                let up =
-                    reports[r.stage_index].as_ref().ok_or_else(|| anyhow!("upstream `{}` not evaluated", r.stage))?;
-                let a = up
-                    .outputs
-                    .get(&r.port)
-                    .ok_or_else(|| anyhow!("upstream `{}` has no output `{}`", r.stage, r.port))?;
-                ds.push(a.digest);
-            }
-            inputs.insert(port.clone(), ds);
-        }
-        let mut files = BTreeMap::new();
-        let mut file_digests = BTreeMap::new();
-        for (segs, path, kind) in input_paths_with_kind(&spec.params, stage.params.values()) {
-            let name = crate::params::display_path(&segs);
-            let abs = stage.params.resolve_path(&path);
-            let digest = match kind {
-                InputPathKind::Any => self.stat.digest(&abs),
-                InputPathKind::ModelDir => self.stat.digest_model_dir(&abs),
-            };
-            let (digest, bytes) = digest
-                .with_context(|| format!("stage `{}`: parameter `{name}` names {}", stage.name, abs.display()))?;
-            file_digests.insert(name.clone(), digest);
-            files.insert(name, FileRecord { path, digest, bytes });
-        }
-        let mut params = stage.params.key_json(&spec.params);
-        self.substitute_section_refs(spec, &mut params);
-        Ok((KeyParts { op: spec.name.to_string(), version: spec.version, params, inputs, files: file_digests }, files))
-    }
-
-    /// Replaces `llm:` entry names in key params by what of the entry can change outputs,
-    /// so that editing an endpoint's model reruns the stages that use it.
-    fn substitute_section_refs(&self, spec: &OpSpec, params: &mut Value) {
-        fn walk(specs: &[crate::op::ParamSpec], v: &mut Value, llm: &BTreeMap<String, crate::spec::LlmEndpoint>) {
-            let Value::Object(m) = v else { return };
-            for s in specs {
-                let Some(x) = m.get_mut(s.name) else { continue };
-                let substitute = |x: &mut Value| {
-                    if let Some(e) = x.as_str().and_then(|n| llm.get(n)) {
-                        *x = serde_json::json!({ "llm": x.clone(), "endpoint": e.key_json() });
-                    }
-                };
-                match &s.ty {
-                    ParamType::SectionRef("llm") => substitute(x),
-                    ParamType::List(t) if matches!(**t, ParamType::SectionRef("llm")) => {
-                        if let Value::Array(items) = x {
-                            items.iter_mut().for_each(substitute);
-                        }
-                    }
-                    ParamType::Object(fields) => walk(fields, x, llm),
-                    _ => {}
-                }
-            }
-        }
-        walk(&spec.params, params, &self.pipeline.llm);
-    }
-
     fn set_ref(
         &self,
         stage: &Stage,
@@ -937,7 +749,6 @@ impl<'a> Executor<'a> {
     ) -> anyhow::Result<BTreeMap<String, ArtifactRef>> {
         let spec = stage.op.spec();
         let work_dir = self.store.work_dir(&p.key)?;
-        let used_memo: Option<(&str, Vec<Digest>)>;
         let mut loaded: BTreeMap<String, Vec<(String, ArtifactRef)>> = BTreeMap::new();
         for (port, refs) in &stage.inputs {
             for r in refs {
@@ -972,174 +783,90 @@ impl<'a> Executor<'a> {
                 }
             }
         }
-        let outputs = match spec.execution {
-            Execution::Cpu => {
-                let mut inputs = BTreeMap::new();
-                for (port, items) in &loaded {
-                    let mut v = Vec::new();
-                    for (from, a) in items {
-                        let value = match a.kind {
-                            // Read when the operator asks, and only what it asks for.
-                            ArtifactKind::Table => {
-                                if !self.store.has(a) {
-                                    return Err(fleming_artifacts::StoreError::Missing(a.digest).into());
-                                }
-                                InputValue::Stored(StoredTable::new(self.store.object_path(a.kind, &a.digest)))
-                            }
-                            ArtifactKind::Tree => InputValue::Model(self.store.object_path(a.kind, &a.digest)),
-                        };
-                        v.push(Input { from: from.clone(), digest: a.digest, value });
-                    }
-                    inputs.insert(port.clone(), v);
-                }
-                let previous = self.previous_run(stage, &p.key)?;
-                let memo = self.memo_for(spec)?;
-                let llm = llm_json(self.pipeline);
-                // An in-process operator may start worker processes on the stage's GPUs
-                // (evaluate serving a model artifact).
-                let gpus = if stage.resources.gpu > 0 {
-                    self.gpus().acquire(stage.resources.gpu as usize, &self.cancel)?
-                } else {
-                    Vec::new()
-                };
-                let mut ctx = OpContext::new(
-                    stage.name.clone(),
-                    stage.params.clone(),
-                    inputs,
-                    progress.clone(),
-                    memo.clone(),
-                    previous,
-                    work_dir.clone(),
-                    self.cancel.clone(),
-                    threads,
-                    llm,
-                );
-                ctx.gpus = gpus.clone();
-                let op = stage.op.clone();
-                let result = catch_unwind(AssertUnwindSafe(|| op.run(&mut ctx)));
-                self.gpus().release(gpus);
-                // Keep finished records whatever happened.
-                let flushed = memo.flush();
-                let stats = memo.stats();
-                used_memo = Some((spec.name, memo.used_keys()));
-                metrics.extend(ctx.take_metrics());
-                metrics.insert("memo_hits".into(), stats.hits.into());
-                metrics.insert("memo_misses".into(), stats.misses.into());
-                let outputs = match result {
-                    Ok(r) => r?,
-                    Err(panic) => bail!("operator `{}` panicked: {}", spec.name, panic_message(&panic)),
-                };
-                flushed?;
-                self.cancel.check()?;
-                check_outputs(spec, &outputs)?;
-                outputs
+        match spec.execution {
+            Execution::Cpu | Execution::CpuWithWorkers => {
+                self.run_in_process(stage, p, &loaded, threads, progress, metrics, &work_dir)
             }
             Execution::Worker => {
-                let worker = find_worker()?;
-                let gpus = self.gpus().acquire(stage.resources.gpu as usize, &self.cancel)?;
-                let out_dir = self.store.new_tmp_dir(&format!("out-{}", stage.name))?;
-                let device = if gpus.is_empty() {
-                    Device { kind: "cpu".into(), gpus: Vec::new() }
-                } else {
-                    Device { kind: "cuda".into(), gpus: gpus.clone() }
-                };
-                if stage.resources.gpu > 0 && gpus.is_empty() {
-                    self.log(&format!("  {}: no GPU on this machine; running on CPU", stage.name));
-                }
-                let job = Job {
-                    protocol: PROTOCOL_VERSION,
-                    pipeline: self.pipeline.name.clone(),
-                    stage: stage.name.clone(),
-                    op: spec.name.to_string(),
-                    op_version: spec.version,
-                    key: p.key.hex(),
-                    params: stage.params.values().clone(),
-                    base_dir: self.pipeline.base_dir.clone(),
-                    inputs: loaded
-                        .iter()
-                        .map(|(port, items)| {
-                            let v = items
-                                .iter()
-                                .map(|(from, a)| JobInput {
-                                    kind: match a.kind {
-                                        ArtifactKind::Table => "table".into(),
-                                        ArtifactKind::Tree => "model".into(),
-                                    },
-                                    path: self.store.object_path(a.kind, &a.digest),
-                                    digest: a.digest.hex(),
-                                    from: from.clone(),
-                                })
-                                .collect();
-                            (port.clone(), v)
-                        })
-                        .collect(),
-                    output_dir: out_dir.clone(),
-                    checkpoint_dir: work_dir.join("checkpoint"),
-                    device,
-                    threads,
-                    llm: llm_json(self.pipeline),
-                    resume_from: p.resume_from.clone(),
-                };
-                std::fs::create_dir_all(&job.checkpoint_dir)?;
-                let log = |line: &str| self.log(&format!("  {}: {line}", stage.name));
-                let result = run_job(&worker, &job, &work_dir, progress, &self.cancel, &log);
-                self.gpus().release(gpus);
-                let wr = match result {
-                    Ok(wr) => wr,
-                    Err(e) => {
-                        // A failed or interrupted run keeps its curve beside its manifest.
-                        if let Err(k) = self.keep_metrics(&job, run_id, metrics) {
-                            self.log(&format!("  {}: warning: keeping its metrics: {k:#}", stage.name));
-                        }
-                        return Err(e);
-                    }
-                };
-                *worker_info = Some(serde_json::json!({
-                    "executable": worker.display().to_string(),
-                    "hello": wr.hello,
-                    "device": job.device,
-                }));
-                metrics.extend(wr.metrics);
-                self.keep_metrics(&job, run_id, metrics)?;
-                let mut outputs = crate::op::Outputs::new();
-                for port in &spec.outputs {
-                    match port.kind {
-                        PortKind::Table(_) => {
-                            let f = out_dir.join(format!("{}.parquet", port.name));
-                            if !f.is_file() {
-                                bail!(
-                                    "the worker reported success but did not write output `{}` ({})",
-                                    port.name,
-                                    f.display()
-                                );
-                            }
-                            let t = fleming_artifacts::Table::read_parquet(&f)
-                                .with_context(|| format!("reading worker output `{}`", port.name))?;
-                            outputs = outputs.table(port.name, t);
-                        }
-                        PortKind::Model | PortKind::Dir => {
-                            let d = out_dir.join(port.name);
-                            if !d.is_dir() {
-                                bail!(
-                                    "the worker reported success but did not write output `{}` ({})",
-                                    port.name,
-                                    d.display()
-                                );
-                            }
-                            outputs = outputs.model(port.name, d);
-                        }
-                    }
-                }
-                check_outputs(spec, &outputs)?;
-                let committed = self.commit_outputs(outputs);
-                let _ = std::fs::remove_dir_all(&out_dir);
-                let committed = committed?;
-                if spec.params.iter().any(|p| p.continues) {
-                    self.keep_final_checkpoint(&job.checkpoint_dir, &p.key);
-                }
-                let _ = std::fs::remove_dir_all(&work_dir);
-                return Ok(committed);
+                self.run_in_worker(stage, p, &loaded, threads, progress, metrics, worker_info, run_id, &work_dir)
             }
+        }
+    }
+
+    /// Runs an operator in this process on its inputs, and stores its outputs.
+    #[allow(clippy::too_many_arguments)]
+    fn run_in_process(
+        &self,
+        stage: &Stage,
+        p: &Pending,
+        loaded: &BTreeMap<String, Vec<(String, ArtifactRef)>>,
+        threads: usize,
+        progress: &Progress,
+        metrics: &mut Map<String, Value>,
+        work_dir: &Path,
+    ) -> anyhow::Result<BTreeMap<String, ArtifactRef>> {
+        let spec = stage.op.spec();
+        let used_memo: Option<(&str, Vec<Digest>)>;
+        let outputs = {
+            let mut inputs = BTreeMap::new();
+            for (port, items) in loaded {
+                let mut v = Vec::new();
+                for (from, a) in items {
+                    let value = match a.kind {
+                        // Read when the operator asks, and only what it asks for.
+                        ArtifactKind::Table => {
+                            if !self.store.has(a) {
+                                return Err(fleming_artifacts::StoreError::Missing(a.digest).into());
+                            }
+                            InputValue::Stored(StoredTable::new(self.store.object_path(a.kind, &a.digest)))
+                        }
+                        ArtifactKind::Tree => InputValue::Model(self.store.object_path(a.kind, &a.digest)),
+                    };
+                    v.push(Input { from: from.clone(), digest: a.digest, value });
+                }
+                inputs.insert(port.clone(), v);
+            }
+            let previous = self.previous_run(stage, &p.key)?;
+            let memo = self.memo_for(spec)?;
+            let llm = llm_json(self.pipeline);
+            // An in-process operator may start worker processes on the stage's GPUs
+            // (evaluate serving a model artifact).
+            let gpus = if stage.resources.gpu > 0 {
+                self.gpus().acquire(stage.resources.gpu as usize, &self.cancel)?
+            } else {
+                Vec::new()
+            };
+            let mut ctx = OpContext::new(
+                stage.name.clone(),
+                stage.params.clone(),
+                inputs,
+                progress.clone(),
+                memo.clone(),
+                previous,
+                work_dir.to_path_buf(),
+                self.cancel.clone(),
+                threads,
+                llm,
+            );
+            ctx.gpus = gpus.clone();
+            let op = stage.op.clone();
+            let result = catch_unwind(AssertUnwindSafe(|| op.run(&mut ctx)));
+            self.gpus().release(gpus);
+            // Keep finished records whatever happened.
+            let flushed = memo.flush();
+            let stats = memo.stats();
+            used_memo = Some((spec.name, memo.used_keys()));
+            metrics.extend(ctx.take_metrics());
+            metrics.insert("memo_hits".into(), stats.hits.into());
+            metrics.insert("memo_misses".into(), stats.misses.into());
+            let outputs = match result {
+                Ok(r) => r?,
+                Err(panic) => bail!("operator `{}` panicked: {}", spec.name, panic_message(&panic)),
+            };
+            flushed?;
+            self.cancel.check()?;
+            check_outputs(spec, &outputs)?;
+            outputs
         };
         let t_write = Instant::now();
         let committed = self.commit_outputs(outputs)?;
@@ -1149,47 +876,8 @@ impl<'a> Executor<'a> {
         {
             crate::maintenance::record_used_memo(self.store, op, &p.key, &keys)?;
         }
-        let _ = std::fs::remove_dir_all(&work_dir);
+        let _ = std::fs::remove_dir_all(work_dir);
         Ok(committed)
-    }
-
-    /// Copies the worker's durable metrics rows beside the run's manifest
-    /// (`runs/<run id>.metrics.jsonl`), whether the run succeeded or not.
-    fn keep_metrics(&self, job: &Job, run_id: &str, metrics: &mut Map<String, Value>) -> anyhow::Result<()> {
-        let src = job.checkpoint_dir.join(crate::dispatch::METRICS_FILE);
-        let rows = crate::dispatch::MetricsLog::read(&src)?;
-        if rows.is_empty() {
-            return Ok(());
-        }
-        metrics.insert("metric_rows".into(), Value::from(rows.len()));
-        let mut lines = String::new();
-        for row in rows {
-            lines.push_str(&Value::Object(row).to_string());
-            lines.push('\n');
-        }
-        let path = self.store.dir("runs").join(format!("{run_id}.metrics.jsonl"));
-        fleming_artifacts::fsutil::write_atomic(&path, &self.store.tmp_dir(), lines.as_bytes())
-            .with_context(|| format!("writing {}", path.display()))
-    }
-
-    /// Keeps a finished training stage's checkpoint directory (its final checkpoint and
-    /// metrics) under `checkpoints/<key>/`, so that a later run with more `steps` continues
-    /// from it. `gc` drops it once no stage's current run has that key.
-    fn keep_final_checkpoint(&self, checkpoint_dir: &Path, key: &Digest) {
-        if !checkpoint_dir.join("checkpoints").join("latest").is_file() {
-            return;
-        }
-        let dest = continuation_checkpoint(self.store, key);
-        let result = (|| -> std::io::Result<()> {
-            std::fs::create_dir_all(self.store.dir("checkpoints"))?;
-            if dest.exists() {
-                std::fs::remove_dir_all(&dest)?;
-            }
-            std::fs::rename(checkpoint_dir, &dest)
-        })();
-        if let Err(e) = result {
-            self.log(&format!("warning: keeping the final checkpoint in {}: {e}", dest.display()));
-        }
     }
 
     /// Moves the outputs into the store, all at once (on the rayon pool): encoding and
@@ -1237,44 +925,8 @@ impl<'a> Executor<'a> {
     }
 }
 
-/// Where the final checkpoint of the training stage run with `key` is kept.
-pub fn continuation_checkpoint(store: &Store, key: &Digest) -> std::path::PathBuf {
-    store.dir("checkpoints").join(key.hex())
-}
-
 fn upstream_rows(upstream: &[Option<StageReport>], _stage: &Stage, r: &crate::spec::OutputRef) -> Option<u64> {
     upstream.iter().flatten().find(|u| u.stage == r.stage).and_then(|u| u.outputs.get(&r.port)).and_then(|a| a.rows)
-}
-
-/// Why a stage must run, from the parts of its last run and of now.
-pub fn why_changed(old: &KeyParts, new: &KeyParts) -> String {
-    let mut why = Vec::new();
-    if old.op != new.op {
-        why.push(format!("operator changed: {} -> {}", old.op, new.op));
-    } else if old.version != new.version {
-        why.push(format!("operator version changed: {} -> {}", old.version, new.version));
-    }
-    let diff = json_diff(&old.params, &new.params);
-    if !diff.is_empty() {
-        why.push(format!("params changed: {}", diff.join("; ")));
-    }
-    let ports: std::collections::BTreeSet<&String> = old.inputs.keys().chain(new.inputs.keys()).collect();
-    for port in ports {
-        let (a, b) = (old.inputs.get(port), new.inputs.get(port));
-        if a != b {
-            let show = |d: Option<&Vec<Digest>>| {
-                d.map(|v| v.iter().map(|x| x.short(8)).collect::<Vec<_>>().join(",")).unwrap_or_else(|| "none".into())
-            };
-            why.push(format!("input `{port}` changed ({} -> {})", show(a), show(b)));
-        }
-    }
-    let names: std::collections::BTreeSet<&String> = old.files.keys().chain(new.files.keys()).collect();
-    for name in names {
-        if old.files.get(name) != new.files.get(name) {
-            why.push(format!("file of `{name}` changed"));
-        }
-    }
-    if why.is_empty() { "not in the cache".to_string() } else { why.join("; ") }
 }
 
 fn llm_json(p: &Pipeline) -> Map<String, Value> {
