@@ -9,38 +9,39 @@ TORCH_ENV = eval "$$(scripts/ensure-torch --env)"
 .PHONY: quickstart test test-core test-ops test-model build worker torch lint
 
 ## Build fleming and the torch worker, then run the quickstart pipeline.
-quickstart: build worker
+quickstart: build
 	$(FLEMING) run pipelines/quickstart.yaml
 
-## Every test (what CI runs).
-test: test-core test-ops test-model
+## Every test (what CI runs): every crate's tests, then the operator cases (worker
+## operators included: a case that cannot reach the worker fails rather than being skipped).
+test: build
+	$(TORCH_ENV) && cargo test --workspace --all-targets
+	$(FLEMING) test tests/ops --require-worker
 
-## fleming itself: unit and end-to-end tests (no libtorch needed).
+## fleming itself, without libtorch: unit and end-to-end tests.
 test-core:
 	cargo test --all-targets
 
-## The operator test cases in tests/ops (worker operators included: the torch worker is
-## built first, and a case that cannot reach it fails rather than being skipped).
-test-ops: build worker
+## The operator test cases in tests/ops.
+test-ops: build
 	$(FLEMING) test tests/ops --require-worker
 
-## The model crate and the torch worker (installs libtorch when missing).
-test-model: torch
+## The model crate and the torch worker.
+test-model: build
 	$(TORCH_ENV) && cargo test -p fleming-model -p fleming-worker
 
-build:
-	cargo build --bins
+## fleming and the torch worker (beside it, where fleming finds it), in one cargo
+## invocation: the dependencies they share are compiled once, with the features the whole
+## workspace needs. `fleming` itself does not link libtorch (it does not depend on tch);
+## the worker builds neither the runtime nor DataFusion.
+build: torch
+	$(TORCH_ENV) && cargo build --workspace --bins
 
-## The torch worker, next to fleming so that fleming finds it. Its own cargo
-## invocation: building it with fleming would unify features and link libtorch into
-## fleming.
-worker: torch
-	$(TORCH_ENV) && cargo build -p fleming-worker
+worker: build
 
 torch:
 	scripts/ensure-torch
 
 lint:
 	cargo fmt --all -- --check
-	cargo clippy --all-targets -- -D warnings
-	$(TORCH_ENV) && cargo clippy -p fleming-model -p fleming-worker --all-targets -- -D warnings
+	$(TORCH_ENV) && cargo clippy --workspace --all-targets -- -D warnings
