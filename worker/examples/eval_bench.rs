@@ -4,9 +4,9 @@
 //! ```text
 //! eval "$(scripts/ensure-torch --env)"
 //! export CARGO_TARGET_DIR=~/.cache/fleming/target-release
-//! cargo build --release --bins && cargo build --release -p fleming-worker
-//! cargo run --release -p fleming-worker --example eval_bench                 # both parts
-//! cargo run --release -p fleming-worker --example eval_bench -- --part eval  # or serve
+//! cargo build --release --workspace --bins --examples
+//! $CARGO_TARGET_DIR/release/examples/eval_bench                 # both parts
+//! $CARGO_TARGET_DIR/release/examples/eval_bench --part eval     # or serve
 //! ```
 //!
 //! - `eval`: the `evaluate` operator (a `fleming run` stage: the model artifact served by

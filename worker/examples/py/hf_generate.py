@@ -1,4 +1,4 @@
-"""Python side of `cargo run --release -p fleming-worker --example eval_bench -- --part eval`.
+"""Python side of `target-release/release/examples/eval_bench --part eval` (worker/examples/eval_bench.rs).
 
 hf_generate.py MODEL_DIR PROMPTS_JSON THREADS BATCH MAX_NEW
 

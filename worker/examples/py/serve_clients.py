@@ -1,4 +1,4 @@
-"""Python side of `cargo run --release -p fleming-worker --example eval_bench -- --part serve`.
+"""Python side of `target-release/release/examples/eval_bench --part serve` (worker/examples/eval_bench.rs).
 
 serve_clients.py BASE_URL MODEL CLIENTS MAX_TOKENS
 

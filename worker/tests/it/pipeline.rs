@@ -182,3 +182,63 @@ fn ctrl_c_during_training_keeps_a_checkpoint_at_the_last_step_and_the_curve() {
     let at: usize = checkpoint.trim().trim_start_matches("step-").parse().unwrap();
     assert_eq!(at, saved, "the checkpoint is at the last step the curve has");
 }
+
+#[test]
+fn a_model_directory_of_ones_own_is_evaluated_and_its_key_ignores_other_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("my-model");
+    crate::tiny_model_dir(&model);
+    std::fs::write(model.join("README.md"), "# my model\n").unwrap();
+    let items = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/ops/fixtures/medqa-items.jsonl");
+    std::fs::write(
+        dir.path().join("p.yaml"),
+        format!(
+            "name: mine\nstages:\n  mine: {{ op: model, params: {{ path: \"${{MY_MODEL}}\" }} }}\n  items: {{ op: load, params: {{ path: {} }} }}\n  eval: {{ op: evaluate, inputs: {{ models: [mine], benchmarks: [items] }}, params: {{ max_new_tokens: 16 }} }}\n",
+            items.display()
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        Command::new(fleming())
+            .current_dir(dir.path())
+            .args(args)
+            .env("MY_MODEL", &model)
+            .env("FLEMING_WORKER", env!("CARGO_BIN_EXE_fleming-worker"))
+            .env("FLEMING_GPUS", "none")
+            .output()
+            .unwrap()
+    };
+    let out = run(&["run", "p.yaml"]);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("eval   [evaluate]  ran"), "{stdout}");
+    // The model in the store holds the model's files, not the README.
+    let show = String::from_utf8_lossy(&run(&["show", "p.yaml", "mine"]).stdout).to_string();
+    assert!(
+        show.contains("model.safetensors") && show.contains("tokenizer.json") && !show.contains("README"),
+        "{show}"
+    );
+    let report = String::from_utf8_lossy(&run(&["show", "p.yaml", "eval.report"]).stdout).to_string();
+    assert!(report.contains("| mine | "), "{report}");
+    // Editing the README changes nothing; editing the weights reruns both stages.
+    std::fs::write(model.join("README.md"), "# my model, v2\n").unwrap();
+    let out = run(&["run", "p.yaml"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("0 ran, 3 cached"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let mut w = std::fs::read(model.join("model.safetensors")).unwrap();
+    let last = w.len() - 1;
+    w[last] ^= 1;
+    std::fs::write(model.join("model.safetensors"), w).unwrap();
+    let out = run(&["run", "p.yaml", "-n"]);
+    let plan = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(plan.lines().any(|l| l.starts_with("mine ") && l.contains("file of `path` changed")), "{plan}");
+    // A directory the worker cannot run is refused before anything runs, at its line.
+    std::fs::write(model.join("config.json"), r#"{"model_type": "llama"}"#).unwrap();
+    let out = run(&["run", "p.yaml"]);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("p.yaml:3:") && err.contains("\"llama\"") && err.contains("supported: qwen2"), "{err}");
+}

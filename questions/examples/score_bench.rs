@@ -1,7 +1,8 @@
 //! Scoring throughput: stored completions through the strict extractor on one core.
 //!
-//! `cargo bench -p fleming-questions` (release). Prints completions per second for a mix
-//! of the statuses evaluation sees (most answers ok, some wrong, truncated, unparsed).
+//! `cargo run --release -p fleming-questions --example score_bench [-- N]` (default 1M
+//! completions). Prints completions per second for a mix of the statuses evaluation sees
+//! (most answers ok, some wrong, truncated, unparsed).
 
 use std::hint::black_box;
 use std::time::Instant;
