@@ -90,7 +90,7 @@ impl ServedModel {
                             server.url = url.to_string();
                             return Ok(server);
                         }
-                        None => bail!("the model server did not start: {}", server.failure(&line)),
+                        None => bail!("the model server did not start: {}", server.failure(&line).trim()),
                     }
                 }
                 Ok(Err(e)) => bail!("reading the model server's address: {e}"),
@@ -112,18 +112,24 @@ impl ServedModel {
 
     /// What went wrong: the server's first line and the end of its log.
     fn failure(&mut self, first_line: &str) -> String {
+        let tail = self.log_tail(12);
+        format!("{}{}", first_line.trim(), if tail.is_empty() { String::new() } else { format!("\n{tail}") })
+    }
+
+    /// The last `n` lines of the server's log, after stopping it (so the log is complete):
+    /// its own account of a failure (a model it cannot load, out of memory, a crash).
+    pub fn log_tail(&mut self, n: usize) -> String {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let mut log = String::new();
         if let Ok(mut f) = std::fs::File::open(&self.log) {
             let _ = f.read_to_string(&mut log);
         }
-        let tail: Vec<&str> = log.lines().rev().take(12).collect::<Vec<_>>().into_iter().rev().collect();
-        format!(
-            "{}{}",
-            first_line.trim(),
-            if tail.is_empty() { String::new() } else { format!("\n{}", tail.join("\n")) }
-        )
+        // An error's backtrace (RUST_BACKTRACE set) would push the reason out of the tail.
+        let log = log.split("\nStack backtrace:").next().unwrap_or_default();
+        let mut tail: Vec<&str> = log.lines().rev().take(n).collect();
+        tail.reverse();
+        tail.join("\n")
     }
 
     /// The endpoint a served model will have, for memo lookups before (or without)

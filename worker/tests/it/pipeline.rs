@@ -242,3 +242,33 @@ fn a_model_directory_of_ones_own_is_evaluated_and_its_key_ignores_other_files() 
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("p.yaml:3:") && err.contains("\"llama\"") && err.contains("supported: qwen2"), "{err}");
 }
+
+#[test]
+fn a_model_the_server_cannot_load_fails_the_evaluation_with_the_servers_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("broken");
+    crate::tiny_model_dir(&model);
+    // Weights cut short: the directory looks right, the server cannot load it.
+    let w = std::fs::read(model.join("model.safetensors")).unwrap();
+    std::fs::write(model.join("model.safetensors"), &w[..w.len() / 2]).unwrap();
+    let items = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/ops/fixtures/medqa-items.jsonl");
+    std::fs::write(
+        dir.path().join("p.yaml"),
+        format!(
+            "name: broken\nstages:\n  m: {{ op: model, params: {{ path: broken }} }}\n  items: {{ op: load, params: {{ path: {} }} }}\n  eval: {{ op: evaluate, inputs: {{ models: [m], benchmarks: [items] }} }}\n",
+            items.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(fleming())
+        .current_dir(dir.path())
+        .args(["run", "p.yaml"])
+        .env("FLEMING_WORKER", env!("CARGO_BIN_EXE_fleming-worker"))
+        .env("FLEMING_GPUS", "none")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("evaluating `m`") && err.contains("model server"), "{err}");
+    assert!(err.contains("model.safetensors"), "the server's own reason is shown: {err}");
+}

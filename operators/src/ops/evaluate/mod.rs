@@ -442,7 +442,8 @@ fn models(ctx: &OpContext) -> anyhow::Result<Vec<Model>> {
 /// Every call's answer from one model: memoised ones from the memo, the rest generated
 /// (a model artifact's server is started only when something is missing).
 fn ask(ctx: &OpContext, m: &Model, calls: &[Call], batch: usize) -> anyhow::Result<Vec<Completion>> {
-    let mut _server = None;
+    // The server of a model artifact, stopped when this returns.
+    let mut running: Option<ServedModel> = None;
     let client = match &m.source {
         ModelSource::Endpoint(name) => LlmClient::from_section(&ctx.llm, name)?,
         ModelSource::Artifact { dir, digest } => {
@@ -468,7 +469,7 @@ fn ask(ctx: &OpContext, m: &Model, calls: &[Call], batch: usize) -> anyhow::Resu
                 )?;
                 // A few requests beyond the batch keep the server's queue from running dry.
                 let client = LlmClient::new(server.endpoint(&identity, batch + batch / 2 + 1))?;
-                _server = Some(server);
+                running = Some(server);
                 client
             }
         }
@@ -478,7 +479,11 @@ fn ask(ctx: &OpContext, m: &Model, calls: &[Call], batch: usize) -> anyhow::Resu
     ctx.memo.flush()?;
     ctx.cancel.check()?;
     if let Some(e) = failure_report(client.endpoint(), &results) {
-        return Err(e);
+        // A served model's own account of why (out of memory, a crash) is in its log.
+        return Err(match running.as_mut() {
+            Some(server) => e.context(server.log_tail(20)),
+            None => e,
+        });
     }
     results.into_iter().map(|r| r.map_err(|f| anyhow!(f.error))).collect()
 }
