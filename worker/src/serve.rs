@@ -302,10 +302,18 @@ fn parse_request(st: &AppState, body: &[u8]) -> Result<ChatRequest, ApiError> {
     let prompt = st.tokenizer.encode(&text).map_err(|e| ApiError::internal(e.to_string()))?;
     let room = st.max_context.map(|c| c.saturating_sub(prompt.len()));
     if room == Some(0) {
-        return Err(ApiError::bad(
-            format!("the prompt has {} tokens, the model's context is {}", prompt.len(), st.max_context.unwrap_or(0)),
-            Some("messages"),
-        ));
+        // OpenAI's code for it, so clients can tell it from other refusals.
+        return Err(ApiError {
+            code: Some("context_length_exceeded"),
+            ..ApiError::bad(
+                format!(
+                    "the prompt has {} tokens, the model's context is {}",
+                    prompt.len(),
+                    st.max_context.unwrap_or(0)
+                ),
+                Some("messages"),
+            )
+        });
     }
     let max_tokens = match (integer("max_completion_tokens")?, integer("max_tokens")?) {
         (Some(m), _) | (None, Some(m)) => m,
@@ -314,23 +322,15 @@ fn parse_request(st: &AppState, body: &[u8]) -> Result<ChatRequest, ApiError> {
     if max_tokens < 1 {
         return Err(ApiError::bad("'max_tokens' must be at least 1", Some("max_tokens")));
     }
-    if let Some(room) = room
-        && max_tokens as usize > room
-    {
-        return Err(ApiError::bad(
-            format!(
-                "prompt ({} tokens) + max_tokens ({max_tokens}) exceeds the model's context of {} tokens",
-                prompt.len(),
-                st.max_context.unwrap_or(0)
-            ),
-            Some("max_tokens"),
-        ));
-    }
+    // Like a completion that reaches `max_tokens`, one that reaches the end of the model's
+    // context stops there with finish_reason `length`: an evaluation counts it as truncated
+    // instead of losing the item to an error.
+    let max_tokens = room.map_or(max_tokens as usize, |room| (max_tokens as usize).min(room));
     let params = SamplingParams {
         temperature,
         top_p,
         top_k: top_k as usize,
-        max_new_tokens: max_tokens as usize,
+        max_new_tokens: max_tokens,
         stop_token_ids: st.stop_ids.clone(),
         seed,
     };

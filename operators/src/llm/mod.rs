@@ -418,6 +418,17 @@ impl Inner {
             let after = retry_after.map(|d| d.min(self.backoff_max.max(Duration::from_secs(60))));
             return Err(Attempt::Retry { error: format!("HTTP {status}: {}", snippet(&text)), after });
         }
+        if status.as_u16() == 400 && exceeds_the_context(&text) {
+            // The item does not fit the model: no retry changes that. It is an answer that
+            // stopped before it began (counted as truncated by the strict extractor), so
+            // an evaluation keeps the item in its n instead of failing on it.
+            return Ok(Completion {
+                content: String::new(),
+                finish_reason: Some("length".into()),
+                tokens: Some(0),
+                seconds: Some(started.elapsed().as_secs_f64()),
+            });
+        }
         if !status.is_success() {
             let hint = match status.as_u16() {
                 401 | 403 => match &self.endpoint.api_key_env {
@@ -522,6 +533,25 @@ pub fn parse_completion(text: &str) -> anyhow::Result<Completion> {
         tokens: v.get("usage").and_then(|u| u.get("completion_tokens")).and_then(Value::as_u64),
         seconds: None,
     })
+}
+
+/// A refusal because the prompt does not fit the model's context: OpenAI's
+/// `context_length_exceeded` code, or the wording of vLLM, SGLang and llama.cpp.
+fn exceeds_the_context(body: &str) -> bool {
+    let Ok(v) = serde_json::from_str::<Value>(body) else { return false };
+    let error = v.get("error").unwrap_or(&v);
+    if error.get("code").and_then(Value::as_str) == Some("context_length_exceeded") {
+        return true;
+    }
+    let message = error.get("message").and_then(Value::as_str).unwrap_or_default().to_ascii_lowercase();
+    [
+        "maximum context length",
+        "context length exceeded",
+        "exceeds the available context size",
+        "context_length_exceeded",
+    ]
+    .iter()
+    .any(|m| message.contains(m))
 }
 
 /// Summarises failed calls into one error naming the endpoint, how many failed and why.

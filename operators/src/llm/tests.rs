@@ -214,6 +214,29 @@ fn client_errors_fail_at_once_and_name_the_likely_cause() {
 }
 
 #[test]
+fn a_prompt_beyond_the_models_context_is_an_answer_that_stopped_before_it_began() {
+    // The refusals of OpenAI, vLLM and llama.cpp; any other 400 stays an error.
+    let refusals = [
+        json!({"error": {"message": "too long", "code": "context_length_exceeded"}}),
+        json!({"error": {"message": "This model's maximum context length is 2048 tokens. However, you requested 2100 tokens."}}),
+        json!({"error": {"code": 400, "message": "the request exceeds the available context size, try increasing it"}}),
+    ];
+    for body in refusals {
+        let b = body.clone();
+        let server = TestServer::start(move |_: &Request| Response::json(400, &b)).unwrap();
+        let c = fast(LlmClient::from_section(&section(&server, json!({})), "v").unwrap());
+        let done = c.chat(&one("q")[0]).unwrap_or_else(|e| panic!("{body}: {}", e.error));
+        assert!(done.truncated() && done.content.is_empty() && done.tokens == Some(0), "{body}");
+        assert_eq!(server.request_count(), 1, "never retried");
+    }
+    let server =
+        TestServer::start(|_: &Request| Response::json(400, &json!({"error": {"message": "unknown field `foo`"}})))
+            .unwrap();
+    let c = fast(LlmClient::from_section(&section(&server, json!({})), "v").unwrap());
+    assert!(c.chat(&one("q")[0]).unwrap_err().error.contains("unknown field"));
+}
+
+#[test]
 fn slow_answers_time_out_and_are_retried() {
     let plan = FaultPlan::new().add_times(When::Always, Fault::Delay(Duration::from_secs(2)), 1);
     let server = TestServer::builder().plan(plan).start(openai(|_| "<answer>C</answer>".into())).unwrap();

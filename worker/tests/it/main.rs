@@ -141,3 +141,26 @@ fn concurrent_requests_are_batched_and_answer_as_alone() {
     assert_eq!(good["choices"].as_array().map(Vec::len), Some(3), "{good}");
     assert!(bad["error"]["message"].as_str().unwrap_or("").contains("top_p"), "{bad}");
 }
+
+#[test]
+fn a_completion_stops_at_the_end_of_the_context_and_a_prompt_beyond_it_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny_model_dir(dir.path()); // context: 512 tokens
+    let (_server, url) = start_server(dir.path());
+    let addr = url.trim_start_matches("http://").trim_end_matches("/v1").to_string();
+    let ask = |words: usize, max_tokens: usize| {
+        chat(
+            &addr,
+            &serde_json::json!({"model": "tiny", "messages": [{"role": "user", "content": "case ".repeat(words)}], "max_tokens": max_tokens, "temperature": 0}),
+        )
+    };
+    let near_the_end = ask(80, 10_000);
+    let usage = &near_the_end["usage"];
+    let tokens = |k: &str| usage[k].as_u64().unwrap_or_else(|| panic!("{near_the_end}"));
+    let (prompt, completion) = (tokens("prompt_tokens"), tokens("completion_tokens"));
+    assert!(prompt < 512 && prompt + completion <= 512, "{near_the_end}");
+    let finish = near_the_end["choices"][0]["finish_reason"].as_str().unwrap();
+    assert!(finish == "stop" || (finish == "length" && prompt + completion == 512), "{near_the_end}");
+    let beyond = ask(2_000, 10);
+    assert!(beyond["error"]["message"].as_str().unwrap_or("").contains("context is 512"), "{beyond}");
+}

@@ -480,10 +480,8 @@ fn ask(ctx: &OpContext, m: &Model, calls: &[Call], batch: usize) -> anyhow::Resu
     ctx.cancel.check()?;
     if let Some(e) = failure_report(client.endpoint(), &results) {
         // A served model's own account of why (out of memory, a crash) is in its log.
-        return Err(match running.as_mut() {
-            Some(server) => e.context(server.log_tail(20)),
-            None => e,
-        });
+        let log = running.as_mut().map(|server| server.log_tail(20)).unwrap_or_default();
+        return Err(if log.trim().is_empty() { e } else { anyhow!("{e:#}\nthe model server's log ends with:\n{log}") });
     }
     results.into_iter().map(|r| r.map_err(|f| anyhow!(f.error))).collect()
 }

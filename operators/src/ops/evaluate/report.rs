@@ -179,7 +179,7 @@ impl Report<'_> {
             title: "How the answers were read".into(),
             note: Some(
                 "Only `ok` answers can be right; the others count as wrong: `no_answer` (no <answer> tag after the \
-                 reasoning), `truncated` (stopped at the token limit), `invalid` (empty, or not an option), `several` \
+                 reasoning), `truncated` (stopped at the token limit, or the prompt did not fit the model's context), `invalid` (empty, or not an option), `several` \
                  (several tags, or several options for a single-answer item)."
                     .into(),
             ),
