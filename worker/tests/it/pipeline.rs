@@ -4,7 +4,7 @@
 //! builds it before these tests).
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 pub(crate) fn fleming() -> PathBuf {
@@ -16,6 +16,27 @@ pub(crate) fn fleming() -> PathBuf {
         p.display()
     );
     p
+}
+
+/// `fleming` in `dir`, with this worker and no GPUs.
+fn fleming_in(dir: &Path) -> Command {
+    let mut cmd = Command::new(fleming());
+    cmd.current_dir(dir).env("FLEMING_WORKER", env!("CARGO_BIN_EXE_fleming-worker")).env("FLEMING_GPUS", "none");
+    cmd
+}
+
+/// `p.yaml` in `dir`: a model stage `m` on `model_path` and an evaluate stage `eval` on the
+/// three MedQA items of the operator-test fixtures.
+fn write_eval_pipeline(dir: &Path, model_path: &str, eval_params: &str) {
+    let items = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/ops/fixtures/medqa-items.jsonl");
+    std::fs::write(
+        dir.join("p.yaml"),
+        format!(
+            "name: mine\nstages:\n  m: {{ op: model, params: {{ path: \"{model_path}\" }} }}\n  items: {{ op: load, params: {{ path: {} }} }}\n  eval: {{ op: evaluate, inputs: {{ models: [m], benchmarks: [items] }}, params: {{ {eval_params} }} }}\n",
+            items.display()
+        ),
+    )
+    .unwrap();
 }
 
 #[test]
@@ -35,15 +56,7 @@ fn fleming_runs_an_sft_stage_in_the_worker_and_serves_the_model() {
         "name: tiny\nstages:\n  examples: { op: load, params: { path: examples.jsonl } }\n  model:\n    op: sft\n    inputs: { examples: examples }\n    resources: { gpu: 1 }\n    params: { steps: 12, batch_size: 8, warmup_steps: 2, checkpoint_every: 5, vocab_size: 300, hidden_size: 32 }\n",
     )
     .unwrap();
-    let run = |args: &[&str]| {
-        Command::new(fleming())
-            .current_dir(dir.path())
-            .args(args)
-            .env("FLEMING_WORKER", env!("CARGO_BIN_EXE_fleming-worker"))
-            .env("FLEMING_GPUS", "none")
-            .output()
-            .unwrap()
-    };
+    let run = |args: &[&str]| fleming_in(dir.path()).args(args).output().unwrap();
     let out = run(&["run", "p.yaml"]);
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
@@ -133,15 +146,8 @@ fn ctrl_c_during_training_keeps_a_checkpoint_at_the_last_step_and_the_curve() {
         "name: long\nstages:\n  examples: { op: load, params: { path: examples.jsonl } }\n  model:\n    op: sft\n    inputs: { examples: examples }\n    params: { steps: 3000, batch_size: 8, warmup_steps: 2, checkpoint_every: 1000, vocab_size: 300, hidden_size: 32 }\n",
     )
     .unwrap();
-    let child = Command::new(fleming())
-        .current_dir(dir.path())
-        .args(["run", "p.yaml"])
-        .env("FLEMING_WORKER", env!("CARGO_BIN_EXE_fleming-worker"))
-        .env("FLEMING_GPUS", "none")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child =
+        fleming_in(dir.path()).args(["run", "p.yaml"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     // Wait until the worker has a few steps on its durable curve, then Ctrl-C fleming.
     let work = dir.path().join(".fleming/work");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
@@ -189,37 +195,20 @@ fn a_model_directory_of_ones_own_is_evaluated_and_its_key_ignores_other_files() 
     let model = dir.path().join("my-model");
     crate::tiny_model_dir(&model);
     std::fs::write(model.join("README.md"), "# my model\n").unwrap();
-    let items = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/ops/fixtures/medqa-items.jsonl");
-    std::fs::write(
-        dir.path().join("p.yaml"),
-        format!(
-            "name: mine\nstages:\n  mine: {{ op: model, params: {{ path: \"${{MY_MODEL}}\" }} }}\n  items: {{ op: load, params: {{ path: {} }} }}\n  eval: {{ op: evaluate, inputs: {{ models: [mine], benchmarks: [items] }}, params: {{ max_new_tokens: 16 }} }}\n",
-            items.display()
-        ),
-    )
-    .unwrap();
-    let run = |args: &[&str]| {
-        Command::new(fleming())
-            .current_dir(dir.path())
-            .args(args)
-            .env("MY_MODEL", &model)
-            .env("FLEMING_WORKER", env!("CARGO_BIN_EXE_fleming-worker"))
-            .env("FLEMING_GPUS", "none")
-            .output()
-            .unwrap()
-    };
+    write_eval_pipeline(dir.path(), "${MY_MODEL}", "max_new_tokens: 16");
+    let run = |args: &[&str]| fleming_in(dir.path()).args(args).env("MY_MODEL", &model).output().unwrap();
     let out = run(&["run", "p.yaml"]);
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("eval   [evaluate]  ran"), "{stdout}");
     // The model in the store holds the model's files, not the README.
-    let show = String::from_utf8_lossy(&run(&["show", "p.yaml", "mine"]).stdout).to_string();
+    let show = String::from_utf8_lossy(&run(&["show", "p.yaml", "m"]).stdout).to_string();
     assert!(
         show.contains("model.safetensors") && show.contains("tokenizer.json") && !show.contains("README"),
         "{show}"
     );
     let report = String::from_utf8_lossy(&run(&["show", "p.yaml", "eval.report"]).stdout).to_string();
-    assert!(report.contains("| mine | "), "{report}");
+    assert!(report.contains("| m | "), "{report}");
     // Editing the README changes nothing; editing the weights reruns both stages.
     std::fs::write(model.join("README.md"), "# my model, v2\n").unwrap();
     let out = run(&["run", "p.yaml"]);
@@ -234,7 +223,7 @@ fn a_model_directory_of_ones_own_is_evaluated_and_its_key_ignores_other_files() 
     std::fs::write(model.join("model.safetensors"), w).unwrap();
     let out = run(&["run", "p.yaml", "-n"]);
     let plan = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(plan.lines().any(|l| l.starts_with("mine ") && l.contains("file of `path` changed")), "{plan}");
+    assert!(plan.lines().any(|l| l.starts_with("m ") && l.contains("file of `path` changed")), "{plan}");
     // A directory the worker cannot run is refused before anything runs, at its line.
     std::fs::write(model.join("config.json"), r#"{"model_type": "llama"}"#).unwrap();
     let out = run(&["run", "p.yaml"]);
@@ -251,22 +240,8 @@ fn a_model_the_server_cannot_load_fails_the_evaluation_with_the_servers_reason()
     // Weights cut short: the directory looks right, the server cannot load it.
     let w = std::fs::read(model.join("model.safetensors")).unwrap();
     std::fs::write(model.join("model.safetensors"), &w[..w.len() / 2]).unwrap();
-    let items = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/ops/fixtures/medqa-items.jsonl");
-    std::fs::write(
-        dir.path().join("p.yaml"),
-        format!(
-            "name: broken\nstages:\n  m: {{ op: model, params: {{ path: broken }} }}\n  items: {{ op: load, params: {{ path: {} }} }}\n  eval: {{ op: evaluate, inputs: {{ models: [m], benchmarks: [items] }} }}\n",
-            items.display()
-        ),
-    )
-    .unwrap();
-    let out = Command::new(fleming())
-        .current_dir(dir.path())
-        .args(["run", "p.yaml"])
-        .env("FLEMING_WORKER", env!("CARGO_BIN_EXE_fleming-worker"))
-        .env("FLEMING_GPUS", "none")
-        .output()
-        .unwrap();
+    write_eval_pipeline(dir.path(), "broken", "");
+    let out = fleming_in(dir.path()).args(["run", "p.yaml"]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr).to_string();
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("evaluating `m`") && err.contains("model server"), "{err}");

@@ -93,12 +93,7 @@ fn sft_job_runs_end_to_end() {
 fn sft_job_resumes_after_kill_9_and_unknown_ops_fail() {
     let dir = tempfile::tempdir().unwrap();
     let job = job(dir.path(), 400);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fleming-worker"))
-        .args(["run", job.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let reader = BufReader::new(child.stdout.take().unwrap());
+    let (mut child, reader) = start_job(&job);
     let deadline = Instant::now() + Duration::from_secs(120);
     for line in reader.lines() {
         let line = line.unwrap();
@@ -137,6 +132,17 @@ fn sft_job_resumes_after_kill_9_and_unknown_ops_fail() {
     assert!(matches!(events(&out.stdout).last(), Some(Event::Error { .. })));
 }
 
+/// `fleming-worker run JOB` in the background, with its event stream.
+fn start_job(job: &Path) -> (std::process::Child, BufReader<std::process::ChildStdout>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fleming-worker"))
+        .args(["run", job.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    (child, BufReader::new(stdout))
+}
+
 fn metric_steps(dir: &Path) -> Vec<u64> {
     fleming_dispatch::MetricsLog::read(&dir.join("ck").join(fleming_dispatch::METRICS_FILE))
         .unwrap()
@@ -149,12 +155,7 @@ fn metric_steps(dir: &Path) -> Vec<u64> {
 fn sigterm_saves_a_checkpoint_and_the_rerun_continues_the_curve_once() {
     let dir = tempfile::tempdir().unwrap();
     let job = job(dir.path(), 400);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fleming-worker"))
-        .args(["run", job.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let (mut child, mut reader) = start_job(&job);
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut line = String::new();
     // Between checkpoints (every 10 steps): the signal's checkpoint is the only one there.

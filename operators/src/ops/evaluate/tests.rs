@@ -256,6 +256,16 @@ fn samples_give_pass_at_k_and_majority_vote() {
     assert!((total["majority"].as_f64().unwrap() - 0.25).abs() < 1e-12);
 }
 
+/// The error of evaluating [`bench`] on the endpoint `m` of `section`, with `memo`.
+fn failure_on(section: Value, memo: &fleming_runtime::context::RecordMemo) -> String {
+    let h = Harness::new(Arc::new(Evaluate))
+        .llm(section)
+        .param("endpoints", json!(["m"]))
+        .memo(memo.clone())
+        .input("benchmarks", bench());
+    format!("{:#}", h.run().expect_err("should fail"))
+}
+
 #[test]
 fn bad_benchmarks_and_endpoints_fail_clearly() {
     let (s, _) = server("plain");
@@ -275,17 +285,7 @@ fn bad_benchmarks_and_endpoints_fail_clearly() {
     // An endpoint that is down: a clear error naming it; nothing is memoised.
     let down = json!({"m": {"endpoint": "http://127.0.0.1:9/v1", "model": "x", "max_retries": 0, "timeout_secs": 1}});
     let memo = Harness::new_memo(&Evaluate);
-    let e = format!(
-        "{:#}",
-        Harness::new(Arc::new(Evaluate))
-            .llm(down)
-            .param("endpoints", json!(["m"]))
-            .memo(memo.clone())
-            .input("benchmarks", bench())
-            .run()
-            .err()
-            .unwrap()
-    );
+    let e = failure_on(down, &memo);
     assert!(e.contains("8 of 8 calls to llm endpoint `m`") && e.contains("evaluating `m`"), "{e}");
     assert_eq!(memo.stats().puts, 0);
 }
@@ -308,17 +308,7 @@ fn an_endpoint_returning_garbage_fails_clearly_and_keeps_the_good_answers() {
     .unwrap();
     let memo = Harness::new_memo(&Evaluate);
     let section = json!({"m": {"endpoint": s.url("/v1"), "model": "x", "max_retries": 0, "max_concurrency": 1, "timeout_secs": 5}});
-    let e = format!(
-        "{:#}",
-        Harness::new(Arc::new(Evaluate))
-            .llm(section)
-            .param("endpoints", json!(["m"]))
-            .memo(memo.clone())
-            .input("benchmarks", bench())
-            .run()
-            .err()
-            .unwrap()
-    );
+    let e = failure_on(section, &memo);
     assert!(e.contains("unreadable answer") && e.contains("are memoised"), "{e}");
     assert_eq!(memo.stats().puts, 4, "the four good answers are kept");
 }
