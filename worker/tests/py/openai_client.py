@@ -65,7 +65,15 @@ expect(400, model=name, messages=msgs, n=0)
 expect(400, model=name, messages=msgs, temperature=-1)
 expect(400, model=name, messages=msgs, top_p=0)
 expect(400, model=name, messages=msgs, max_tokens=0)
-expect(400, model=name, messages=msgs, max_tokens=10**9)
+# A max_tokens beyond the context stops at its end; a prompt beyond it is refused with
+# OpenAI's code for that.
+long = client.chat.completions.create(model=name, messages=msgs, max_tokens=10**9, temperature=0)
+assert long.usage.prompt_tokens + long.usage.completion_tokens <= 512, long.usage
+try:
+    client.chat.completions.create(model=name, messages=[{"role": "user", "content": "case " * 2000}])
+    raise AssertionError("a prompt beyond the context was answered")
+except openai.BadRequestError as e:
+    assert e.response.json()["error"]["code"] == "context_length_exceeded", e.response.text
 expect(400, model=name, messages=msgs, stop=["a", "b", "c", "d", "e"])
 expect(400, model=name, messages=[{"role": "wizard", "content": "x"}])
 expect(404, model="no-such-model", messages=msgs)
