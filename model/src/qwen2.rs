@@ -57,9 +57,15 @@ struct Layer {
 
 /// Keys and values of the positions seen so far, per layer.
 pub struct KvCache {
+    /// Per layer, key and value buffers `[B, kv_heads, capacity, head_dim]`: positions
+    /// `0..len` are held, the rest is room to append without copying.
     layers: Vec<Option<(Tensor, Tensor)>>,
     len: i64,
 }
+
+/// Positions of room a cache buffer grows by beyond what it must hold: one copy of the
+/// cache per this many decode steps, instead of one per step.
+const CACHE_GROWTH: i64 = 256;
 
 impl KvCache {
     /// Positions held.
@@ -76,12 +82,23 @@ impl KvCache {
         self.layers.iter().flatten().next().map_or(0, |(k, _)| k.size()[0])
     }
 
+    /// The held positions of every layer, without the room after them.
+    fn held(&mut self) -> Result<()> {
+        let len = self.len;
+        for (k, v) in self.layers.iter_mut().flatten() {
+            *k = k.f_narrow(2, 0, len)?;
+            *v = v.f_narrow(2, 0, len)?;
+        }
+        Ok(())
+    }
+
     /// Adds `n` empty positions before the held ones (masked out by the caller's key
     /// mask), so that sequences of different lengths can share the cache.
     pub fn pad_left(&mut self, n: i64) -> Result<()> {
         if n <= 0 {
             return Ok(());
         }
+        self.held()?;
         for (k, v) in self.layers.iter_mut().flatten() {
             let s = k.size();
             let z = Tensor::f_zeros([s[0], s[1], n, s[3]], (k.kind(), k.device()))?;
@@ -97,17 +114,17 @@ impl KvCache {
         if n <= 0 {
             return Ok(());
         }
-        let keep = self.len - n;
         for (k, v) in self.layers.iter_mut().flatten() {
-            *k = k.f_narrow(2, n, keep)?;
-            *v = v.f_narrow(2, n, keep)?;
+            let room = k.size()[2] - n;
+            *k = k.f_narrow(2, n, room)?;
+            *v = v.f_narrow(2, n, room)?;
         }
-        self.len = keep;
+        self.len -= n;
         Ok(())
     }
 
     /// Appends the sequences of `other` (of the same length) after this cache's rows.
-    pub fn append_rows(&mut self, other: KvCache) -> Result<()> {
+    pub fn append_rows(&mut self, mut other: KvCache) -> Result<()> {
         if self.rows() == 0 {
             *self = other;
             return Ok(());
@@ -115,6 +132,8 @@ impl KvCache {
         if other.len != self.len || other.layers.len() != self.layers.len() {
             return Err(invalid!("caches of {} and {} positions cannot be joined", self.len, other.len));
         }
+        self.held()?;
+        other.held()?;
         for (mine, theirs) in self.layers.iter_mut().zip(other.layers) {
             if let (Some((k, v)), Some((k2, v2))) = (mine.as_mut(), theirs) {
                 *k = Tensor::f_cat(&[&*k, &k2], 0)?;
@@ -126,11 +145,53 @@ impl KvCache {
 
     /// Keeps the rows listed in `rows`, in that order.
     pub fn select_rows(&mut self, rows: &Tensor) -> Result<()> {
+        self.held()?;
         for (k, v) in self.layers.iter_mut().flatten() {
             *k = k.f_index_select(0, rows)?;
             *v = v.f_index_select(0, rows)?;
         }
         Ok(())
+    }
+
+    /// Appends one layer's new keys and values `[B, kv_heads, T, head_dim]` after the
+    /// `past` held positions and returns all `past + T` of them. Without gradients the
+    /// new ones are written into the buffer's room (grown by [`CACHE_GROWTH`] when full);
+    /// with gradients (training through a cache) they are concatenated, which autograd
+    /// can follow.
+    fn append(&mut self, layer: usize, past: i64, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
+        let t = k.size()[2];
+        let slot = self.layers.get_mut(layer).ok_or_else(|| invalid!("no cache for layer {layer}"))?;
+        let (bk, bv) = match slot.take() {
+            Some((pk, pv)) if k.requires_grad() || v.requires_grad() => {
+                let (k, v) = (
+                    Tensor::f_cat(&[&pk.f_narrow(2, 0, past)?, &k], 2)?,
+                    Tensor::f_cat(&[&pv.f_narrow(2, 0, past)?, &v], 2)?,
+                );
+                *slot = Some((k.shallow_clone(), v.shallow_clone()));
+                return Ok((k, v));
+            }
+            None if k.requires_grad() || v.requires_grad() => {
+                *slot = Some((k.shallow_clone(), v.shallow_clone()));
+                return Ok((k, v));
+            }
+            Some((pk, pv)) if pk.size()[2] >= past + t => (pk, pv),
+            held => {
+                let s = k.size();
+                let capacity = past + t + CACHE_GROWTH;
+                let bk = Tensor::f_empty([s[0], s[1], capacity, s[3]], (k.kind(), k.device()))?;
+                let bv = Tensor::f_empty([s[0], s[1], capacity, s[3]], (v.kind(), v.device()))?;
+                if let Some((pk, pv)) = held {
+                    bk.f_narrow(2, 0, past)?.f_copy_(&pk.f_narrow(2, 0, past)?)?;
+                    bv.f_narrow(2, 0, past)?.f_copy_(&pv.f_narrow(2, 0, past)?)?;
+                }
+                (bk, bv)
+            }
+        };
+        bk.f_narrow(2, past, t)?.f_copy_(&k)?;
+        bv.f_narrow(2, past, t)?.f_copy_(&v)?;
+        let out = (bk.f_narrow(2, 0, past + t)?, bv.f_narrow(2, 0, past + t)?);
+        *slot = Some((bk, bv));
+        Ok(out)
     }
 }
 
@@ -419,14 +480,7 @@ impl Qwen2 {
             let q = rope(&q, &cos, &sin)?;
             let k = rope(&k, &cos, &sin)?;
             let (k, v) = match cache.as_deref_mut() {
-                Some(cache) => {
-                    let (k, v) = match cache.layers[li].take() {
-                        Some((pk, pv)) => (Tensor::f_cat(&[&pk, &k], 2)?, Tensor::f_cat(&[&pv, &v], 2)?),
-                        None => (k, v),
-                    };
-                    cache.layers[li] = Some((k.shallow_clone(), v.shallow_clone()));
-                    (k, v)
-                }
+                Some(cache) => cache.append(li, past, k, v)?,
                 None => (k, v),
             };
             let a = Tensor::f_scaled_dot_product_attention(&q, &k, &v, mask.as_ref(), 0.0, is_causal, None, nkv != nh)?;
