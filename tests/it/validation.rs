@@ -179,3 +179,70 @@ fn yaml_bombs_and_deep_nesting_are_refused_quickly() {
     let e = invalid(&long);
     assert!(e.contains("does not exist"), "{}", &e[..200.min(e.len())]);
 }
+
+/// Pipelines as editors and YAML habits write them (issue 21).
+mod as_users_write_them {
+    use super::*;
+
+    const PIPELINE: &str = "name: habits\nstages:\n  raw: { op: load, params: { path: data/rows.jsonl } }\n  out: { op: export, inputs: { table: raw }, params: { path: out.jsonl } }\n";
+
+    fn project() -> Project {
+        let p = Project::new();
+        p.write("data/rows.jsonl", "{\"id\": \"a\"}\n{\"id\": \"b\"}\n");
+        p
+    }
+
+    #[test]
+    fn a_byte_order_mark_and_crlf_line_endings_load() {
+        for text in [format!("\u{feff}{PIPELINE}"), format!("\u{feff}{}", PIPELINE.replace('\n', "\r\n"))] {
+            let p = project();
+            p.pipeline(&text);
+            let r = p.run_ok(&[]);
+            assert_eq!(r.outcome("out"), "ran", "{}", r.stdout);
+        }
+        // Errors in such a file still point at the right line and column.
+        let p = project();
+        p.pipeline("\u{feff}stages:\r\n  raw:\r\n    op: lod\r\n");
+        let r = p.fleming(&["validate", "pipeline.yaml"]);
+        assert!(r.stderr.starts_with("pipeline.yaml:3:9: error: unknown operator `lod`"), "{}", r.stderr);
+    }
+
+    #[test]
+    fn top_level_x_keys_hold_anchors_and_other_keys_are_still_refused() {
+        let p = project();
+        p.pipeline(
+            "x-export: &export\n  op: export\n  params: { format: jsonl }\nx-unused: { anything: \"${SURELY_NOT_SET_ANYWHERE}\" }\nstages:\n  raw: { op: load, params: { path: data/rows.jsonl } }\n  a:\n    <<: *export\n    inputs: { table: raw }\n    params: { format: jsonl, path: a.jsonl }\n  b: { <<: *export, inputs: { table: raw }, params: { path: b.jsonl } }\n",
+        );
+        let r = p.run_ok(&[]);
+        assert_eq!((r.outcome("a"), r.outcome("b")), ("ran".into(), "ran".into()), "{}", r.stdout);
+        assert!(p.path().join("a.jsonl").is_file() && p.path().join("b.jsonl").is_file());
+        let e = invalid("common: &c { op: load }\nstages:\n  a: { <<: *c, params: { path: data/rows.jsonl } }\n");
+        assert!(e.contains("pipeline.yaml:1:1: error: unknown top-level field `common`"), "{e}");
+        assert!(e.contains("keys starting with `x-` are ignored"), "{e}");
+    }
+
+    #[test]
+    fn a_stage_name_with_non_ascii_letters_is_refused_for_what_it_is() {
+        let e = invalid("stages:\n  données: { op: load, params: { path: data/rows.jsonl } }\n");
+        assert!(e.contains("stage name `données` may only contain ASCII letters, digits"), "{e}");
+    }
+
+    #[test]
+    fn two_identical_stages_say_they_share_a_key() {
+        let p = project();
+        p.pipeline(
+            "stages:\n  raw: { op: load, params: { path: data/rows.jsonl } }\n  copy1: { op: sql, inputs: { t: raw }, params: { query: select * from t } }\n  copy2: { op: sql, inputs: { t: raw }, params: { query: select * from t } }\n",
+        );
+        let r = p.run_ok(&[]);
+        let (first, second) = if r.outcome("copy1") == "ran" { ("copy1", "copy2") } else { ("copy2", "copy1") };
+        assert_eq!(r.outcome(first), "ran", "{}", r.stdout);
+        let line = r.line(second);
+        assert!(line.contains(&format!("stage `{first}` has the same key")), "{}", r.stdout);
+        assert!(
+            !r.stdout.contains("concurrent run") && !r.stderr.contains("another fleming run"),
+            "{}{}",
+            r.stdout,
+            r.stderr
+        );
+    }
+}

@@ -233,6 +233,10 @@ pub struct Executor<'a> {
     gpus: std::sync::OnceLock<GpuPool>,
     memos: Mutex<BTreeMap<String, MemoLog>>,
     stat: StatCache,
+    /// Keys stages of this run took up, with the first stage that did: a second stage with
+    /// the same key (the same operator, params and inputs) waits for it and reuses its
+    /// result, and says whose it is.
+    claimed: Mutex<BTreeMap<Digest, String>>,
 }
 
 impl<'a> Executor<'a> {
@@ -246,6 +250,7 @@ impl<'a> Executor<'a> {
             gpus: std::sync::OnceLock::new(),
             memos: Mutex::new(BTreeMap::new()),
             stat: StatCache::open(store),
+            claimed: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -572,7 +577,12 @@ impl<'a> Executor<'a> {
         {
             let _ = self.set_ref(stage, &p.parts, p.key, &entry.outputs, &entry.run_id);
             report.outcome = Outcome::Cached;
-            report.reason = "cached (computed by a concurrent run)".into();
+            report.reason = match self.twin(stage, &p.key) {
+                Some(twin) => format!(
+                    "cached: stage `{twin}` has the same key (the same operator, params and inputs) and computed it in this run"
+                ),
+                None => "cached (computed by a concurrent run)".into(),
+            };
             report.outputs = entry.outputs;
             report.run_id = Some(entry.run_id);
             return report;
@@ -718,11 +728,32 @@ impl<'a> Executor<'a> {
         out
     }
 
+    /// The stage of this run that took up `key` before `stage` did, if another did.
+    fn twin(&self, stage: &Stage, key: &Digest) -> Option<String> {
+        self.claimed.lock().ok()?.get(key).filter(|first| **first != stage.name).cloned()
+    }
+
     fn lock_key(&self, stage: &Stage, key: &Digest) -> anyhow::Result<Option<fleming_artifacts::FileLock>> {
+        let twin = match self.claimed.lock() {
+            Ok(mut claimed) => {
+                let first = claimed.entry(*key).or_insert_with(|| stage.name.clone());
+                Some(first.clone()).filter(|first| *first != stage.name)
+            }
+            Err(_) => None,
+        };
         if let Some(l) = self.store.try_lock_key(key)? {
             return Ok(Some(l));
         }
-        self.log(&format!("… {}: another fleming run is computing the same stage; waiting for it", stage.name));
+        match twin {
+            Some(twin) => self.log(&format!(
+                "… {}: stage `{twin}` has the same key (the same operator, params and inputs) and is computing it; waiting for it",
+                stage.name
+            )),
+            None => self.log(&format!(
+                "… {}: another fleming run is computing the same stage; waiting for it",
+                stage.name
+            )),
+        }
         loop {
             if self.cancel.is_cancelled() {
                 return Ok(None);

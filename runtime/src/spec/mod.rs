@@ -245,6 +245,8 @@ pub fn parse(
     registry: &dyn Registry,
     env: EnvLookup<'_>,
 ) -> Result<Pipeline, SpecErrors> {
+    // Editors on Windows save a byte-order mark; YAML allows one, the parser does not.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let source = SourceText { path: file.to_path_buf(), text: Arc::from(text) };
     let fail = |d: Vec<Diagnostic>| SpecErrors::new(source.clone(), d);
     if text.len() > MAX_FILE_BYTES {
@@ -262,6 +264,11 @@ pub fn parse(
     let mut yaml = yaml;
     if let Err(e) = yaml.apply_merge() {
         v.errors.push(Diagnostic::at(None, format!("YAML merge key error: {e}")));
+    }
+    // Top-level `x-…` keys hold what users share through anchors (docker compose's
+    // convention); the aliases below have already copied them, so they are dropped here.
+    if let serde_norway::Value::Mapping(top) = &mut yaml {
+        top.retain(|k, _| !k.as_str().is_some_and(|k| k.starts_with("x-")));
     }
     let doc = v.convert(&yaml, &mut Vec::new(), env);
     let pipeline = v.pipeline(doc, file, base_dir, default_name, registry, &source);
@@ -431,13 +438,20 @@ impl Validator<'_> {
             return None;
         }
         let top = self.expect_object(&doc, &root, "the pipeline file")?.clone();
+        let before = self.errors.len();
         self.check_keys(&top, &root, &["name", "description", "stages", "llm"], "top-level");
+        for e in &mut self.errors[before..] {
+            e.help = Some(match e.help.take() {
+                Some(h) => format!("{h}; keys starting with `x-` are ignored (a place for anchors to share)"),
+                None => "keys starting with `x-` are ignored (a place for anchors to share)".into(),
+            });
+        }
         let name = match top.get("name") {
             None => default_name.to_string(),
             Some(Value::String(s)) if valid_stage_name(s) => s.clone(),
             Some(_) => {
                 let pos = self.at(&key(&root, "name"));
-                self.error(pos, "`name` must be a string of letters, digits, `_` and `-`");
+                self.error(pos, "`name` must be a string of ASCII letters, digits, `_` and `-`");
                 default_name.to_string()
             }
         };
@@ -473,7 +487,7 @@ impl Validator<'_> {
             let spath = key(&stages_path, sname);
             if !valid_stage_name(sname) {
                 let pos = self.at_key(&spath);
-                self.error(pos, format!("stage name `{sname}` may only contain letters, digits, `_` and `-`"));
+                self.error(pos, format!("stage name `{sname}` may only contain ASCII letters, digits, `_` and `-`"));
             }
             let Some(sm) = self.expect_object(&stages_map[sname], &spath, &format!("stage `{sname}`")).cloned() else {
                 continue;
@@ -624,7 +638,7 @@ impl Validator<'_> {
                             let pos = self.at_key(ppath);
                             self.error(
                                 pos,
-                                format!("input name `{port}` may only contain letters, digits, `_` and `-`"),
+                                format!("input name `{port}` may only contain ASCII letters, digits, `_` and `-`"),
                             );
                         }
                         if refs.len() != 1 {
