@@ -46,12 +46,13 @@ use serde_json::json;
 
 use self::graph::{EntityAgg, GraphOut};
 use self::lexicon::{EntityType, Lexicon};
-use self::rules::{Hex16, Interp, Names, OwnVal, PageFacts, PageRef, Predicate, Rec, RelKey, SupportVal, h};
+use self::rules::{Declared, Hex16, Interp, Names, OwnVal, PageFacts, PageRef, Predicate, Rec, RelKey, SupportVal, h};
 use self::wikitext::normalize_title;
 
 /// Version of the operator (and of its memoised page facts). 2: entity keys are XXH3-64.
-/// 3: relations in (subject, predicate, object) order.
-pub const VERSION: u32 = 3;
+/// 3: relations in (subject, predicate, object) order. 4: a page's own infobox outranks
+/// the lexicon (non-medical infoboxes, taxoboxes of animals).
+pub const VERSION: u32 = 4;
 /// Schema metadata key holding the settings fingerprint of an output.
 pub const STATE_KEY: &str = "fleming.extract.state";
 
@@ -60,7 +61,8 @@ static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
     version: VERSION,
     summary: "Wikipedia pages to a typed medical knowledge graph (entities and relations)",
     doc: "Parses each page's wikitext (infobox, sections, links, categories, lead sentence), types \
-          entities from infoboxes and a lexicon, derives relations (has_symptom, diagnosed_by, \
+          entities from infoboxes and a lexicon (a page's own infobox outranks the lexicon: a \
+          person, a programming language or an animal is never medical by name alone), derives relations (has_symptom, diagnosed_by, \
           treated_by, caused_by, risk_factor, complication_of, differential_diagnosis, \
           contraindicated_with, mechanism, located_in, drug_class, …) from infobox fields and from \
           links grouped by section, and merges them with a differential dataflow on `-w` workers. \
@@ -784,8 +786,20 @@ fn name_of(names: &Names, k: u64) -> anyhow::Result<&str> {
 
 /// The type of an entity from its aggregate.
 fn entity_type(name: &str, agg: &EntityAgg, infobox: Option<&str>, lexicon: &Lexicon) -> EntityType {
-    if let Some(t) = infobox.and_then(rules::infobox_type) {
-        return t;
+    match rules::declared(infobox) {
+        Declared::Medical(t) => return t,
+        Declared::NotMedical => return EntityType::Other,
+        // An organism is a pathogen when the lexicon says so or medical infoboxes name it
+        // (a disease's `causes`); otherwise an animal or a plant.
+        Declared::Organism => {
+            let named = agg.votes.get(EntityType::Pathogen as usize).is_some_and(|v| *v > 0);
+            return if lexicon.type_of(name) == Some(EntityType::Pathogen) || named {
+                EntityType::Pathogen
+            } else {
+                EntityType::Other
+            };
+        }
+        Declared::Unknown => {}
     }
     if let Some(t) = lexicon.type_of(name) {
         return t;

@@ -5,7 +5,8 @@
 //! setting (it is what the record memo keeps). [`records`] interprets the facts with the
 //! lexicon and the relation rules:
 //!
-//! - the page's type comes from its infobox, else the lexicon;
+//! - the page's type comes from its infobox, else the lexicon (never against a
+//!   non-medical infobox; a taxobox is a pathogen only when the lexicon says so);
 //! - an infobox field (`symptoms`, `treatment`, `drug_class`, …) or a section
 //!   ("Signs and symptoms", "Diagnosis", "Contraindications", …) of a page of a given type
 //!   maps to a predicate and the type its objects should have; each link there is evidence
@@ -185,10 +186,27 @@ impl PageFacts {
     }
 }
 
-/// The type an infobox declares.
-pub fn infobox_type(name: &str) -> Option<EntityType> {
+/// What a page's own infobox says about what the page is. It outranks a lexicon match
+/// on the title: a page about a programming language or a person that shares its name
+/// with a medical abbreviation is not medical, and an animal is not a pathogen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Declared {
+    /// A medical infobox: its type.
+    Medical(EntityType),
+    /// A taxobox (animals, plants, microbes alike): a pathogen only when other evidence
+    /// says so (the lexicon, or medical pages naming it as a cause).
+    Organism,
+    /// An infobox of another field (a person, a programming language, a film, a place).
+    NotMedical,
+    /// No infobox, or one that says nothing either way.
+    Unknown,
+}
+
+/// What an infobox declares (see [`Declared`]).
+pub fn declared(infobox: Option<&str>) -> Declared {
+    let Some(name) = infobox else { return Declared::Unknown };
     let n = name.trim().to_lowercase();
-    Some(match n.as_str() {
+    let medical = match n.as_str() {
         "infobox medical condition" | "infobox medical condition (new)" | "infobox disease" | "infobox disorder" => {
             EntityType::Disease
         }
@@ -203,11 +221,35 @@ pub fn infobox_type(name: &str) -> Option<EntityType> {
         }
         "infobox diagnostic" | "infobox medical test" | "infobox diagnostic test" => EntityType::TestImaging,
         "infobox gene" | "infobox protein" | "infobox enzyme" | "gnf protein box" => EntityType::Gene,
-        "infobox bacteria" | "infobox virus" | "taxobox" | "automatic taxobox" | "speciesbox" | "virusbox" => {
-            EntityType::Pathogen
+        "infobox bacteria" | "infobox virus" | "virusbox" => EntityType::Pathogen,
+        "taxobox" | "automatic taxobox" | "speciesbox" | "subspeciesbox" | "infraspeciesbox" => {
+            return Declared::Organism;
         }
-        _ => return None,
-    })
+        // Infoboxes we do not list but whose name says they may be medical: no verdict.
+        _ if [
+            "medic", "drug", "disease", "chem", "anatom", "gene", "protein", "symptom", "syndrome", "pathogen",
+            "virus", "bacteri", "health", "pharma",
+        ]
+        .iter()
+        .any(|w| n.contains(w)) =>
+        {
+            return Declared::Unknown;
+        }
+        _ if n.starts_with("infobox") => return Declared::NotMedical,
+        _ => return Declared::Unknown,
+    };
+    Declared::Medical(medical)
+}
+
+/// The type of a page for reading its relations: its infobox's, else (only when the
+/// infobox says nothing against it) the lexicon's.
+pub fn page_type(infobox: Option<&str>, title: &str, lexicon: &super::lexicon::Lexicon) -> Option<EntityType> {
+    match declared(infobox) {
+        Declared::Medical(t) => Some(t),
+        Declared::Organism => lexicon.type_of(title).filter(|t| *t == EntityType::Pathogen),
+        Declared::NotMedical => None,
+        Declared::Unknown => lexicon.type_of(title),
+    }
 }
 
 use EntityType as T;
@@ -614,7 +656,7 @@ pub fn records(
     let description = facts.description.as_deref().map(|d| name(d, names)).unwrap_or(0);
     out.push((Rec::Own(own_key, OwnVal { page: page_h, infobox, description }), 1));
     out.push((Rec::Touch(own_key, page_h), 1));
-    let page_type = facts.infobox.as_deref().and_then(infobox_type).or_else(|| interp.lexicon.type_of(&title));
+    let page_type = page_type(facts.infobox.as_deref(), &title, interp.lexicon);
     let (section_rules, field_rules) = page_type.map(rules_for).unwrap_or((&[], &[]));
     // The rule of each section: its own, else its parent's.
     let mut section_rule: Vec<Option<usize>> = Vec::with_capacity(facts.sections.len());

@@ -907,3 +907,91 @@ fn pages_with_more_than_2_gib_of_text_make_one_view() {
     assert_eq!((view.text(0).len(), view.text(1).len()), (1_100_000_000, 1_100_000_000));
     assert_eq!(view.title.value(1), "Big two");
 }
+
+/// Real-style pages outside medicine (a programming language, animals, a person) whose
+/// titles the lexicon knows as medical, beside pages that are medical, with the infoboxes
+/// Wikipedia gives them.
+fn pages_outside_medicine() -> Vec<PageRow> {
+    vec![
+        row(
+            "MUMPS",
+            "{{Short description|Programming language}}\n{{Infobox programming language\n| name = MUMPS\n| paradigm = [[Imperative programming|Imperative]], [[Procedural programming|procedural]]\n| designer = Neil Pappalardo, Curt Marble, Robert Greenes\n| released = {{start date and age|1966}}\n| influenced = [[Caché ObjectScript]], [[GT.M]]\n}}\n\
+             '''MUMPS''' (\"Massachusetts General Hospital Utility Multi-Programming System\"), or '''M''', is an imperative, high-level [[programming language]] with an integrated [[key–value database]].\n\
+             == History ==\nMUMPS was developed at the [[Massachusetts General Hospital]] in 1966.\n== Symptoms ==\nNot a disease: see [[Mumps (disease)|mumps]].\n\
+             [[Category:Programming languages created in 1966]]",
+        ),
+        row(
+            "Cat",
+            "{{Speciesbox\n| name = Cat\n| status = DOM\n| genus = Felis\n| species = catus\n| authority = [[Carl Linnaeus|Linnaeus]], [[10th edition of Systema Naturae|1758]]\n}}\n\
+             The '''cat''' (''Felis catus'') is a small domesticated [[carnivore|carnivorous]] [[mammal]].\n\
+             == Health ==\nCats get [[Feline immunodeficiency virus|FIV]] and [[toxoplasmosis]].\n[[Category:Mammals described in 1758]]",
+        ),
+        row(
+            "Dog",
+            "{{Taxobox\n| name = Dog\n| regnum = [[Animal]]ia\n| phylum = [[Chordate|Chordata]]\n| classis = [[Mammal]]ia\n| genus = ''[[Canis]]''\n}}\n\
+             The '''dog''' is a domesticated descendant of the [[wolf]].\n== Diseases ==\n[[Rabies]] and [[Canine parvovirus|parvovirus]].\n[[Category:Mammals described in 1758]]",
+        ),
+        row(
+            "Tommy John",
+            "{{Infobox baseball biography\n| name = Tommy John\n| position = [[Pitcher]]\n| bats = Right\n| throws = Left\n| debutteam = [[Cleveland Indians]]\n}}\n\
+             '''Thomas Edward John Jr.''' is an American former [[professional baseball]] [[pitcher]].\n== Injury ==\nHe underwent [[ulnar collateral ligament reconstruction]] in 1974.\n[[Category:1943 births]]",
+        ),
+        row(
+            "Escherichia coli",
+            "{{Speciesbox\n| genus = Escherichia\n| species = coli\n| authority = ([[Walter Migula|Migula]] 1895)\n}}\n\
+             '''''Escherichia coli''''' is a [[Gram-negative bacteria|gram-negative]], [[rod-shaped]] [[coliform bacteria|coliform bacterium]].\n\
+             [[Category:Gut flora bacteria]]",
+        ),
+        row(
+            "Staphylococcus aureus",
+            "{{Automatic taxobox\n| taxon = Staphylococcus aureus\n| authority = [[Alexander Ogston|Rosenbach]] 1884\n}}\n'''''Staphylococcus aureus''''' is a [[Gram-positive bacteria|Gram-positive]] [[coccus|spherical bacterium]].",
+        ),
+        row(
+            "Influenza A virus",
+            "{{Virusbox\n| name = Influenza A virus\n| parent = Alphainfluenzavirus\n}}\n'''''Influenza A virus''''' causes [[influenza]] in birds and some mammals.",
+        ),
+    ]
+}
+
+#[test]
+fn a_pages_own_infobox_outranks_the_lexicon_outside_medicine() {
+    let dir = tempfile::tempdir().unwrap();
+    let lex = dir.path().join("lexicon.tsv");
+    // Each non-medical title is a medical name: a disease, an imaging test (CAT), a
+    // procedure's colloquial name; the bacteria are there as MeSH lists them.
+    std::fs::write(
+        &lex,
+        "name\ttype\tcanonical\nMumps\tdisease\nCAT\ttest\nDog\tanatomy\nTommy John\tprocedure\nEscherichia coli\tpathogen\nStaphylococcus aureus\tpathogen\nInfluenza\tdisease\nFever\tsymptom\nPneumonia\tdisease\nOseltamivir\tdrug\n",
+    )
+    .unwrap();
+    let mut pages = small_wiki();
+    pages.extend(pages_outside_medicine());
+    let out = run(pages, 1, &lex);
+    let e = out.table("entities").unwrap();
+    let (names, types) = (strings(e, "name"), strings(e, "type"));
+    let type_of = |n: &str| types[names.iter().position(|x| x == n).unwrap_or_else(|| panic!("no entity {n}"))].clone();
+    let truth = [
+        ("MUMPS", "other"),
+        ("Cat", "other"),
+        ("Dog", "other"),
+        ("Tommy John", "other"),
+        ("Escherichia coli", "pathogen"),
+        ("Staphylococcus aureus", "pathogen"),
+        ("Influenza A virus", "pathogen"),
+        ("Influenza", "disease"),
+        ("Oseltamivir", "drug"),
+        ("Fever", "symptom-sign"),
+        ("Pneumonia", "disease"),
+    ];
+    let got: Vec<(&str, String)> = truth.iter().map(|(n, _)| (*n, type_of(n))).collect();
+    // Precision of the medical types over these pages (every type but `other`).
+    let medical: Vec<_> = got.iter().filter(|(_, t)| t != "other").collect();
+    let right = medical.iter().filter(|(n, t)| truth.iter().any(|(m, u)| m == n && u == t)).count();
+    assert_eq!((right, medical.len()), (7, 7), "{got:?}");
+    for ((n, want), (_, t)) in truth.iter().zip(&got) {
+        assert_eq!(t, want, "{n}");
+    }
+    // A non-medical page reads no relations from its sections ("Symptoms", "Diseases").
+    let rels = relations_of(&out);
+    assert!(!rels.iter().any(|r| ["MUMPS", "Cat", "Dog", "Tommy John"].contains(&r.0.as_str())), "{rels:#?}");
+}

@@ -1265,7 +1265,19 @@ fn is_url_start(b: &[u8]) -> bool {
 /// Templates whose arguments are infobox fields.
 pub fn is_infobox(name: &str) -> bool {
     name.starts_with("infobox")
-        || matches!(name, "taxobox" | "automatic taxobox" | "speciesbox" | "drugbox" | "chembox" | "medical resources")
+        || matches!(
+            name,
+            "taxobox"
+                | "automatic taxobox"
+                | "speciesbox"
+                | "subspeciesbox"
+                | "infraspeciesbox"
+                | "virusbox"
+                | "gnf protein box"
+                | "drugbox"
+                | "chembox"
+                | "medical resources"
+        )
 }
 
 fn is_citation(name: &str) -> bool {
