@@ -158,7 +158,12 @@ impl PageFacts {
     pub fn from_parsed(p: &Parsed) -> Self {
         PageFacts {
             redirect: p.redirect.clone(),
-            infobox: p.infobox.as_ref().map(|i| i.name.clone()),
+            // A disambiguation page has no infobox; its template says as much about it.
+            infobox: p
+                .infobox
+                .as_ref()
+                .map(|i| i.name.clone())
+                .or_else(|| p.templates.iter().find(|t| is_disambiguation(t)).map(|_| DISAMBIGUATION.to_string())),
             fields: p.infobox.as_ref().map(|i| i.fields.iter().map(|f| f.name.clone()).collect()).unwrap_or_default(),
             sections: p.sections.iter().map(|s| s.title.clone()).collect(),
             parents: p.sections.iter().map(|s| s.parent).collect(),
@@ -202,6 +207,26 @@ pub enum Declared {
     Unknown,
 }
 
+/// The `infobox` of a disambiguation page (`{{disambiguation}}`, `{{hndis}}`, …): a list
+/// of other pages sharing a name ("MS", "ALS"), never an entity of its own type.
+pub const DISAMBIGUATION: &str = "disambiguation";
+
+/// A template marking a disambiguation page.
+fn is_disambiguation(template: &str) -> bool {
+    matches!(
+        template,
+        "disambiguation"
+            | "disambig"
+            | "dab"
+            | "disamb"
+            | "hndis"
+            | "geodis"
+            | "surname"
+            | "given name"
+            | "letter-number combination disambiguation"
+    ) || template.ends_with(" disambiguation")
+}
+
 /// What an infobox declares (see [`Declared`]).
 pub fn declared(infobox: Option<&str>) -> Declared {
     let Some(name) = infobox else { return Declared::Unknown };
@@ -235,7 +260,7 @@ pub fn declared(infobox: Option<&str>) -> Declared {
         {
             return Declared::Unknown;
         }
-        _ if n.starts_with("infobox") => return Declared::NotMedical,
+        _ if n.starts_with("infobox") || n == DISAMBIGUATION => return Declared::NotMedical,
         _ => return Declared::Unknown,
     };
     Declared::Medical(medical)

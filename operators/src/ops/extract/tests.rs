@@ -908,7 +908,8 @@ fn pages_with_more_than_2_gib_of_text_make_one_view() {
     assert_eq!(view.title.value(1), "Big two");
 }
 
-/// Real-style pages outside medicine (a programming language, animals, a person) whose
+/// Real-style pages outside medicine (a programming language, animals, a person, a
+/// disambiguation page) whose
 /// titles the lexicon knows as medical, beside pages that are medical, with the infoboxes
 /// Wikipedia gives them.
 fn pages_outside_medicine() -> Vec<PageRow> {
@@ -947,6 +948,10 @@ fn pages_outside_medicine() -> Vec<PageRow> {
             "{{Automatic taxobox\n| taxon = Staphylococcus aureus\n| authority = [[Alexander Ogston|Rosenbach]] 1884\n}}\n'''''Staphylococcus aureus''''' is a [[Gram-positive bacteria|Gram-positive]] [[coccus|spherical bacterium]].",
         ),
         row(
+            "MS",
+            "'''MS''' or '''Ms''' may refer to:\n== Medicine ==\n* [[Multiple sclerosis]]\n* [[Mass spectrometry]]\n== Computing ==\n* [[Microsoft]]\n{{disambiguation}}\n[[Category:Disambiguation pages]]",
+        ),
+        row(
             "Influenza A virus",
             "{{Virusbox\n| name = Influenza A virus\n| parent = Alphainfluenzavirus\n}}\n'''''Influenza A virus''''' causes [[influenza]] in birds and some mammals.",
         ),
@@ -961,7 +966,7 @@ fn a_pages_own_infobox_outranks_the_lexicon_outside_medicine() {
     // procedure's colloquial name; the bacteria are there as MeSH lists them.
     std::fs::write(
         &lex,
-        "name\ttype\tcanonical\nMumps\tdisease\nCAT\ttest\nDog\tanatomy\nTommy John\tprocedure\nEscherichia coli\tpathogen\nStaphylococcus aureus\tpathogen\nInfluenza\tdisease\nFever\tsymptom\nPneumonia\tdisease\nOseltamivir\tdrug\n",
+        "name\ttype\tcanonical\nMumps\tdisease\nMS\tdisease\tMultiple sclerosis\nCAT\ttest\nDog\tanatomy\nTommy John\tprocedure\nEscherichia coli\tpathogen\nStaphylococcus aureus\tpathogen\nInfluenza\tdisease\nFever\tsymptom\nPneumonia\tdisease\nOseltamivir\tdrug\n",
     )
     .unwrap();
     let mut pages = small_wiki();
@@ -975,6 +980,7 @@ fn a_pages_own_infobox_outranks_the_lexicon_outside_medicine() {
         ("Cat", "other"),
         ("Dog", "other"),
         ("Tommy John", "other"),
+        ("MS", "other"),
         ("Escherichia coli", "pathogen"),
         ("Staphylococcus aureus", "pathogen"),
         ("Influenza A virus", "pathogen"),
@@ -993,5 +999,5 @@ fn a_pages_own_infobox_outranks_the_lexicon_outside_medicine() {
     }
     // A non-medical page reads no relations from its sections ("Symptoms", "Diseases").
     let rels = relations_of(&out);
-    assert!(!rels.iter().any(|r| ["MUMPS", "Cat", "Dog", "Tommy John"].contains(&r.0.as_str())), "{rels:#?}");
+    assert!(!rels.iter().any(|r| ["MUMPS", "Cat", "Dog", "Tommy John", "MS"].contains(&r.0.as_str())), "{rels:#?}");
 }
