@@ -8,12 +8,10 @@ use anyhow::{Context as _, bail};
 use fleming_artifacts::{ArtifactKind, ArtifactRef, Digest, Store};
 use serde_json::{Map, Value};
 
-use super::{Executor, Pending, llm_json};
+use super::{Executor, StageRun, llm_json};
 use crate::dispatch::launcher::{find_worker, run_job};
 use crate::dispatch::{Device, Job, JobInput, PROTOCOL_VERSION};
 use crate::op::{PortKind, check_outputs};
-use crate::progress::Progress;
-use crate::spec::Stage;
 
 /// Where the final checkpoint of the training stage run with `key` is kept.
 pub fn continuation_checkpoint(store: &Store, key: &Digest) -> std::path::PathBuf {
@@ -23,19 +21,13 @@ pub fn continuation_checkpoint(store: &Store, key: &Digest) -> std::path::PathBu
 impl Executor<'_> {
     /// Runs a stage in the worker: writes its job, streams its events, commits what it
     /// wrote, keeps its curve and (for training stages) its final checkpoint.
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn run_in_worker(
         &self,
-        stage: &Stage,
-        p: &Pending,
-        loaded: &BTreeMap<String, Vec<(String, ArtifactRef)>>,
-        threads: usize,
-        progress: &Progress,
+        run: &StageRun<'_>,
         metrics: &mut Map<String, Value>,
         worker_info: &mut Option<Value>,
-        run_id: &str,
-        work_dir: &Path,
     ) -> anyhow::Result<BTreeMap<String, ArtifactRef>> {
+        let StageRun { stage, pending: p, loaded, threads, progress, run_id, work_dir } = *run;
         let spec = stage.op.spec();
         let worker = find_worker()?;
         let gpus = self.gpus().acquire(stage.resources.gpu as usize, &self.cancel)?;

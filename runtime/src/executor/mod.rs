@@ -223,6 +223,20 @@ enum Decision {
 }
 
 /// Runs pipelines against a store.
+/// What running one stage needs, on whichever side it runs (this process or the worker).
+pub(super) struct StageRun<'r> {
+    stage: &'r Stage,
+    /// Its key, the key's parts and why it runs.
+    pending: &'r Pending,
+    /// Its inputs by port: (the reference as written, the artifact).
+    loaded: &'r BTreeMap<String, Vec<(String, ArtifactRef)>>,
+    threads: usize,
+    progress: &'r Progress,
+    run_id: &'r str,
+    /// Scratch space of this run of the stage.
+    work_dir: &'r Path,
+}
+
 pub struct Executor<'a> {
     pipeline: &'a Pipeline,
     store: &'a Store,
@@ -814,28 +828,20 @@ impl<'a> Executor<'a> {
                 }
             }
         }
+        let run = StageRun { stage, pending: p, loaded: &loaded, threads, progress, run_id, work_dir: &work_dir };
         match spec.execution {
-            Execution::Cpu | Execution::CpuWithWorkers => {
-                self.run_in_process(stage, p, &loaded, threads, progress, metrics, &work_dir)
-            }
-            Execution::Worker => {
-                self.run_in_worker(stage, p, &loaded, threads, progress, metrics, worker_info, run_id, &work_dir)
-            }
+            Execution::Cpu | Execution::CpuWithWorkers => self.run_in_process(&run, metrics),
+            Execution::Worker => self.run_in_worker(&run, metrics, worker_info),
         }
     }
 
     /// Runs an operator in this process on its inputs, and stores its outputs.
-    #[allow(clippy::too_many_arguments)]
     fn run_in_process(
         &self,
-        stage: &Stage,
-        p: &Pending,
-        loaded: &BTreeMap<String, Vec<(String, ArtifactRef)>>,
-        threads: usize,
-        progress: &Progress,
+        run: &StageRun<'_>,
         metrics: &mut Map<String, Value>,
-        work_dir: &Path,
     ) -> anyhow::Result<BTreeMap<String, ArtifactRef>> {
+        let StageRun { stage, pending: p, loaded, threads, progress, run_id: _, work_dir } = *run;
         let spec = stage.op.spec();
         let used_memo: Option<(&str, Vec<Digest>)>;
         let outputs = {
