@@ -104,30 +104,17 @@ impl StatCache {
     /// only when its stats changed.
     pub fn digest(&self, path: &Path) -> Result<(Digest, u64), StoreError> {
         let abs = path.canonicalize().at(path)?;
-        let stamps = Self::stamps(&abs)?;
-        let newest_mtime = stamps.iter().map(|(_, s)| s.mtime_ns).max().unwrap_or(0);
-        if let Ok(entries) = self.entries.lock()
-            && let Some(e) = entries.get(&abs)
-            && e.stamps == stamps
-            && e.recorded_ns - newest_mtime > RACY_WINDOW.as_nanos() as i128
-        {
-            return Ok((e.digest, e.bytes));
-        }
-        let (digest, bytes) = if std::fs::metadata(&abs).at(&abs)?.is_dir() {
-            digest_tree(&abs)?
-        } else {
-            (digest_file(&abs).at(&abs)?, stamps.first().map(|(_, s)| s.size).unwrap_or(0))
-        };
-        // Re-stat: if the file changed while we hashed it, do not record anything.
-        if Self::stamps(&abs)? == stamps
-            && let Ok(mut entries) = self.entries.lock()
-        {
-            entries.insert(abs, Entry { stamps, digest, bytes, recorded_ns: now_ns() });
-            if let Ok(mut d) = self.dirty.lock() {
-                *d = true;
-            }
-        }
-        Ok((digest, bytes))
+        self.cached(
+            abs.clone(),
+            || Self::stamps(&abs),
+            |stamps| {
+                if std::fs::metadata(&abs).at(&abs)?.is_dir() {
+                    digest_tree(&abs)
+                } else {
+                    Ok((digest_file(&abs).at(&abs)?, stamps.first().map(|(_, s)| s.size).unwrap_or(0)))
+                }
+            },
+        )
     }
 
     /// The digest of a Hugging Face model directory's model files ([`model_files`]), as
@@ -136,24 +123,41 @@ impl StatCache {
     pub fn digest_model_dir(&self, dir: &Path) -> Result<(Digest, u64), StoreError> {
         let abs = dir.canonicalize().at(dir)?;
         let files = model_files(&abs)?;
-        let mut stamps = Vec::with_capacity(files.len());
-        for f in &files {
-            let m = std::fs::metadata(f).at(f)?;
-            stamps.push((f.strip_prefix(&abs).unwrap_or(f).to_string_lossy().to_string(), Stamp::of(&m)));
-        }
+        let stamps = || -> Result<Vec<(String, Stamp)>, StoreError> {
+            let mut stamps = Vec::with_capacity(files.len());
+            for f in &files {
+                let m = std::fs::metadata(f).at(f)?;
+                stamps.push((f.strip_prefix(&abs).unwrap_or(f).to_string_lossy().to_string(), Stamp::of(&m)));
+            }
+            Ok(stamps)
+        };
         // Keyed apart from a whole-tree digest of the same directory.
-        let key = abs.join(".fleming-model-files");
-        let newest_mtime = stamps.iter().map(|(_, s)| s.mtime_ns).max().unwrap_or(0);
+        self.cached(abs.join(".fleming-model-files"), stamps, |_| digest_files(&abs, &files))
+    }
+
+    /// The digest recorded under `key` when the files' stamps (taken by `stamps`) are the
+    /// recorded ones and older than the racy window; else `hash`ed and recorded, unless
+    /// the files changed while they were hashed.
+    fn cached(
+        &self,
+        key: PathBuf,
+        stamps: impl Fn() -> Result<Vec<(String, Stamp)>, StoreError>,
+        hash: impl FnOnce(&[(String, Stamp)]) -> Result<(Digest, u64), StoreError>,
+    ) -> Result<(Digest, u64), StoreError> {
+        let before = stamps()?;
+        let newest_mtime = before.iter().map(|(_, s)| s.mtime_ns).max().unwrap_or(0);
         if let Ok(entries) = self.entries.lock()
             && let Some(e) = entries.get(&key)
-            && e.stamps == stamps
+            && e.stamps == before
             && e.recorded_ns - newest_mtime > RACY_WINDOW.as_nanos() as i128
         {
             return Ok((e.digest, e.bytes));
         }
-        let (digest, bytes) = digest_files(&abs, &files)?;
-        if let Ok(mut entries) = self.entries.lock() {
-            entries.insert(key, Entry { stamps, digest, bytes, recorded_ns: now_ns() });
+        let (digest, bytes) = hash(&before)?;
+        if stamps()? == before
+            && let Ok(mut entries) = self.entries.lock()
+        {
+            entries.insert(key, Entry { stamps: before, digest, bytes, recorded_ns: now_ns() });
             if let Ok(mut d) = self.dirty.lock() {
                 *d = true;
             }
