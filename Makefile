@@ -6,11 +6,17 @@ FLEMING := $(CARGO_TARGET_DIR)/debug/fleming
 # libtorch (the PyPI torch wheel) lives in a per-user cache; scripts/ensure-torch installs it.
 TORCH_ENV = eval "$$(scripts/ensure-torch --env)"
 
-.PHONY: quickstart test test-core test-ops test-model build worker torch lint
+.PHONY: quickstart distill-bench test test-core test-ops test-model build worker torch lint
 
 ## Build fleming and the torch worker, then run the quickstart pipeline.
 quickstart: build
 	$(FLEMING) run pipelines/quickstart.yaml
+
+## The CoT cold-start benchmark (BENCHMARKS.md): a student distilled from the kg
+## teacher's chains against the same student trained on answers alone, and the base.
+distill-bench: build
+	$(FLEMING) run pipelines/distill-bench.yaml
+	$(FLEMING) show pipelines/distill-bench.yaml eval.report
 
 ## Every test (what CI runs): every crate's tests, then the operator cases (worker
 ## operators included: a case that cannot reach the worker fails rather than being skipped).

@@ -172,3 +172,78 @@ impl Drop for ServedModel {
         let _ = self.child.wait();
     }
 }
+
+/// Where a model that operators ask questions lives.
+pub enum ModelSource {
+    /// A model directory in the store, and its digest (what memo keys name).
+    Artifact {
+        /// The directory.
+        dir: PathBuf,
+        /// Its content digest.
+        digest: String,
+    },
+    /// An endpoint of the pipeline's `llm:` section.
+    Endpoint(String),
+}
+
+/// Every call's answer (or failure) from one model, in order, and the failures' report.
+pub struct Answers {
+    /// One result per call.
+    pub results: Vec<Result<crate::llm::Completion, crate::llm::CallFailure>>,
+    /// When some calls failed: which, how many and why (with a served model's log tail).
+    pub failures: Option<anyhow::Error>,
+}
+
+/// Asks `calls` of the model `label` at `source`: memoised answers from the memo, the rest
+/// generated (a model artifact's server is started only when something is missing, with
+/// `batch` sequences generated together, and stopped before this returns).
+pub fn ask(
+    ctx: &fleming_runtime::context::OpContext,
+    label: &str,
+    source: &ModelSource,
+    calls: &[crate::llm::Call],
+    batch: usize,
+) -> anyhow::Result<Answers> {
+    use crate::llm::{LlmClient, failure_report};
+    // The server of a model artifact, stopped when this returns.
+    let mut running: Option<ServedModel> = None;
+    let client = match source {
+        ModelSource::Endpoint(name) => LlmClient::from_section(&ctx.llm, name)?,
+        ModelSource::Artifact { dir, digest } => {
+            let identity = format!("artifact:{digest}");
+            let probe = LlmClient::new(ServedModel::offline_endpoint(label, &identity))?;
+            let missing = calls.iter().filter(|c| ctx.memo.get(&probe.memo_key(&ctx.memo, c)).is_none()).count();
+            if missing == 0 {
+                probe
+            } else {
+                ctx.progress
+                    .set_message(&format!("starting a model server for `{label}` ({missing} answers to generate)"));
+                let server = ServedModel::start(
+                    &ServeOptions {
+                        dir,
+                        name: label,
+                        threads: ctx.threads,
+                        gpus: &ctx.gpus,
+                        max_batch: batch,
+                        log: ctx.work_dir.join(format!("serve-{label}.log")),
+                    },
+                    &ctx.cancel,
+                )?;
+                // A few requests beyond the batch keep the server's queue from running dry.
+                let client = LlmClient::new(server.endpoint(&identity, batch + batch / 2 + 1))?;
+                running = Some(server);
+                client
+            }
+        }
+    };
+    ctx.progress.set_message(&format!("asking `{label}`"));
+    let results = client.run(calls, &ctx.memo, &ctx.progress, &ctx.cancel);
+    ctx.memo.flush()?;
+    ctx.cancel.check()?;
+    let failures = failure_report(client.endpoint(), &results).map(|e| {
+        // A served model's own account of why (out of memory, a crash) is in its log.
+        let log = running.as_mut().map(|server| server.log_tail(20)).unwrap_or_default();
+        if log.trim().is_empty() { e } else { anyhow!("{e:#}\nthe model server's log ends with:\n{log}") }
+    });
+    Ok(Answers { results, failures })
+}

@@ -9,6 +9,7 @@ mod concurrency;
 mod crash;
 mod crawl_extract;
 mod dispatch;
+mod distill;
 mod evaluate;
 mod inspect;
 mod question_data;

@@ -3,6 +3,7 @@
 pub mod crawl;
 pub mod curated;
 pub mod difficulty_label;
+pub mod distill;
 pub mod evaluate;
 pub mod export;
 pub mod extract;

@@ -24,7 +24,6 @@ pub mod stats;
 mod tests;
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::PathBuf;
 use std::sync::{Arc, LazyLock};
 
 use anyhow::{Context, anyhow, bail};
@@ -39,9 +38,9 @@ use fleming_runtime::op::{
 };
 use serde_json::{Map, Value, json};
 
-use crate::llm::{Call, Completion, LlmClient, Message, failure_report};
+use crate::llm::{Call, Completion, Message};
 use crate::questions;
-use crate::served::{ServeOptions, ServedModel};
+use crate::served::{self, ModelSource};
 use stats::{Accuracy, Paired};
 
 static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
@@ -210,13 +209,6 @@ struct Model {
     /// Its name in tables (the stage, or the endpoint).
     label: String,
     source: ModelSource,
-}
-
-enum ModelSource {
-    /// A model directory in the store, and its digest.
-    Artifact { dir: PathBuf, digest: String },
-    /// An endpoint of the `llm:` section.
-    Endpoint(String),
 }
 
 /// How completions are drawn.
@@ -439,51 +431,14 @@ fn models(ctx: &OpContext) -> anyhow::Result<Vec<Model>> {
     Ok(out)
 }
 
-/// Every call's answer from one model: memoised ones from the memo, the rest generated
-/// (a model artifact's server is started only when something is missing).
+/// Every call's answer from one model; any failure fails the evaluation (a score over
+/// fewer items than asked would not compare with the others).
 fn ask(ctx: &OpContext, m: &Model, calls: &[Call], batch: usize) -> anyhow::Result<Vec<Completion>> {
-    // The server of a model artifact, stopped when this returns.
-    let mut running: Option<ServedModel> = None;
-    let client = match &m.source {
-        ModelSource::Endpoint(name) => LlmClient::from_section(&ctx.llm, name)?,
-        ModelSource::Artifact { dir, digest } => {
-            let identity = format!("artifact:{digest}");
-            let offline = ServedModel::offline_endpoint(&m.label, &identity);
-            let probe = LlmClient::new(offline)?;
-            let missing = calls.iter().filter(|c| ctx.memo.get(&probe.memo_key(&ctx.memo, c)).is_none()).count();
-            if missing == 0 {
-                probe
-            } else {
-                ctx.progress
-                    .set_message(&format!("starting a model server for `{}` ({missing} answers to generate)", m.label));
-                let server = ServedModel::start(
-                    &ServeOptions {
-                        dir,
-                        name: &m.label,
-                        threads: ctx.threads,
-                        gpus: &ctx.gpus,
-                        max_batch: batch,
-                        log: ctx.work_dir.join(format!("serve-{}.log", m.label)),
-                    },
-                    &ctx.cancel,
-                )?;
-                // A few requests beyond the batch keep the server's queue from running dry.
-                let client = LlmClient::new(server.endpoint(&identity, batch + batch / 2 + 1))?;
-                running = Some(server);
-                client
-            }
-        }
-    };
-    ctx.progress.set_message(&format!("asking `{}`", m.label));
-    let results = client.run(calls, &ctx.memo, &ctx.progress, &ctx.cancel);
-    ctx.memo.flush()?;
-    ctx.cancel.check()?;
-    if let Some(e) = failure_report(client.endpoint(), &results) {
-        // A served model's own account of why (out of memory, a crash) is in its log.
-        let log = running.as_mut().map(|server| server.log_tail(20)).unwrap_or_default();
-        return Err(if log.trim().is_empty() { e } else { anyhow!("{e:#}\nthe model server's log ends with:\n{log}") });
+    let answers = served::ask(ctx, &m.label, &m.source, calls, batch)?;
+    if let Some(e) = answers.failures {
+        return Err(e);
     }
-    results.into_iter().map(|r| r.map_err(|f| anyhow!(f.error))).collect()
+    answers.results.into_iter().map(|r| r.map_err(|f| anyhow!(f.error))).collect()
 }
 
 /// The name of the macro-average rows.

@@ -70,7 +70,7 @@ impl<'a> KgModel<'a> {
     }
 
     /// The item's chain and option entities, when it is a synthetic item of this graph.
-    fn chain_of(&self, q: &Question) -> Option<(Chain, Vec<Option<u32>>)> {
+    pub(crate) fn chain_of(&self, q: &Question) -> Option<(Chain, Vec<Option<u32>>)> {
         let meta: Value = serde_json::from_str(q.meta.as_deref()?).ok()?;
         let mask = meta.get("mask")?.as_u64()? as usize;
         let mut nodes = Vec::new();

@@ -357,7 +357,7 @@ fn draw(cum: &[f64], rng: &mut ChaCha8Rng) -> Option<usize> {
 }
 
 /// Built-in stem phrases: (forward, inverse).
-fn default_phrase(pred: &str) -> (String, String) {
+pub(crate) fn default_phrase(pred: &str) -> (String, String) {
     let p = pred.to_lowercase();
     let (f, i) = match p.as_str() {
         "treats" | "treated_by_inverse" => ("treats", "is treated by"),
