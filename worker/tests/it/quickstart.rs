@@ -60,7 +60,7 @@ fn the_whole_quickstart_runs_with_the_worker_and_reruns_cached() {
     let overlap = query("select count(*) as n from heldout h join train t on h.id = t.id")[0]["n"].as_i64().unwrap();
     assert_eq!(overlap, 0, "no held-out item is trained on");
     let scores = query("select * from eval_scores where tier is null order by model, benchmark");
-    assert_eq!(scores.len(), 4, "base and tutor, on heldout and on average: {scores:?}");
+    assert_eq!(scores.len(), 6, "base, tutor and cot, on heldout and on average: {scores:?}");
     for s in &scores {
         let statuses: i64 =
             ["ok", "no_answer", "truncated", "invalid", "several"].iter().map(|k| s[*k].as_i64().unwrap()).sum();
@@ -69,8 +69,13 @@ fn the_whole_quickstart_runs_with_the_worker_and_reruns_cached() {
         assert!(s["correct"].as_i64().unwrap() <= s["ok"].as_i64().unwrap(), "{s}");
     }
     let results = query("select model, count(*) as n from eval_results group by model order by model");
-    assert_eq!(results.len(), 2);
+    assert_eq!(results.len(), 3);
     assert!(results.iter().all(|r| r["n"].as_i64() == Some(heldout)));
+    // The cot student was trained on the kg teacher's chains of the synthetic training items.
+    let distilled =
+        query("select count(*) as n from chains_selected where length(explanation) > 0")[0]["n"].as_i64().unwrap();
+    let synthetic = query("select count(*) as n from train where source = 'synthetic'")[0]["n"].as_i64().unwrap();
+    assert!(distilled > 0 && distilled == synthetic, "{distilled} chains for {synthetic} synthetic training items");
     let second = run();
     assert!(second.contains("0 ran, "), "{second}");
 }

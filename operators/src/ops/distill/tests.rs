@@ -35,7 +35,7 @@ fn curated(n: usize) -> Vec<Question> {
         .collect()
 }
 
-fn column<'a>(t: &'a Table, name: &str) -> Vec<Option<String>> {
+fn column(t: &Table, name: &str) -> Vec<Option<String>> {
     let b = t.concat().unwrap();
     let c = b.column_by_name(name).unwrap().as_any().downcast_ref::<StringArray>().unwrap().clone();
     (0..c.len()).map(|i| (!c.is_null(i)).then(|| c.value(i).to_string())).collect()
