@@ -2,8 +2,7 @@
 //! 127.0.0.1, killed with SIGKILL mid-way; the rerun makes only the calls that were not
 //! committed, and a forced rerun makes none.
 
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fleming_testkit::{Request, Response, TestServer};
 use serde_json::{Value, json};
@@ -51,16 +50,7 @@ fn distill_survives_kill_9_during_teacher_calls_without_repeating_them() {
     let server = TestServer::start(slow_teacher(Duration::from_millis(100))).unwrap();
     let p = Project::new();
     distill_pipeline(&p, &server, 30);
-    let mut child =
-        p.command(&["run", "pipeline.yaml", "-q"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    let t = Instant::now();
-    while server.request_count() < 20 && t.elapsed() < Duration::from_secs(60) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(1200));
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let made = server.request_count();
+    let made = p.run_killed_after_calls(&server, 20);
     assert!(made < 60, "the run was killed before it finished ({made} calls)");
     let r = p.run_ok(&[]);
     assert_eq!(r.outcome("chains"), "ran");

@@ -3,8 +3,7 @@
 //! through the real `fleming` binary; LLM calls go to a test server on 127.0.0.1.
 
 use std::path::PathBuf;
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fleming_testkit::{Fault, FaultPlan, Request, Response, TestServer, When};
 use serde_json::{Value, json};
@@ -129,16 +128,7 @@ fn llm_validation_survives_kill_9_and_reruns_make_no_calls() {
     let p = Project::new();
     llm_pipeline(&p, &server, 30);
     // Start a run and kill it after ~1.5 s (about 30 of its 60 calls).
-    let mut child =
-        p.command(&["run", "pipeline.yaml", "-q"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    let t = Instant::now();
-    while server.request_count() < 20 && t.elapsed() < Duration::from_secs(30) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(1200));
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let made = server.request_count();
+    let made = p.run_killed_after_calls(&server, 20);
     assert!(made < 60, "the run was killed before it finished ({made} calls)");
     let r = p.run_ok(&[]);
     let total = server.request_count();

@@ -107,6 +107,25 @@ impl Project {
         Ran::from(self.command(args).output().expect("run fleming"))
     }
 
+    /// Starts `fleming run pipeline.yaml`, lets it make `calls` requests to `server` and
+    /// run 1.2 s more, then kills it with SIGKILL. Returns the requests made by then.
+    pub fn run_killed_after_calls(&self, server: &fleming_testkit::TestServer, calls: u64) -> u64 {
+        let mut child = self
+            .command(&["run", "pipeline.yaml", "-q"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start fleming");
+        let t = std::time::Instant::now();
+        while server.request_count() < calls && t.elapsed() < std::time::Duration::from_secs(60) {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1200));
+        child.kill().expect("kill fleming");
+        child.wait().expect("wait for fleming");
+        server.request_count()
+    }
+
     /// `fleming run pipeline.yaml ARGS`, which must succeed.
     pub fn run_ok(&self, args: &[&str]) -> Ran {
         let mut all = vec!["run", "pipeline.yaml"];

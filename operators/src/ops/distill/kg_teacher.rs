@@ -18,6 +18,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::Strategy;
+use crate::ops::sample::kg_answer::h64;
 use crate::ops::sample::{Dir, Graph, KgModel, default_phrase};
 use fleming_questions::Question;
 
@@ -67,15 +68,6 @@ fn phrases(pred: &str) -> (String, String) {
         _ => return default_phrase(pred),
     };
     (f.to_string(), i.to_string())
-}
-
-fn seed_of(parts: &[&[u8]]) -> u64 {
-    let mut h = blake3::Hasher::new();
-    for p in parts {
-        h.update(p);
-        h.update(&[0xff]);
-    }
-    u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().unwrap_or([0; 8]))
 }
 
 fn pick<'s>(rng: &mut ChaCha8Rng, options: &[&'s str]) -> &'s str {
@@ -183,7 +175,7 @@ impl<'a> KgTeacher<'a> {
         concise: bool,
     ) -> Option<String> {
         let p = self.path(q)?;
-        let mut rng = ChaCha8Rng::seed_from_u64(seed_of(&[
+        let mut rng = ChaCha8Rng::seed_from_u64(h64(&[
             &seed.to_le_bytes(),
             q.id.as_bytes(),
             &candidate.to_le_bytes(),

@@ -455,9 +455,15 @@ impl Operator for Distill {
         let (mut calls_made, mut calls_failed) = (0usize, 0usize);
         ctx.progress.set_unit("chains");
         for round in 0..=settings.rounds {
-            let strategy = (round > 0).then(|| settings.strategies[(round as usize - 1) % settings.strategies.len()]);
+            let strategy = match round {
+                0 => None,
+                r => match settings.strategies.len() {
+                    0 => break,
+                    n => Some(settings.strategies[(r as usize - 1) % n]),
+                },
+            };
             let pending: Vec<usize> = (0..items.len()).filter(|&i| !resolved[i] && skipped[i].is_none()).collect();
-            if pending.is_empty() || (round > 0 && settings.strategies.is_empty()) {
+            if pending.is_empty() {
                 break;
             }
             ctx.progress.set_total((pending.len() * settings.k as usize) as u64);

@@ -30,7 +30,8 @@ pub struct KgModel<'a> {
     seed: u64,
 }
 
-fn h64(parts: &[&[u8]]) -> u64 {
+/// A 64-bit hash of `parts` (each followed by a separator), for seeding per-item choices.
+pub(crate) fn h64(parts: &[&[u8]]) -> u64 {
     let mut h = blake3::Hasher::new();
     for p in parts {
         h.update(p);

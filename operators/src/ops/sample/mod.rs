@@ -22,7 +22,7 @@
 
 pub mod fixture;
 mod graph;
-mod kg_answer;
+pub(crate) mod kg_answer;
 
 use std::collections::{HashMap, HashSet};
 
