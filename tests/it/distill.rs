@@ -4,31 +4,16 @@
 
 use std::time::Duration;
 
-use fleming_testkit::{Request, Response, TestServer};
+use fleming_testkit::TestServer;
 use serde_json::{Value, json};
 
-use crate::support::Project;
+use crate::support::{Project, slow_chat, write_medqa_items};
 
-/// An OpenAI-compatible teacher writing a passing chain for the gold answer B, after `delay`.
-fn slow_teacher(delay: Duration) -> impl Fn(&Request) -> Response + Send + Sync + 'static {
-    move |req: &Request| {
-        std::thread::sleep(delay);
-        let body = req.json().unwrap_or(Value::Null);
-        let text = "<think>\nThe pancreas makes this hormone in its islet cells; the liver, kidney and thyroid do not.\n</think>\n<answer>B</answer>";
-        Response::json(
-            200,
-            &json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}], "model": body["model"]}),
-        )
-    }
-}
+/// A teacher's passing chain for the gold answer B.
+const CHAIN: &str = "<think>\nThe pancreas makes this hormone in its islet cells; the liver, kidney and thyroid do not.\n</think>\n<answer>B</answer>";
 
 fn distill_pipeline(p: &Project, server: &TestServer, n: usize) {
-    let mut lines = String::new();
-    for i in 0..n {
-        lines.push_str(&json!({"question": format!("Question {i}: which organ makes hormone {}?", i * 7919 % 10007), "options": {"A": "Liver", "B": "Pancreas", "C": "Kidney", "D": "Thyroid"}, "answer_idx": "B", "answer": "Pancreas"}).to_string());
-        lines.push('\n');
-    }
-    p.write("items.jsonl", &lines);
+    write_medqa_items(p, n);
     p.pipeline(&format!(
         r#"
 name: distill
@@ -47,7 +32,7 @@ llm:
 
 #[test]
 fn distill_survives_kill_9_during_teacher_calls_without_repeating_them() {
-    let server = TestServer::start(slow_teacher(Duration::from_millis(100))).unwrap();
+    let server = TestServer::start(slow_chat(Duration::from_millis(100), CHAIN)).unwrap();
     let p = Project::new();
     distill_pipeline(&p, &server, 30);
     let made = p.run_killed_after_calls(&server, 20);

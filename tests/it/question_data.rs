@@ -8,7 +8,7 @@ use std::time::Duration;
 use fleming_testkit::{Fault, FaultPlan, Request, Response, TestServer, When};
 use serde_json::{Value, json};
 
-use crate::support::{Project, jsonl_rows, repo};
+use crate::support::{Project, jsonl_rows, repo, slow_chat, write_medqa_items};
 
 fn shared_benchmarks() -> PathBuf {
     let dir = match std::env::var_os("FLEMING_SHARED_DATA") {
@@ -89,23 +89,11 @@ stages:
 
 /// An OpenAI-compatible handler answering B after `delay`.
 fn slow_model(delay: Duration) -> impl Fn(&Request) -> Response + Send + Sync + 'static {
-    move |req: &Request| {
-        std::thread::sleep(delay);
-        let body = req.json().unwrap_or(Value::Null);
-        Response::json(
-            200,
-            &json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": "<answer>B</answer>"}, "finish_reason": "stop"}], "model": body["model"]}),
-        )
-    }
+    slow_chat(delay, "<answer>B</answer>")
 }
 
 fn llm_pipeline(p: &Project, server: &TestServer, n: usize) {
-    let mut lines = String::new();
-    for i in 0..n {
-        lines.push_str(&json!({"question": format!("Question {i}: which organ makes hormone {}?", i * 7919 % 10007), "options": {"A": "Liver", "B": "Pancreas", "C": "Kidney", "D": "Thyroid"}, "answer_idx": "B", "answer": "Pancreas"}).to_string());
-        lines.push('\n');
-    }
-    p.write("items.jsonl", &lines);
+    write_medqa_items(p, n);
     p.pipeline(&format!(
         r#"
 name: llm

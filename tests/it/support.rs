@@ -179,3 +179,28 @@ pub fn jsonl_rows(path: &Path) -> Vec<Value> {
 pub fn rows_jsonl(n: usize) -> String {
     (0..n).map(|i| format!("{{\"id\": \"r{i:04}\", \"x\": {i}}}\n")).collect()
 }
+
+/// An OpenAI-compatible chat handler that answers every request with `text` after `delay`.
+pub fn slow_chat(
+    delay: std::time::Duration,
+    text: &'static str,
+) -> impl Fn(&fleming_testkit::Request) -> fleming_testkit::Response + Send + Sync + 'static {
+    move |req: &fleming_testkit::Request| {
+        std::thread::sleep(delay);
+        let body = req.json().unwrap_or(Value::Null);
+        fleming_testkit::Response::json(
+            200,
+            &serde_json::json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}], "model": body["model"]}),
+        )
+    }
+}
+
+/// Writes `items.jsonl` into the project: `n` distinct MedQA-format items whose answer is B.
+pub fn write_medqa_items(p: &Project, n: usize) {
+    let mut lines = String::new();
+    for i in 0..n {
+        lines.push_str(&serde_json::json!({"question": format!("Question {i}: which organ makes hormone {}?", i * 7919 % 10007), "options": {"A": "Liver", "B": "Pancreas", "C": "Kidney", "D": "Thyroid"}, "answer_idx": "B", "answer": "Pancreas"}).to_string());
+        lines.push('\n');
+    }
+    p.write("items.jsonl", &lines);
+}
