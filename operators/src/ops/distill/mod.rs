@@ -314,7 +314,7 @@ impl Candidate {
 
 /// Who writes the chains.
 enum Teacher<'g> {
-    Kg(KgTeacher<'g>),
+    Kg(&'g KgTeacher<'g>),
     Asked { label: String, source: ModelSource },
 }
 
@@ -411,15 +411,15 @@ impl Operator for Distill {
             (Ok(_), Ok(_)) => Some(Graph::from_inputs(ctx, "distill")?),
             _ => None,
         };
-        let names = graph.as_ref().map(KgTeacher::new);
+        // The graph's reader: the kg teacher, and the grounded verifier's path names.
+        let kg = graph.as_ref().map(KgTeacher::new);
         let path_names: Vec<Option<Vec<String>>> =
-            items.iter().map(|q| names.as_ref().and_then(|t| t.path_names(q))).collect();
+            items.iter().map(|q| kg.as_ref().and_then(|t| t.path_names(q))).collect();
         let teacher = match ctx.params.str("teacher")? {
-            "kg" => Teacher::Kg(KgTeacher::new(
-                graph
-                    .as_ref()
+            "kg" => Teacher::Kg(
+                kg.as_ref()
                     .ok_or_else(|| anyhow!("teacher `kg` needs the `entities` and `relations` inputs (the graph)"))?,
-            )),
+            ),
             "llm" => {
                 let name = ctx.params.str("llm").context("teacher `llm` needs `llm: <endpoint>`")?.to_string();
                 Teacher::Asked { label: name.clone(), source: ModelSource::Endpoint(name) }
