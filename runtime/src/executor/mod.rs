@@ -747,18 +747,20 @@ impl<'a> Executor<'a> {
         self.claimed.lock().ok()?.get(key).filter(|first| **first != stage.name).cloned()
     }
 
+    /// Records that `stage` holds the lock of `key` — the first of this run to hold it
+    /// is the one that computes it, whichever asked first.
+    fn claim(&self, stage: &Stage, key: &Digest) {
+        if let Ok(mut claimed) = self.claimed.lock() {
+            claimed.entry(*key).or_insert_with(|| stage.name.clone());
+        }
+    }
+
     fn lock_key(&self, stage: &Stage, key: &Digest) -> anyhow::Result<Option<fleming_artifacts::FileLock>> {
-        let twin = match self.claimed.lock() {
-            Ok(mut claimed) => {
-                let first = claimed.entry(*key).or_insert_with(|| stage.name.clone());
-                Some(first.clone()).filter(|first| *first != stage.name)
-            }
-            Err(_) => None,
-        };
         if let Some(l) = self.store.try_lock_key(key)? {
+            self.claim(stage, key);
             return Ok(Some(l));
         }
-        match twin {
+        match self.twin(stage, key) {
             Some(twin) => self.log(&format!(
                 "… {}: stage `{twin}` has the same key (the same operator, params and inputs) and is computing it; waiting for it",
                 stage.name
@@ -773,6 +775,7 @@ impl<'a> Executor<'a> {
                 return Ok(None);
             }
             if let Some(l) = self.store.try_lock_key(key)? {
+                self.claim(stage, key);
                 return Ok(Some(l));
             }
             std::thread::sleep(Duration::from_millis(100));
