@@ -425,6 +425,25 @@ impl Qwen2 {
         &self,
         ids: &Tensor,
         key_mask: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+        last_only: bool,
+    ) -> Result<Tensor> {
+        self.logits(&self.hidden(ids, key_mask, cache, last_only)?)
+    }
+
+    /// The f32 logits of final hidden states (`[.., H]` to `[.., V]`): with
+    /// [`Qwen2::hidden`], lets a caller project a few positions at a time instead of
+    /// holding `[B, T, V]` logits at once.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        Ok(hidden.f_linear::<&Tensor>(&self.lm_head, None)?.f_to_kind(Kind::Float)?)
+    }
+
+    /// Runs the decoder like [`Qwen2::forward`] and returns the final normalised hidden
+    /// states (`[B, T, H]`, or `[B, 1, H]` with `last_only`) in the model's dtype.
+    pub fn hidden(
+        &self,
+        ids: &Tensor,
+        key_mask: Option<&Tensor>,
         mut cache: Option<&mut KvCache>,
         last_only: bool,
     ) -> Result<Tensor> {
@@ -496,8 +515,7 @@ impl Qwen2 {
             cache.len = total;
         }
         let x = if last_only { x.f_narrow(1, t - 1, 1)? } else { x };
-        let x = self.rms_norm(&x, &self.norm)?;
-        Ok(x.f_linear::<&Tensor>(&self.lm_head, None)?.f_to_kind(Kind::Float)?)
+        self.rms_norm(&x, &self.norm)
     }
 }
 

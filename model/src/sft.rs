@@ -1,15 +1,11 @@
-//! Supervised fine-tuning: loss on completion tokens only, our own AdamW
-//! (tch does not expose optimizer state, and exact resume needs it), warmup +
-//! cosine, gradient clipping and accumulation, checkpoints with exact resume.
+//! Supervised fine-tuning: loss on completion tokens only, gradient accumulation, and
+//! the optimizer, schedule and checkpoints of [`crate::train`] (exact resume).
 
-use crate::io::{SafetensorsFile, write_atomic, write_safetensors};
 use crate::qwen2::{Qwen2, check_finite};
-use crate::{ModelError, Result, invalid};
-use rand::SeedableRng;
-use rand::seq::SliceRandom;
-use rand_chacha::ChaCha8Rng;
+use crate::train::{AdamW, AdamWParams, Checkpoints, Schedule, epoch_order};
+pub use crate::train::{TrainEnd, latest_checkpoint};
+use crate::{Result, invalid};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::{Kind, Tensor};
@@ -82,15 +78,24 @@ impl Default for SftConfig {
 }
 
 impl SftConfig {
+    /// The learning-rate schedule.
+    pub fn schedule(&self) -> Schedule {
+        Schedule {
+            lr: self.lr,
+            min_lr_ratio: self.min_lr_ratio,
+            warmup_steps: self.warmup_steps,
+            total_steps: self.total_steps,
+        }
+    }
+
     /// Learning rate for optimizer step `step` (0-based): linear warm-up, then cosine.
     pub fn lr_at(&self, step: u64) -> f64 {
-        if step < self.warmup_steps {
-            return self.lr * (step + 1) as f64 / self.warmup_steps as f64;
-        }
-        let span = self.total_steps.saturating_sub(self.warmup_steps).max(1) as f64;
-        let progress = ((step - self.warmup_steps) as f64 / span).min(1.0);
-        let min = self.lr * self.min_lr_ratio;
-        min + (self.lr - min) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+        self.schedule().lr_at(step)
+    }
+
+    /// AdamW's constants.
+    pub fn adamw(&self) -> AdamWParams {
+        AdamWParams { beta1: self.beta1, beta2: self.beta2, eps: self.eps, weight_decay: self.weight_decay }
     }
 }
 
@@ -111,18 +116,6 @@ pub struct MetricsRow {
     pub tokens_per_s: f64,
 }
 
-/// How [`SftTrainer::train`] ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TrainEnd {
-    /// `total_steps` were done.
-    Finished,
-    /// Asked to stop; a checkpoint at `step` was written.
-    Stopped {
-        /// Optimizer steps done (and saved).
-        step: u64,
-    },
-}
-
 /// Where the data order stands; with the weights and moments, all a resume needs.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TrainState {
@@ -132,118 +125,6 @@ pub struct TrainState {
     pub epoch: u64,
     /// Examples of the current epoch already consumed.
     pub cursor: u64,
-}
-
-/// AdamW with its moments as plain tensors (saved with checkpoints).
-pub struct AdamW {
-    params: Vec<(String, Tensor)>,
-    m: Vec<Tensor>,
-    v: Vec<Tensor>,
-    decay: Vec<bool>,
-}
-
-impl AdamW {
-    /// Moments start at zero for every parameter of `model`.
-    pub fn new(model: &Qwen2) -> Result<Self> {
-        let params = model.named_parameters();
-        let mut m = vec![];
-        let mut v = vec![];
-        let mut decay = vec![];
-        for (name, p) in &params {
-            // Moments stay f32 even for bf16 weights (CUDA): bf16 cannot hold v's range.
-            m.push(p.f_zeros_like()?.f_to_kind(Kind::Float)?);
-            v.push(p.f_zeros_like()?.f_to_kind(Kind::Float)?);
-            decay.push(p.dim() >= 2 && !name.contains("norm"));
-        }
-        Ok(AdamW { params, m, v, decay })
-    }
-
-    /// One update with bias correction for step `t` (1-based).
-    pub fn step(&mut self, cfg: &SftConfig, lr: f64, t: u64) -> Result<()> {
-        let bc1 = 1.0 - cfg.beta1.powi(t as i32);
-        let bc2 = 1.0 - cfg.beta2.powi(t as i32);
-        tch::no_grad(|| -> Result<()> {
-            for (i, (_, p)) in self.params.iter().enumerate() {
-                let g = p.grad();
-                if !g.defined() {
-                    continue;
-                }
-                let mut p = p.shallow_clone();
-                let g = if g.kind() == Kind::Float { g } else { g.f_to_kind(Kind::Float)? };
-                let m = &mut self.m[i];
-                let v = &mut self.v[i];
-                // In-place forms keep this to three temporaries per parameter.
-                let _ = m.f_lerp_(&g, 1.0 - cfg.beta1)?;
-                let _ = v.f_lerp_(&(&g * &g), 1.0 - cfg.beta2)?;
-                if self.decay[i] && cfg.weight_decay > 0.0 {
-                    let _ = p.f_mul_scalar_(1.0 - lr * cfg.weight_decay)?;
-                }
-                let mut denom = v.f_sqrt()?;
-                let _ = denom.f_mul_scalar_(1.0 / bc2.sqrt())?.f_add_scalar_(cfg.eps)?;
-                if p.kind() == Kind::Float {
-                    let _ = p.f_addcdiv_(&m.f_mul_scalar(-lr / bc1)?, &denom)?;
-                } else {
-                    let update = m.f_div(&denom)?.f_mul_scalar(-lr / bc1)?.f_to_kind(p.kind())?;
-                    let _ = p.f_add_(&update)?;
-                }
-            }
-            Ok(())
-        })
-    }
-
-    /// Clears the gradients.
-    pub fn zero_grad(&mut self) {
-        for (_, p) in &self.params {
-            let mut g = p.grad();
-            if g.defined() {
-                let _ = g.detach_().zero_();
-            }
-        }
-    }
-
-    /// Global L2 norm of the gradients.
-    pub fn grad_norm(&self) -> Result<f64> {
-        let mut total = 0.0;
-        for (_, p) in &self.params {
-            let g = p.grad();
-            if g.defined() {
-                let n = g.f_norm()?.f_double_value(&[])?;
-                total += n * n;
-            }
-        }
-        Ok(total.sqrt())
-    }
-
-    /// Multiplies every gradient by `s`.
-    pub fn scale_grads(&mut self, s: f64) -> Result<()> {
-        for (_, p) in &self.params {
-            let mut g = p.grad();
-            if g.defined() {
-                let _ = g.f_mul_scalar_(s)?;
-            }
-        }
-        Ok(())
-    }
-
-    fn save(&self, path: &Path) -> Result<()> {
-        let mut tensors = vec![];
-        for (i, (name, _)) in self.params.iter().enumerate() {
-            tensors.push((format!("m.{name}"), self.m[i].shallow_clone()));
-            tensors.push((format!("v.{name}"), self.v[i].shallow_clone()));
-        }
-        write_safetensors(path, &tensors, &BTreeMap::new())
-    }
-
-    fn load(&mut self, path: &Path) -> Result<()> {
-        let mut f = SafetensorsFile::open(path)?;
-        for (i, (name, _)) in self.params.iter().enumerate() {
-            let m = f.read(&format!("m.{name}"))?;
-            let v = f.read(&format!("v.{name}"))?;
-            self.m[i] = m.f_to_device(self.m[i].device())?.f_to_kind(self.m[i].kind())?;
-            self.v[i] = v.f_to_device(self.v[i].device())?.f_to_kind(self.v[i].kind())?;
-        }
-        Ok(())
-    }
 }
 
 /// An SFT run over a fixed set of examples, checkpointed under `dir`.
@@ -256,7 +137,7 @@ pub struct SftTrainer<'a> {
     /// Where the run stands.
     pub state: TrainState,
     order: Vec<usize>,
-    dir: PathBuf,
+    checkpoints: Checkpoints,
     pad_id: i64,
 }
 
@@ -271,20 +152,10 @@ impl<'a> SftTrainer<'a> {
             return Err(invalid!("batch_size and grad_accum must be positive"));
         }
         model.set_requires_grad(true)?;
-        let opt = AdamW::new(model)?;
-        let mut t = SftTrainer {
-            model,
-            examples,
-            cfg,
-            opt,
-            state: TrainState::default(),
-            order: vec![],
-            dir: dir.to_path_buf(),
-            pad_id,
-        };
-        if let Some(ck) = latest_checkpoint(dir)? {
-            t.restore(&ck)?;
-        }
+        let mut opt = AdamW::new(model, cfg.adamw())?;
+        let checkpoints = Checkpoints::new(dir, cfg.keep_checkpoints);
+        let state = checkpoints.restore(model, &mut opt)?.unwrap_or_default();
+        let mut t = SftTrainer { model, examples, cfg, opt, state, order: vec![], checkpoints, pad_id };
         t.order = epoch_order(t.examples.len(), t.cfg.seed, t.state.epoch);
         Ok(t)
     }
@@ -292,20 +163,6 @@ impl<'a> SftTrainer<'a> {
     /// The model being trained.
     pub fn model(&self) -> &Qwen2 {
         self.model
-    }
-
-    fn restore(&mut self, ck: &Path) -> Result<()> {
-        let text = std::fs::read_to_string(ck.join("trainer_state.json")).map_err(|e| ModelError::io(ck, e))?;
-        let state: TrainState = serde_json::from_str(&text).map_err(|e| ModelError::json("trainer_state.json", e))?;
-        let mut weights = vec![];
-        crate::io::read_checkpoint(ck, self.model.kind(), self.model.device(), |n, t| {
-            weights.push((n.to_string(), t));
-            Ok(())
-        })?;
-        self.model.copy_from(&weights)?;
-        self.opt.load(&ck.join("optimizer.safetensors"))?;
-        self.state = state;
-        Ok(())
     }
 
     fn next_batch(&mut self) -> Vec<usize> {
@@ -382,13 +239,10 @@ impl<'a> SftTrainer<'a> {
         if !loss.is_finite() {
             return Err(invalid!("loss is not finite at step {}", self.state.step + 1));
         }
-        let grad_norm = self.opt.grad_norm()?;
-        if self.cfg.max_grad_norm > 0.0 && grad_norm > self.cfg.max_grad_norm {
-            self.opt.scale_grads(self.cfg.max_grad_norm / (grad_norm + 1e-6))?;
-        }
+        let grad_norm = self.opt.clip_grad_norm(self.cfg.max_grad_norm)?;
         let lr = self.cfg.lr_at(self.state.step);
         self.state.step += 1;
-        self.opt.step(&self.cfg, lr, self.state.step)?;
+        self.opt.step(lr, self.state.step)?;
         self.opt.zero_grad();
         let secs = start.elapsed().as_secs_f64().max(1e-9);
         Ok(MetricsRow { step: self.state.step, loss, lr, grad_norm, tokens, tokens_per_s: tokens as f64 / secs })
@@ -425,66 +279,8 @@ impl<'a> SftTrainer<'a> {
     /// Saves weights, moments and state to `dir/checkpoints/step-N` and points
     /// `latest` at it; a crash at any moment leaves the previous one usable.
     pub fn checkpoint(&self) -> Result<PathBuf> {
-        let root = self.dir.join("checkpoints");
-        let name = format!("step-{:08}", self.state.step);
-        let tmp = root.join(format!(".{name}.tmp"));
-        let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp).map_err(|e| ModelError::io(&tmp, e))?;
-        self.model.save(&tmp, None)?;
-        self.opt.save(&tmp.join("optimizer.safetensors"))?;
-        let state = serde_json::to_vec_pretty(&self.state).map_err(|e| ModelError::json("state", e))?;
-        write_atomic(&tmp.join("trainer_state.json"), &state)?;
-        let cfg = serde_json::to_vec_pretty(&self.cfg).map_err(|e| ModelError::json("config", e))?;
-        write_atomic(&tmp.join("sft_config.json"), &cfg)?;
-        let dst = root.join(&name);
-        let _ = std::fs::remove_dir_all(&dst);
-        std::fs::rename(&tmp, &dst).map_err(|e| ModelError::io(&dst, e))?;
-        sync_dir(&root);
-        write_atomic(&root.join("latest"), name.as_bytes())?;
-        // Prune old checkpoints only after `latest` points at the new one.
-        let mut all: Vec<_> = std::fs::read_dir(&root)
-            .map_err(|e| ModelError::io(&root, e))?
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().to_string())
-            .filter(|n| n.starts_with("step-"))
-            .collect();
-        all.sort();
-        let keep = self.cfg.keep_checkpoints.max(1);
-        for old in all.iter().take(all.len().saturating_sub(keep)) {
-            let _ = std::fs::remove_dir_all(root.join(old));
-        }
-        Ok(dst)
+        self.checkpoints.save(self.state.step, self.model, &self.opt, &self.state, "sft_config.json", &self.cfg)
     }
-}
-
-/// The checkpoint `dir/checkpoints/latest` names, if any.
-pub fn latest_checkpoint(dir: &Path) -> Result<Option<PathBuf>> {
-    let root = dir.join("checkpoints");
-    let latest = root.join("latest");
-    if !latest.exists() {
-        return Ok(None);
-    }
-    let name = std::fs::read_to_string(&latest).map_err(|e| ModelError::io(&latest, e))?;
-    let ck = root.join(name.trim());
-    if !ck.join("trainer_state.json").exists() {
-        return Err(invalid!("{} names {}, which is incomplete", latest.display(), ck.display()));
-    }
-    Ok(Some(ck))
-}
-
-fn sync_dir(dir: &Path) {
-    // Best effort: makes the rename durable on filesystems that need it.
-    if let Ok(f) = std::fs::File::open(dir) {
-        let _ = f.sync_all();
-    }
-}
-
-/// The order of examples in `epoch`: a permutation seeded by (seed, epoch).
-pub fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..n).collect();
-    let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ epoch);
-    order.shuffle(&mut rng);
-    order
 }
 
 /// Mean loss per completion token of `examples` (no gradients), for evaluation.

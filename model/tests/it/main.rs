@@ -5,6 +5,7 @@
 
 mod common;
 mod generation;
+mod grpo;
 mod learn;
 mod parity;
 mod sft;
