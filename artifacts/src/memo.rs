@@ -154,6 +154,12 @@ impl MemoLog {
         found
     }
 
+    /// Whether a sound entry exists for `key`, without counting a hit or a miss (for
+    /// planning: which calls a run will have to make).
+    pub fn contains(&self, key: &Digest) -> bool {
+        self.lookup(key).is_some()
+    }
+
     fn lookup(&self, key: &Digest) -> Option<Vec<u8>> {
         if let Some(v) = self.inner.pending.lock().ok()?.get(key) {
             return Some(v.clone());

@@ -212,7 +212,7 @@ pub fn ask(
         ModelSource::Artifact { dir, digest } => {
             let identity = format!("artifact:{digest}");
             let probe = LlmClient::new(ServedModel::offline_endpoint(label, &identity))?;
-            let missing = calls.iter().filter(|c| ctx.memo.get(&probe.memo_key(&ctx.memo, c)).is_none()).count();
+            let missing = calls.iter().filter(|c| !ctx.memo.contains(&probe.memo_key(&ctx.memo, c))).count();
             if missing == 0 {
                 probe
             } else {

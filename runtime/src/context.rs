@@ -163,6 +163,15 @@ impl RecordMemo {
         v
     }
 
+    /// Whether a result is recorded for `key`, without counting a hit or a miss (for
+    /// planning which calls a run has to make; the run's own lookups are what count).
+    pub fn contains(&self, key: &Digest) -> bool {
+        match &self.backend {
+            MemoBackend::Disk(log) => log.contains(key),
+            MemoBackend::Memory(map) => map.lock().is_ok_and(|m| m.contains_key(key)),
+        }
+    }
+
     /// Records a result (durable within a second, or at [`RecordMemo::flush`]).
     pub fn put(&self, key: Digest, value: &[u8]) -> anyhow::Result<()> {
         match &self.backend {

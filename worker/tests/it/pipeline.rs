@@ -247,3 +247,63 @@ fn a_model_the_server_cannot_load_fails_the_evaluation_with_the_servers_reason()
     assert!(err.contains("evaluating `m`") && err.contains("model server"), "{err}");
     assert!(err.contains("model.safetensors"), "the server's own reason is shown: {err}");
 }
+
+/// The metrics of the last run of `stage` in the store under `dir`.
+fn stage_metrics(dir: &Path, pipeline: &str, stage: &str) -> serde_json::Value {
+    let read = |p: PathBuf| -> serde_json::Value { serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap() };
+    let r = read(dir.join(format!(".fleming/refs/{pipeline}/{stage}.json")));
+    let run_id = r["run_id"].as_str().unwrap().to_string();
+    read(dir.join(format!(".fleming/runs/{run_id}.json")))["metrics"].clone()
+}
+
+#[test]
+fn distill_asks_a_model_artifact_as_its_teacher_and_counts_what_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    crate::tiny_model_dir(&dir.path().join("teacher"));
+    let items = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/ops/fixtures/medqa-items.jsonl");
+    let pipeline = |max_words: u32| {
+        format!(
+            "name: selfdistill\nstages:\n  t: {{ op: model, params: {{ path: teacher }} }}\n  items: {{ op: load, params: {{ path: {} }} }}\n  chains:\n    op: distill\n    inputs: {{ questions: items, teacher: t }}\n    params: {{ teacher: model, k: 2, refine_rounds: 1, max_new_tokens: 24, max_words: {max_words} }}\n",
+            items.display()
+        )
+    };
+    std::fs::write(dir.path().join("p.yaml"), pipeline(200)).unwrap();
+    let run = || {
+        let out = fleming_in(dir.path()).args(["run", "p.yaml"]).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        stdout
+    };
+    run();
+    let first = stage_metrics(dir.path(), "selfdistill", "chains");
+    // A random model writes no chain that passes: every item is tried in both rounds
+    // (k = 2 candidates each), every candidate is a rejected trace, nothing is selected.
+    assert_eq!(first["items"], 3, "{first}");
+    assert_eq!(first["selected"], 0, "{first}");
+    assert_eq!(first["unresolved"], 3, "{first}");
+    assert_eq!(first["candidates"], 12, "{first}");
+    assert_eq!(first["memo_misses"], 12, "one call per candidate: {first}");
+    assert_eq!(first["calls_failed"], 0, "the served model answered every call: {first}");
+    assert!(first["rejected.answer"].as_u64().unwrap_or(0) + first["rejected.format"].as_u64().unwrap_or(0) >= 12);
+    let traces = fleming_in(dir.path())
+        .args([
+            "query",
+            "p.yaml",
+            "select count(*) n, sum(case when passed then 1 else 0 end) p, sum(length(reply)) chars from chains_traces",
+            "--format",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    let row: serde_json::Value = serde_json::from_slice(&traces.stdout).unwrap();
+    assert_eq!(row["n"], 12, "{row}");
+    assert_eq!(row["p"], 0, "{row}");
+    assert!(row["chars"].as_i64().unwrap_or(0) > 0, "the model's replies are kept: {row}");
+    // A verifier's bound is not part of any call: the rerun asks the model nothing.
+    std::fs::write(dir.path().join("p.yaml"), pipeline(150)).unwrap();
+    let out = run();
+    assert!(out.contains("chains") && out.contains("1 ran"), "{out}");
+    let second = stage_metrics(dir.path(), "selfdistill", "chains");
+    assert_eq!(second["memo_misses"], 0, "{second}");
+    assert_eq!(second["memo_hits"], 12, "{second}");
+}

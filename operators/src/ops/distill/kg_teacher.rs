@@ -11,6 +11,12 @@
 //! every option in turn, `self_correct` keeps only what the verdict asked for (a concise
 //! chain when it was too long).
 //!
+//! When the node next to the answer is hidden (`the drug that treats the likely cause of
+//! a symptom`), the question never names it, so a chain that starts from the clue and
+//! asserts one bridge ("the symptom is a sign of D") is a guess whenever the clue has
+//! several. Those chains check each option instead: the option, the bridge it relates to,
+//! and whether that bridge reaches the named clue — the deduction the question allows.
+//!
 //! Every choice is a function of (seed, item id, candidate, round).
 
 use rand::seq::SliceRandom;
@@ -42,6 +48,22 @@ struct Path {
     answer: (String, String),
     /// Label, name and why each other option is ruled out.
     others: Vec<(String, String, String)>,
+    /// When the answer's neighbour is hidden: each option checked through a bridge.
+    checks: Option<OptionChecks>,
+}
+
+/// Every option checked against the named clue through the hidden bridge node.
+struct OptionChecks {
+    /// The named clue the bridge must reach.
+    clue: String,
+    /// The bridge's entity type (`disease`).
+    bridge_type: String,
+    /// Option to bridge phrase (`treats`), bridge to clue phrase (`presents with`).
+    to_bridge: String,
+    to_clue: String,
+    /// Per option in label order: label, option text, the bridge it relates to, and
+    /// whether that bridge reaches the clue.
+    options: Vec<(String, String, Option<String>, bool)>,
 }
 
 /// How a relation reads in prose: (subject to object, object to subject). The extract
@@ -150,7 +172,9 @@ impl<'a> KgTeacher<'a> {
             };
             others.push((choice.label.clone(), choice.text.clone(), why));
         }
+        let checks = self.option_checks(q, &chain, &option_entities);
         Some(Path {
+            checks,
             names: chain.nodes.iter().map(|&n| name(n)).collect(),
             forward,
             backward,
@@ -159,6 +183,103 @@ impl<'a> KgTeacher<'a> {
             answer: (answer_label, name(answer_entity)),
             others,
         })
+    }
+
+    /// The options checked through the hidden neighbour of the answer, when it is hidden
+    /// and the node beyond it is named.
+    fn option_checks(
+        &self,
+        q: &Question,
+        chain: &crate::ops::sample::Chain,
+        option_entities: &[Option<u32>],
+    ) -> Option<OptionChecks> {
+        let g = self.g;
+        let m = chain.mask;
+        let flip = |d: Dir| if d == Dir::Out { Dir::In } else { Dir::Out };
+        // (bridge node, clue node, option->bridge hop, bridge->clue hop) on either side.
+        let right = (m + 2 < chain.nodes.len())
+            .then(|| (m + 1, m + 2, (chain.preds[m], chain.dirs[m]), (chain.preds[m + 1], chain.dirs[m + 1])));
+        let left = (m >= 2).then(|| {
+            (m - 1, m - 2, (chain.preds[m - 1], flip(chain.dirs[m - 1])), (chain.preds[m - 2], flip(chain.dirs[m - 2])))
+        });
+        let (bridge, clue, (p1, d1), (p2, d2)) =
+            [right, left].into_iter().flatten().find(|(b, c, _, _)| !chain.named[*b] && chain.named[*c])?;
+        let clue_entity = chain.nodes[clue];
+        let bridge_entity = chain.nodes[bridge];
+        let bridge_ty = g.types[bridge_entity as usize];
+        let mut options = Vec::new();
+        for (choice, entity) in q.options.iter().zip(option_entities) {
+            let Some(o) = *entity else {
+                options.push((choice.label.clone(), choice.text.clone(), None, false));
+                continue;
+            };
+            let reaches = |b: u32| g.has_edge(b, p2, d2, clue_entity, &|_| true);
+            let bridges: Vec<u32> = g.step(o, Some(p1), Some(d1), Some(bridge_ty)).map(|e| e.to).collect();
+            // The path's own bridge for the answer; else any bridge that reaches the clue;
+            // else the first the graph lists.
+            let found = bridges
+                .iter()
+                .copied()
+                .find(|&b| b == bridge_entity)
+                .or_else(|| bridges.iter().copied().find(|&b| reaches(b)))
+                .map(|b| (b, true))
+                .or_else(|| bridges.first().map(|&b| (b, false)));
+            let (b, ok) = match found {
+                Some((b, ok)) => (Some(g.names[b as usize].clone()), ok),
+                None => (None, false),
+            };
+            options.push((choice.label.clone(), choice.text.clone(), b, ok));
+        }
+        Some(OptionChecks {
+            clue: g.names[clue_entity as usize].clone(),
+            bridge_type: g.type_names[bridge_ty as usize].clone(),
+            to_bridge: self.phrase(p1, d1),
+            to_clue: self.phrase(p2, d2),
+            options,
+        })
+    }
+
+    /// The chain that checks every option through the hidden bridge.
+    fn checked_options(&self, p: &Path, c: &OptionChecks, rng: &mut ChaCha8Rng, concise: bool) -> Vec<String> {
+        let mut parts = Vec::new();
+        if !concise {
+            let t = pick(
+                rng,
+                &[
+                    "The question does not name the {b}, so check each option against {c}.",
+                    "Each option has to lead to a {b} that fits {c}.",
+                    "Which option reaches {c} through a {b}?",
+                ],
+            );
+            parts.push(t.replace("{b}", &c.bridge_type).replace("{c}", &c.clue));
+        }
+        for (label, text, bridge, ok) in &c.options {
+            let t = match (bridge, ok) {
+                (Some(_), true) => {
+                    pick(rng, &["{o} ({l}) {p1} {b}, which {p2} {c}.", "{o} ({l}) {p1} {b}, and {b} {p2} {c}."])
+                }
+                (Some(_), false) if concise => "{o} ({l}) {p1} {b}, not linked to {c}.",
+                (Some(_), false) => pick(
+                    rng,
+                    &[
+                        "{o} ({l}) {p1} {b}, but nothing says {b} {p2} {c}.",
+                        "{o} ({l}) {p1} {b}, which is not linked to {c}.",
+                    ],
+                ),
+                (None, _) => "Nothing says {o} ({l}) {p1} a {t} that {p2} {c}.",
+            };
+            parts.push(
+                t.replace("{o}", text)
+                    .replace("{l}", label)
+                    .replace("{p1}", &c.to_bridge)
+                    .replace("{p2}", &c.to_clue)
+                    .replace("{b}", bridge.as_deref().unwrap_or(""))
+                    .replace("{t}", &c.bridge_type)
+                    .replace("{c}", &c.clue),
+            );
+        }
+        parts.push(self.conclusion(p, rng));
+        parts
     }
 
     /// The reasoning (the text inside `<think>`) for candidate `candidate` of `round`,
@@ -181,6 +302,14 @@ impl<'a> KgTeacher<'a> {
             &candidate.to_le_bytes(),
             &round.to_le_bytes(),
         ]));
+        if let Some(c) = &p.checks {
+            let mut parts = Vec::new();
+            if strategy == Some(Strategy::Backtrack) {
+                parts.push("Re-checking each option from the start.".to_string());
+            }
+            parts.extend(self.checked_options(&p, c, &mut rng, concise));
+            return Some(parts.join(" "));
+        }
         let facts = self.facts(&p, &mut rng);
         let conclusion = self.conclusion(&p, &mut rng);
         let rulings: Vec<String> = p.others.iter().map(|o| self.ruling(o, &mut rng, concise)).collect();

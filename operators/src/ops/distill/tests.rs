@@ -110,6 +110,51 @@ fn kg_teacher_writes_varied_grounded_chains_that_pass() {
 }
 
 #[test]
+fn a_hidden_bridge_is_reached_by_checking_every_option() {
+    // "Which drug treats the likely cause of symptom S?": the disease is never named, so
+    // the chain must not assert one; it checks each option through the diseases it treats.
+    let (ents, rels) = fixture::graph(3000, 8).unwrap();
+    let syn = Harness::new(Arc::new(Sample))
+        .input("entities", ents.clone())
+        .input("relations", rels.clone())
+        .params(json!({"questions": 40, "seed": 3, "patterns": [{"name": "treatment",
+            "path": ["symptom", "disease", "drug"], "predicates": ["<presents_symptom", "<treats"],
+            "mask": 2, "hidden": [1]}]}))
+        .run()
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let items = from_table(syn.table("questions").unwrap(), "?").unwrap();
+    assert!(items.len() >= 30, "{}", items.len());
+    let g = Graph::build(&ents, &rels, 0.0).unwrap().0;
+    let t = KgTeacher::new(&g);
+    for q in &items {
+        let chain = t.reasoning(q, 0, 0, 0, None, false).unwrap();
+        let names = t.path_names(q).unwrap();
+        let (symptom, disease, drug) = (&names[0], &names[1], &names[2]);
+        // Every option in label order, each brought back to the symptom.
+        let mut at = 0;
+        for o in &q.options {
+            let tag = format!("{} ({})", o.text, o.label);
+            let pos = chain[at..].find(&tag).unwrap_or_else(|| panic!("{chain}: option {tag} not checked in order"));
+            at += pos + tag.len();
+        }
+        assert!(chain.matches(symptom.as_str()).count() >= q.options.len(), "{chain}");
+        // The answer reaches the symptom through the path's disease.
+        assert!(chain.contains(&format!("{drug} ({}) treats {disease}", q.answer)), "{chain}");
+        // A distractor never does: it is linked to no disease that presents with S.
+        for o in q.options.iter().filter(|o| o.label != q.answer) {
+            let tag = format!("{} ({})", o.text, o.label);
+            let sentence = chain.split(". ").find(|s| s.contains(&tag)).unwrap();
+            assert!(
+                sentence.contains("not linked")
+                    || sentence.contains("nothing says")
+                    || sentence.contains("Nothing says"),
+                "{sentence}"
+            );
+        }
+    }
+}
+
+#[test]
 fn length_failures_are_refined_into_concise_chains() {
     let (ents, rels, items) = synthetic(30);
     let out = Harness::new(Arc::new(Distill))
