@@ -7,6 +7,7 @@ pub mod distill;
 pub mod evaluate;
 pub mod export;
 pub mod extract;
+pub mod grpo_stage1;
 pub mod load;
 pub mod model;
 pub mod sample;

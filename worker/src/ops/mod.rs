@@ -9,6 +9,7 @@
 //! with a type implementing [`WorkerOp`], and a line in [`ALL`].
 
 pub mod common;
+pub mod grpo_stage1;
 pub mod sft;
 
 use fleming_dispatch::WorkerSession;
@@ -26,7 +27,7 @@ pub trait WorkerOp: Sync {
 }
 
 /// Every operator of the worker.
-pub const ALL: &[&dyn WorkerOp] = &[&sft::Sft];
+pub const ALL: &[&dyn WorkerOp] = &[&sft::Sft, &grpo_stage1::GrpoStage1];
 
 /// The operator called `name`.
 pub fn find(name: &str) -> Option<&'static dyn WorkerOp> {

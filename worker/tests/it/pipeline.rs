@@ -249,7 +249,7 @@ fn a_model_the_server_cannot_load_fails_the_evaluation_with_the_servers_reason()
 }
 
 /// The metrics of the last run of `stage` in the store under `dir`.
-fn stage_metrics(dir: &Path, pipeline: &str, stage: &str) -> serde_json::Value {
+pub(crate) fn stage_metrics(dir: &Path, pipeline: &str, stage: &str) -> serde_json::Value {
     let read = |p: PathBuf| -> serde_json::Value { serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap() };
     let r = read(dir.join(format!(".fleming/refs/{pipeline}/{stage}.json")));
     let run_id = r["run_id"].as_str().unwrap().to_string();

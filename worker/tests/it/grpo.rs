@@ -1,0 +1,101 @@
+//! `grpo-stage1` through `fleming run`: a policy trained by `sft`, then GRPO on it in the
+//! worker — metrics per step, the stop reason, caching, continuing on more steps, and the
+//! plateau stop.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::pipeline::{fleming, stage_metrics};
+
+/// Ten four-option items whose answer is the option named in the stem.
+fn write_items(dir: &Path) {
+    let mut rows = String::new();
+    for i in 0..10 {
+        let gold = ["A", "B", "C", "D"][i % 4];
+        rows.push_str(&format!(
+            "{{\"id\": \"q{i}\", \"question\": \"Item {i}: which option is {gold}?\", \"options\": [{{\"label\": \"A\", \"text\": \"alpha\"}}, {{\"label\": \"B\", \"text\": \"beta\"}}, {{\"label\": \"C\", \"text\": \"gamma\"}}, {{\"label\": \"D\", \"text\": \"delta\"}}], \"answer\": \"{gold}\", \"explanation\": \"The stem names {gold}.\"}}\n"
+        ));
+    }
+    std::fs::write(dir.join("items.jsonl"), rows).unwrap();
+}
+
+fn pipeline(rl_params: &str) -> String {
+    format!(
+        "name: rl\nstages:\n  items: {{ op: load, params: {{ path: items.jsonl }} }}\n  policy:\n    op: sft\n    inputs: {{ examples: items }}\n    params: {{ steps: 20, batch_size: 8, warmup_steps: 2, vocab_size: 300, hidden_size: 32 }}\n  rl:\n    op: grpo-stage1\n    inputs: {{ policy: policy, questions: items }}\n    resources: {{ gpu: 1 }}\n    params: {{ num_generations: 4, prompts_per_step: 2, max_completion_length: 16, learning_rate: 1e-3, {rl_params} }}\n"
+    )
+}
+
+fn run(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new(fleming())
+        .current_dir(dir)
+        .args(args)
+        .env("FLEMING_WORKER", env!("CARGO_BIN_EXE_fleming-worker"))
+        .env("FLEMING_GPUS", "none")
+        .output()
+        .unwrap();
+    let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{args:?}: {log}");
+    log
+}
+
+#[test]
+fn grpo_stage1_trains_reports_every_step_and_continues_on_more_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    write_items(dir.path());
+    std::fs::write(dir.path().join("p.yaml"), pipeline("max_steps: 3, plateau_window: 0")).unwrap();
+    run(dir.path(), &["run", "p.yaml"]);
+    let m = stage_metrics(dir.path(), "rl", "rl");
+    assert_eq!(m["stop_reason"], "max_steps", "{m}");
+    assert_eq!(m["steps"], 3, "{m}");
+    assert_eq!(m["items_in_tiers"], 10, "items without a tier count as moderate: {m}");
+    let q = run(
+        dir.path(),
+        &[
+            "query",
+            "p.yaml",
+            "select count(*) n, min(reward) >= 0 and max(reward) <= 2 ok, sum(groups) g, max(completion_length_max) l from rl_metrics",
+            "--format",
+            "json",
+        ],
+    );
+    let row: serde_json::Value = serde_json::from_str(q.lines().next().unwrap()).unwrap();
+    assert_eq!(row["n"], 3, "{row}");
+    assert_eq!(row["ok"], true, "{row}");
+    assert_eq!(row["g"].as_f64(), Some(6.0), "two groups per step: {row}");
+    assert!(row["l"].as_f64().is_some_and(|l| l <= 16.0), "{row}");
+    let cols = run(dir.path(), &["query", "p.yaml", "select * from rl_metrics limit 1", "--format", "json"]);
+    for c in [
+        "frac_reward_zero_std",
+        "all_correct",
+        "all_wrong",
+        "entropy",
+        "clip_ratio_region",
+        "truncated",
+        "grad_norm",
+        "generation_tokens_per_s",
+        "reward_correctness",
+        "reward_format",
+    ] {
+        assert!(cols.contains(&format!("\"{c}\"")), "{c} missing: {cols}");
+    }
+    // Cached; more steps continue the run.
+    assert!(run(dir.path(), &["run", "p.yaml"]).contains("0 ran, 3 cached"));
+    std::fs::write(dir.path().join("p.yaml"), pipeline("max_steps: 5, plateau_window: 0")).unwrap();
+    let log = run(dir.path(), &["run", "p.yaml"]);
+    assert!(log.contains("continuing the previous run at step 3 of 5"), "{log}");
+    let q = run(dir.path(), &["query", "p.yaml", "select count(*) n, max(step) s from rl_metrics", "--format", "json"]);
+    assert!(q.contains("\"n\":5") && q.contains("\"s\":5"), "{q}");
+}
+
+#[test]
+fn grpo_stage1_stops_on_a_plateau_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    write_items(dir.path());
+    // Any share of flat groups, over one step, is a plateau here.
+    std::fs::write(dir.path().join("p.yaml"), pipeline("max_steps: 50, plateau_window: 1, plateau_threshold: 0.0"))
+        .unwrap();
+    run(dir.path(), &["run", "p.yaml"]);
+    let m = stage_metrics(dir.path(), "rl", "rl");
+    assert_eq!(m["stop_reason"], "plateau", "{m}");
+    assert_eq!(m["steps"], 1, "{m}");
+}
