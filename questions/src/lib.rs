@@ -7,12 +7,14 @@
 //!
 //! - [`Question`] and the Arrow form of the `questions` table ([`table`]);
 //! - the prompt an item is asked as and the completion format ([`prompt`]);
-//! - the strict answer extractor, its reasons and statuses ([`extract`]).
+//! - the strict answer extractor, its reasons and statuses ([`extract`]);
+//! - which items adaptive hard mining keeps ([`mining`]).
 
 #![deny(missing_docs)]
 
 pub mod extract;
 pub mod item;
+pub mod mining;
 pub mod prompt;
 pub mod table;
 

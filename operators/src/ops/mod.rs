@@ -9,6 +9,7 @@ pub mod export;
 pub mod extract;
 pub mod grpo_stage1;
 pub mod load;
+pub mod mine_hard;
 pub mod model;
 pub mod sample;
 pub mod sft;

@@ -99,3 +99,52 @@ fn grpo_stage1_stops_on_a_plateau_and_says_so() {
     assert_eq!(m["stop_reason"], "plateau", "{m}");
     assert_eq!(m["steps"], 1, "{m}");
 }
+
+#[test]
+fn mine_hard_keeps_what_the_policy_fails_and_memoises_its_rollouts() {
+    let dir = tempfile::tempdir().unwrap();
+    write_items(dir.path());
+    // A policy trained to answer A to these very prompts: the items whose answer is A
+    // (q0, q4, q8) pass, the others fail.
+    let items = std::fs::read_to_string(dir.path().join("items.jsonl")).unwrap();
+    let rows: String = items
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["answer"] = "A".into();
+            v["explanation"] = "It is A.".into();
+            format!("{v}\n")
+        })
+        .collect();
+    std::fs::write(dir.path().join("constant.jsonl"), rows).unwrap();
+    let yaml = |max_pass_rate: f64| {
+        format!(
+            "name: mine\nstages:\n  items: {{ op: load, params: {{ path: items.jsonl }} }}\n  examples: {{ op: load, params: {{ path: constant.jsonl }} }}\n  policy:\n    op: sft\n    inputs: {{ examples: examples }}\n    params: {{ steps: 80, batch_size: 10, warmup_steps: 2, vocab_size: 300, hidden_size: 32 }}\n  hard:\n    op: mine-hard\n    inputs: {{ policy: policy, questions: items }}\n    params: {{ rollouts: 2, temperature: 0.0, max_new_tokens: 24, max_pass_rate: {max_pass_rate} }}\n"
+        )
+    };
+    std::fs::write(dir.path().join("p.yaml"), yaml(0.25)).unwrap();
+    run(dir.path(), &["run", "p.yaml"]);
+    let m = stage_metrics(dir.path(), "mine", "hard");
+    assert_eq!(m["correct_2"], 3, "q0, q4 and q8 answered A twice: {m}");
+    assert_eq!(m["correct_0"], 7, "{m}");
+    assert_eq!(m["hard"], 7, "{m}");
+    assert_eq!(m["memo_misses"], 20, "10 items x 2 rollouts: {m}");
+    let q = run(dir.path(), &["query", "p.yaml", "select id from hard_hard order by id", "--format", "csv"]);
+    assert_eq!(q.lines().skip(1).collect::<Vec<_>>(), ["q1", "q2", "q3", "q5", "q6", "q7", "q9"], "{q}");
+    let q = run(
+        dir.path(),
+        &[
+            "query",
+            "p.yaml",
+            "select count(*) n from hard_rollouts where parents[1] = item and id like item || '#%'",
+            "--format",
+            "csv",
+        ],
+    );
+    assert!(q.contains("\n20"), "every rollout names its item: {q}");
+    // The threshold is not part of any call: re-mining asks the policy nothing.
+    std::fs::write(dir.path().join("p.yaml"), yaml(1.0)).unwrap();
+    run(dir.path(), &["run", "p.yaml"]);
+    let m = stage_metrics(dir.path(), "mine", "hard");
+    assert_eq!((m["memo_misses"].clone(), m["hard"].clone()), (serde_json::json!(0), serde_json::json!(10)), "{m}");
+}
