@@ -39,6 +39,7 @@ pub fn registry() -> OpRegistry {
     r.register(Arc::new(ops::model::Model::new()));
     r.register(Arc::new(ops::distill::Distill::new()));
     r.register(Arc::new(ops::grpo_stage1::GrpoStage1));
+    r.register(Arc::new(ops::grpo_stage2::GrpoStage2));
     r.register(Arc::new(ops::mine_hard::MineHard));
     if std::env::var_os(TEST_OPS_ENV).is_some_and(|v| v == "1") {
         for op in ops::testing::all() {

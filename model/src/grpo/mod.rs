@@ -198,6 +198,14 @@ pub struct GrpoState {
     pub cursor: u64,
     /// Generation batches done (seeds the next batch's sampling).
     pub batches: u64,
+    /// The prompts drawn from, as indices into the training set (an index listed twice is
+    /// drawn twice as often); `None`: every prompt once. Set by [`GrpoTrainer::set_active`]
+    /// (stage 2's re-mining) and saved with checkpoints.
+    #[serde(default)]
+    pub active: Option<Vec<usize>>,
+    /// The step at which `active` was last set.
+    #[serde(default)]
+    pub active_since: u64,
 }
 
 /// The metrics of one optimizer step (TRL's names where it logs the same thing).
@@ -311,13 +319,57 @@ impl<'a> GrpoTrainer<'a> {
         let mut opt = AdamW::new(policy, cfg.adamw())?;
         let checkpoints = Checkpoints::new(dir, cfg.keep_checkpoints);
         let state: GrpoState = checkpoints.restore(policy, &mut opt)?.unwrap_or_default();
-        let order = epoch_order(prompts.len(), cfg.seed, state.epoch);
-        Ok(GrpoTrainer { policy, reference, prompts, cfg, opt, state, order, checkpoints, pad_id, stop_token_ids })
+        let mut t = GrpoTrainer {
+            policy,
+            reference,
+            prompts,
+            cfg,
+            opt,
+            state,
+            order: vec![],
+            checkpoints,
+            pad_id,
+            stop_token_ids,
+        };
+        t.order = t.pool_order();
+        Ok(t)
+    }
+
+    /// Draws from `active` (indices into the training set, repeats weigh more) from now
+    /// on, starting a new pass over it.
+    pub fn set_active(&mut self, active: Vec<usize>) -> Result<()> {
+        if active.is_empty() {
+            return Err(invalid!("the active set is empty"));
+        }
+        if let Some(bad) = active.iter().find(|&&i| i >= self.prompts.len()) {
+            return Err(invalid!("active prompt {bad} is outside the {} prompts", self.prompts.len()));
+        }
+        self.state.active = Some(active);
+        self.state.active_since = self.state.step;
+        self.state.epoch += 1;
+        self.state.cursor = 0;
+        self.order = self.pool_order();
+        Ok(())
+    }
+
+    /// The current pass's order of prompt indices.
+    fn pool_order(&self) -> Vec<usize> {
+        match &self.state.active {
+            Some(pool) => {
+                epoch_order(pool.len(), self.cfg.seed, self.state.epoch).into_iter().map(|i| pool[i]).collect()
+            }
+            None => epoch_order(self.prompts.len(), self.cfg.seed, self.state.epoch),
+        }
     }
 
     /// The policy being trained.
     pub fn policy(&self) -> &Qwen2 {
         self.policy
+    }
+
+    /// The stop tokens and padding id the trainer generates with.
+    pub fn generation_ids(&self) -> (&[i64], i64) {
+        (&self.stop_token_ids, self.pad_id)
     }
 
     fn next_prompts(&mut self, n: usize) -> Vec<usize> {
@@ -326,7 +378,7 @@ impl<'a> GrpoTrainer<'a> {
             if self.state.cursor as usize >= self.order.len() {
                 self.state.epoch += 1;
                 self.state.cursor = 0;
-                self.order = epoch_order(self.prompts.len(), self.cfg.seed, self.state.epoch);
+                self.order = self.pool_order();
             }
             out.push(self.order[self.state.cursor as usize]);
             self.state.cursor += 1;

@@ -202,3 +202,27 @@ fn dynamic_sampling_drops_flat_groups_and_on_step_can_stop_the_run() {
     assert!(step < 50);
     assert!(fleming_model::sft::latest_checkpoint(dir.path()).unwrap().unwrap().ends_with(format!("step-{step:08}")));
 }
+
+#[test]
+fn an_active_set_is_all_the_trainer_draws_from_and_it_survives_a_resume() {
+    fleming_model::set_threads(1);
+    let dir = tempfile::tempdir().unwrap();
+    let prompts = toy_prompts();
+    let mut policy = toy_policy();
+    let mut t = GrpoTrainer::new(&mut policy, None, &prompts, toy_config(4), dir.path(), 0, vec![]).unwrap();
+    assert!(t.set_active(vec![]).is_err() && t.set_active(vec![9]).is_err(), "empty or out-of-range sets are refused");
+    t.set_active(vec![2, 2, 5]).unwrap();
+    let mut drawn = std::collections::BTreeSet::new();
+    let mut record = |p: usize, tokens: &[i64], truncated: bool| {
+        drawn.insert(p);
+        first_is_target(p, tokens, truncated)
+    };
+    t.train_batch(&mut record).unwrap();
+    t.checkpoint().unwrap();
+    assert_eq!(drawn.into_iter().collect::<Vec<_>>(), vec![2, 5]);
+    drop(t);
+    let mut policy = toy_policy();
+    let t = GrpoTrainer::new(&mut policy, None, &prompts, toy_config(4), dir.path(), 0, vec![]).unwrap();
+    assert_eq!(t.state.active, Some(vec![2, 2, 5]));
+    assert_eq!((t.state.step, t.state.active_since), (1, 0));
+}

@@ -8,6 +8,7 @@ pub mod evaluate;
 pub mod export;
 pub mod extract;
 pub mod grpo_stage1;
+pub mod grpo_stage2;
 pub mod load;
 pub mod mine_hard;
 pub mod model;

@@ -10,6 +10,7 @@
 
 pub mod common;
 pub mod grpo_stage1;
+pub mod grpo_stage2;
 pub mod sft;
 
 use fleming_dispatch::WorkerSession;
@@ -27,7 +28,7 @@ pub trait WorkerOp: Sync {
 }
 
 /// Every operator of the worker.
-pub const ALL: &[&dyn WorkerOp] = &[&sft::Sft, &grpo_stage1::GrpoStage1];
+pub const ALL: &[&dyn WorkerOp] = &[&sft::Sft, &grpo_stage1::GrpoStage1, &grpo_stage2::GrpoStage2];
 
 /// The operator called `name`.
 pub fn find(name: &str) -> Option<&'static dyn WorkerOp> {

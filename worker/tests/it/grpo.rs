@@ -119,7 +119,7 @@ fn mine_hard_keeps_what_the_policy_fails_and_memoises_its_rollouts() {
     std::fs::write(dir.path().join("constant.jsonl"), rows).unwrap();
     let yaml = |max_pass_rate: f64| {
         format!(
-            "name: mine\nstages:\n  items: {{ op: load, params: {{ path: items.jsonl }} }}\n  examples: {{ op: load, params: {{ path: constant.jsonl }} }}\n  policy:\n    op: sft\n    inputs: {{ examples: examples }}\n    params: {{ steps: 80, batch_size: 10, warmup_steps: 2, vocab_size: 300, hidden_size: 32 }}\n  hard:\n    op: mine-hard\n    inputs: {{ policy: policy, questions: items }}\n    params: {{ rollouts: 2, temperature: 0.0, max_new_tokens: 24, max_pass_rate: {max_pass_rate} }}\n"
+            "name: mine\nstages:\n  items: {{ op: load, params: {{ path: items.jsonl }} }}\n  examples: {{ op: load, params: {{ path: constant.jsonl }} }}\n  policy:\n    op: sft\n    inputs: {{ examples: examples }}\n    params: {{ steps: 80, batch_size: 10, warmup_steps: 2, vocab_size: 300, hidden_size: 32 }}\n  hard:\n    op: mine-hard\n    inputs: {{ policy: policy, questions: items }}\n    params: {{ rollouts: 2, temperature: 0.0, max_new_tokens: 24, max_pass_rate: {max_pass_rate} }}\n  rl2:\n    op: grpo-stage2\n    inputs: {{ policy: policy, hard: hard.hard, questions: items }}\n    params: {{ max_steps: 2, remine_every: 1, rollouts: 2, max_pass_rate: 0.25, temperature: 0.0, num_generations: 2, prompts_per_step: 2, max_completion_length: 24 }}\n"
         )
     };
     std::fs::write(dir.path().join("p.yaml"), yaml(0.25)).unwrap();
@@ -147,4 +147,55 @@ fn mine_hard_keeps_what_the_policy_fails_and_memoises_its_rollouts() {
     run(dir.path(), &["run", "p.yaml"]);
     let m = stage_metrics(dir.path(), "mine", "hard");
     assert_eq!((m["memo_misses"].clone(), m["hard"].clone()), (serde_json::json!(0), serde_json::json!(10)), "{m}");
+    // Stage 2 starts on all ten and re-mines after its first step at its own bound: the
+    // three items the policy answers leave, nothing enters.
+    let m = stage_metrics(dir.path(), "mine", "rl2");
+    assert_eq!(m["remine_rounds"], 1, "{m}");
+    assert_eq!(
+        (m["hard_left"].clone(), m["hard_entered"].clone(), m["final_hard_set"].clone()),
+        (serde_json::json!(3), serde_json::json!(0), serde_json::json!(7)),
+        "{m}"
+    );
+    let q = run(
+        dir.path(),
+        &["query", "p.yaml", "select step, hard_set, hard_left from rl2_metrics order by step", "--format", "csv"],
+    );
+    assert!(q.contains("\n2,7.0,3.0"), "the churn is on the step after the re-mining: {q}");
+}
+
+#[test]
+fn stage1_mine_hard_stage2_cache_rerun_what_changed_and_trace_a_rollout_to_its_question() {
+    let dir = tempfile::tempdir().unwrap();
+    write_items(dir.path());
+    let yaml = |rl2_lr: &str| {
+        format!(
+            "name: rl\nstages:\n  items: {{ op: load, params: {{ path: items.jsonl }} }}\n  policy:\n    op: sft\n    inputs: {{ examples: items }}\n    params: {{ steps: 20, batch_size: 8, warmup_steps: 2, vocab_size: 300, hidden_size: 32 }}\n  rl1:\n    op: grpo-stage1\n    inputs: {{ policy: policy, questions: items }}\n    params: {{ max_steps: 2, num_generations: 4, prompts_per_step: 2, max_completion_length: 16, learning_rate: 1e-3, plateau_window: 0 }}\n  mined:\n    op: mine-hard\n    inputs: {{ policy: rl1, questions: items }}\n    params: {{ rollouts: 2, max_new_tokens: 16, max_pass_rate: 1.0 }}\n  rl2:\n    op: grpo-stage2\n    inputs: {{ policy: rl1, hard: mined.hard, questions: items }}\n    params: {{ max_steps: 4, remine_every: 2, rollouts: 2, max_pass_rate: 1.0, num_generations: 4, prompts_per_step: 2, max_completion_length: 16, learning_rate: {rl2_lr} }}\n"
+        )
+    };
+    std::fs::write(dir.path().join("p.yaml"), yaml("1e-3")).unwrap();
+    run(dir.path(), &["run", "p.yaml"]);
+    let m = stage_metrics(dir.path(), "rl", "rl2");
+    // Every item is hard at a pass-rate bound of 1: re-mined once (at step 2 of 4), no churn.
+    assert_eq!(m["steps"], 4, "{m}");
+    assert_eq!(m["remine_rounds"], 1, "{m}");
+    assert_eq!(m["final_hard_set"], 10, "{m}");
+    assert_eq!(
+        (m["hard_entered"].clone(), m["hard_left"].clone()),
+        (serde_json::json!(0), serde_json::json!(0)),
+        "{m}"
+    );
+    let q = run(
+        dir.path(),
+        &["query", "p.yaml", "select step, hard_set from rl2_metrics order by step", "--format", "csv"],
+    );
+    assert_eq!(q.lines().count(), 5, "a row per step: {q}");
+    // Cached; a stage-2 param reruns stage 2 only.
+    assert!(run(dir.path(), &["run", "p.yaml"]).contains("0 ran, 5 cached"));
+    std::fs::write(dir.path().join("p.yaml"), yaml("2e-3")).unwrap();
+    let plan = run(dir.path(), &["run", "p.yaml", "-n"]);
+    let would: Vec<&str> = plan.lines().filter(|l| l.contains("] ") && l.contains("would run")).collect();
+    assert!(would.len() == 1 && would[0].starts_with("rl2 "), "{plan}");
+    // A rollout of the mining leads back to its question.
+    let lineage = run(dir.path(), &["lineage", "p.yaml", "mined.rollouts", "--record", "q3#1"]);
+    assert!(lineage.contains("q3") && lineage.contains("items"), "{lineage}");
 }
