@@ -60,7 +60,7 @@ fn the_whole_quickstart_runs_with_the_worker_and_reruns_cached() {
     let overlap = query("select count(*) as n from heldout h join train t on h.id = t.id")[0]["n"].as_i64().unwrap();
     assert_eq!(overlap, 0, "no held-out item is trained on");
     let scores = query("select * from eval_scores where tier is null order by model, benchmark");
-    assert_eq!(scores.len(), 6, "base, tutor and cot, on heldout and on average: {scores:?}");
+    assert_eq!(scores.len(), 10, "base, tutor, cot, rl1 and rl2, on heldout and on average: {scores:?}");
     for s in &scores {
         let statuses: i64 =
             ["ok", "no_answer", "truncated", "invalid", "several"].iter().map(|k| s[*k].as_i64().unwrap()).sum();
@@ -69,13 +69,22 @@ fn the_whole_quickstart_runs_with_the_worker_and_reruns_cached() {
         assert!(s["correct"].as_i64().unwrap() <= s["ok"].as_i64().unwrap(), "{s}");
     }
     let results = query("select model, count(*) as n from eval_results group by model order by model");
-    assert_eq!(results.len(), 3);
+    assert_eq!(results.len(), 5);
     assert!(results.iter().all(|r| r["n"].as_i64() == Some(heldout)));
     // The cot student was trained on the kg teacher's chains of the synthetic training items.
     let distilled =
         query("select count(*) as n from chains_selected where length(explanation) > 0")[0]["n"].as_i64().unwrap();
     let synthetic = query("select count(*) as n from train where source = 'synthetic'")[0]["n"].as_i64().unwrap();
     assert!(distilled > 0 && distilled == synthetic, "{distilled} chains for {synthetic} synthetic training items");
+    // RL: stage 1 took its four steps from the distilled student, every training item
+    // was mined, and stage 2 trained on what stage 1's policy failed.
+    let n = |sql: &str| query(sql)[0]["n"].as_i64().unwrap();
+    assert_eq!(n("select count(*) as n from rl1_metrics"), 4);
+    assert_eq!(n("select count(*) as n from mined_pass_rates"), trained);
+    assert_eq!(n("select count(*) as n from mined_rollouts"), trained * 4);
+    let hard = n("select count(*) as n from mined_hard");
+    assert!(hard > 0, "a 40-step student fails some training items");
+    assert!(n("select count(*) as n from rl2_metrics") > 0);
     let second = run();
     assert!(second.contains("0 ran, "), "{second}");
 }
