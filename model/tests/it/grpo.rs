@@ -127,6 +127,15 @@ fn toy_policy() -> Qwen2 {
 }
 
 fn train(dir: &std::path::Path, cfg: GrpoConfig, stop_after: Option<u64>) -> (Vec<GrpoMetrics>, TrainEnd) {
+    train_slowly(dir, cfg, stop_after, std::time::Duration::ZERO)
+}
+
+fn train_slowly(
+    dir: &std::path::Path,
+    cfg: GrpoConfig,
+    stop_after: Option<u64>,
+    delay: std::time::Duration,
+) -> (Vec<GrpoMetrics>, TrainEnd) {
     let prompts = toy_prompts();
     let mut policy = toy_policy();
     let mut t = GrpoTrainer::new(&mut policy, None, &prompts, cfg, dir, 0, vec![]).unwrap();
@@ -139,6 +148,7 @@ fn train(dir: &std::path::Path, cfg: GrpoConfig, stop_after: Option<u64>) -> (Ve
             |m| {
                 rows.push(m.clone());
                 done.set(m.step);
+                std::thread::sleep(delay);
                 Ok(true)
             },
         )
@@ -225,4 +235,50 @@ fn an_active_set_is_all_the_trainer_draws_from_and_it_survives_a_resume() {
     let t = GrpoTrainer::new(&mut policy, None, &prompts, toy_config(4), dir.path(), 0, vec![]).unwrap();
     assert_eq!(t.state.active, Some(vec![2, 2, 5]));
     assert_eq!((t.state.step, t.state.active_since), (1, 0));
+}
+
+const CHILD_ENV: &str = "FLEMING_GRPO_CHILD_DIR";
+
+/// Not a test: the child process that `resume_after_kill_9_gives_the_same_curve` kills.
+#[test]
+#[ignore = "helper process for the kill -9 test"]
+fn helper_grpo_child_process() {
+    if let Some(dir) = std::env::var_os(CHILD_ENV) {
+        fleming_model::set_threads(1);
+        train_slowly(std::path::Path::new(&dir), toy_config(12), None, std::time::Duration::from_millis(150));
+    }
+}
+
+#[test]
+fn resume_after_kill_9_gives_the_same_curve() {
+    use std::time::{Duration, Instant};
+    fleming_model::set_threads(1);
+    let (reference, _) = train(tempfile::tempdir().unwrap().path(), toy_config(12), None);
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "grpo::helper_grpo_child_process", "--ignored", "--test-threads=1"])
+        .env(CHILD_ENV, dir.path())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let ck = fleming_model::sft::latest_checkpoint(dir.path()).unwrap();
+        if ck.as_ref().is_some_and(|c| c.ends_with("step-00000004")) {
+            break;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the child finished before it could be killed");
+        assert!(Instant::now() < deadline, "the child wrote no checkpoint at step 4");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let (resumed, _) = train(dir.path(), toy_config(12), None);
+    let first = resumed.first().unwrap().step;
+    assert!((5..=7).contains(&first), "resumed at step {first}");
+    for r in &resumed {
+        let want = &reference[(r.step - 1) as usize];
+        assert_eq!((r.step, r.loss, r.reward, r.grad_norm), (want.step, want.loss, want.reward, want.grad_norm));
+    }
+    assert_eq!(resumed.last().unwrap().step, 12);
 }
