@@ -112,6 +112,9 @@ pub struct LossInputs<'a> {
     /// 1.0 on completion tokens that count, 0.0 elsewhere (prompt, padding, masked
     /// truncated completions), f32.
     pub mask: &'a Tensor,
+    /// Counted tokens of each whole sequence (`[N]`), when `logp` covers only some of its
+    /// positions; `None`: the row sums of `mask`.
+    pub seq_tokens: Option<&'a Tensor>,
 }
 
 /// The clipping and normalisation of the loss.
@@ -171,8 +174,11 @@ pub fn policy_loss(x: &LossInputs, p: &LossParams, totals: &StepTotals) -> Resul
     let masked = &per_token * x.mask;
     let loss = match p.loss_type {
         LossType::Grpo => {
-            let per_seq = masked.f_sum_dim_intlist(-1, false, Kind::Float)?
-                / x.mask.f_sum_dim_intlist(-1, false, Kind::Float)?.f_clamp_min(1.0)?;
+            let counts = match x.seq_tokens {
+                Some(c) => c.shallow_clone(),
+                None => x.mask.f_sum_dim_intlist(-1, false, Kind::Float)?,
+            };
+            let per_seq = masked.f_sum_dim_intlist(-1, false, Kind::Float)? / counts.f_clamp_min(1.0)?;
             per_seq.f_sum(Kind::Float)? / totals.sequences.max(1) as f64
         }
         LossType::DrGrpo => {
@@ -191,4 +197,72 @@ pub fn policy_loss(x: &LossInputs, p: &LossParams, totals: &StepTotals) -> Resul
         })
     })?;
     Ok((loss, sums))
+}
+
+/// Computes one micro-batch's share of the loss and accumulates its gradient, projecting
+/// onto the vocabulary `chunk` positions at a time: the decoder runs once, its output is
+/// cut from the graph, each chunk's loss is back-propagated through the LM head alone
+/// (so at most `[N, chunk, V]` logits and their saved activations exist at any time), and
+/// the gathered gradient of the hidden states is back-propagated through the decoder
+/// once. Returns the loss value, its sums and the summed entropy of counted tokens.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_in_chunks(
+    model: &Qwen2,
+    ids: &Tensor,
+    mask: &Tensor,
+    advantages: &Tensor,
+    old_logp: Option<&Tensor>,
+    ref_logp: Option<&Tensor>,
+    p: &LossParams,
+    totals: &StepTotals,
+    chunk: i64,
+) -> Result<(f64, LossSums, f64)> {
+    let t = ids.size().get(1).copied().unwrap_or(0);
+    if t < 2 {
+        return Err(invalid!("sequences need at least 2 tokens"));
+    }
+    let hidden = model.hidden(ids, None, None, false)?;
+    let cut = hidden.f_detach()?.set_requires_grad(true);
+    let seq_tokens = mask.f_sum_dim_intlist(-1, false, Kind::Float)?;
+    let chunk = chunk.max(1);
+    let (mut loss, mut sums, mut entropy) = (0.0, LossSums::default(), 0.0);
+    let mut start = 0;
+    while start < t - 1 {
+        let n = chunk.min(t - 1 - start);
+        let logp_all = model.logits(&cut.f_narrow(1, start, n)?)?.f_log_softmax(-1, Kind::Float)?;
+        let target = ids.f_narrow(1, start + 1, n)?.f_unsqueeze(-1)?;
+        let logp = logp_all.f_gather(-1, &target, false)?.f_squeeze_dim(-1)?;
+        let m = mask.f_narrow(1, start, n)?;
+        entropy += tch::no_grad(|| -> Result<f64> {
+            let e = logp_all.f_exp()?.f_mul(&logp_all)?.f_sum_dim_intlist(-1, false, Kind::Float)?.f_neg()?;
+            Ok((e * &m).f_sum(Kind::Float)?.f_double_value(&[])?)
+        })?;
+        let old = match old_logp {
+            Some(o) => o.f_narrow(1, start, n)?,
+            None => logp.f_detach()?,
+        };
+        let reference = ref_logp.map(|r| r.f_narrow(1, start, n)).transpose()?;
+        let x = LossInputs {
+            logp: &logp,
+            old_logp: &old,
+            ref_logp: reference.as_ref(),
+            advantages,
+            mask: &m,
+            seq_tokens: Some(&seq_tokens),
+        };
+        let (l, st) = policy_loss(&x, p, totals)?;
+        loss += l.f_double_value(&[])?;
+        sums.clipped_low += st.clipped_low;
+        sums.clipped_high += st.clipped_high;
+        sums.kl += st.kl;
+        sums.tokens += st.tokens;
+        l.f_backward()?;
+        start += n;
+    }
+    // d(loss)/d(hidden) is now in cut.grad: one pass back through the decoder.
+    let g = cut.grad();
+    if g.defined() {
+        (hidden * g).f_sum(Kind::Float)?.f_backward()?;
+    }
+    Ok((loss, sums, entropy))
 }

@@ -14,7 +14,7 @@ use crate::generate::{SamplingParams, generate};
 use crate::qwen2::Qwen2;
 use crate::train::{AdamW, AdamWParams, Checkpoints, Schedule, TrainEnd, epoch_order};
 use crate::{Result, invalid};
-use loss::{LossInputs, LossParams, LossSums, StepTotals};
+use loss::{LossParams, LossSums, StepTotals};
 pub use loss::{LossType, ScaleRewards};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -578,30 +578,26 @@ impl<'a> GrpoTrainer<'a> {
                 let m = mb.min(n - s);
                 let ids_mb = ids.f_narrow(0, s, m)?;
                 let mask_mb = mask.f_narrow(0, s, m)?;
-                let (logp, ent) = loss::token_logprobs(self.policy, &ids_mb, self.cfg.logprob_chunk as i64, true)?;
-                let old_mb = match &old {
-                    Some(o) => o.f_narrow(0, s, m)?,
-                    None => logp.f_detach()?,
-                };
+                let old_mb = old.as_ref().map(|o| o.f_narrow(0, s, m)).transpose()?;
                 let ref_mb = reference.as_ref().map(|r| r.f_narrow(0, s, m)).transpose()?;
                 let adv_mb = adv.f_narrow(0, s, m)?;
-                let inputs = LossInputs {
-                    logp: &logp,
-                    old_logp: &old_mb,
-                    ref_logp: ref_mb.as_ref(),
-                    advantages: &adv_mb,
-                    mask: &mask_mb,
-                };
-                let (l, st) = loss::policy_loss(&inputs, &params, &totals)?;
-                loss_sum += l.f_double_value(&[])?;
-                if let Some(e) = ent {
-                    entropy_sum += (e * &mask_mb).f_sum(Kind::Float)?.f_double_value(&[])?;
-                }
+                let (l, st, ent) = loss::backward_in_chunks(
+                    self.policy,
+                    &ids_mb,
+                    &mask_mb,
+                    &adv_mb,
+                    old_mb.as_ref(),
+                    ref_mb.as_ref(),
+                    &params,
+                    &totals,
+                    self.cfg.logprob_chunk as i64,
+                )?;
+                loss_sum += l;
+                entropy_sum += ent;
                 sums.clipped_low += st.clipped_low;
                 sums.clipped_high += st.clipped_high;
                 sums.kl += st.kl;
                 sums.tokens += st.tokens;
-                l.f_backward()?;
                 s += m;
             }
             if !loss_sum.is_finite() {

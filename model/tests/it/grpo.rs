@@ -51,7 +51,8 @@ fn each_loss_type_matches_the_hand_computed_value_and_gradient() {
         (LossType::Dapo, (-2.78 + 2.0) / 5.0),
     ] {
         let (logp, old, adv, mask) = tiny_batch();
-        let x = LossInputs { logp: &logp, old_logp: &old, ref_logp: None, advantages: &adv, mask: &mask };
+        let x =
+            LossInputs { logp: &logp, old_logp: &old, ref_logp: None, advantages: &adv, mask: &mask, seq_tokens: None };
         let (l, sums) = loss::policy_loss(&x, &params(lt), &totals).unwrap();
         assert!(close(l.double_value(&[]), want), "{lt:?}: {} != {want}", l.double_value(&[]));
         assert_eq!((sums.clipped_high, sums.clipped_low, sums.tokens), (1.0, 0.0, 5.0), "{lt:?}");
@@ -70,7 +71,14 @@ fn the_kl_term_is_the_k3_estimator_weighted_by_beta() {
     let (logp, old, adv, mask) = tiny_batch();
     // The reference is ln 2 below the policy on the first token only.
     let refp = (&logp - Tensor::from_slice(&[2f32.ln(), 0.0, 0.0, 0.0, 0.0, 0.0]).view([2, 3])).detach();
-    let x = LossInputs { logp: &logp, old_logp: &old, ref_logp: Some(&refp), advantages: &adv, mask: &mask };
+    let x = LossInputs {
+        logp: &logp,
+        old_logp: &old,
+        ref_logp: Some(&refp),
+        advantages: &adv,
+        mask: &mask,
+        seq_tokens: None,
+    };
     let totals = StepTotals { sequences: 2, tokens: 5.0, max_completion_length: 4 };
     let p = LossParams { epsilon: 0.2, epsilon_high: 0.28, beta: 0.1, loss_type: LossType::Dapo };
     let (l, sums) = loss::policy_loss(&x, &p, &totals).unwrap();
@@ -281,4 +289,50 @@ fn resume_after_kill_9_gives_the_same_curve() {
         assert_eq!((r.step, r.loss, r.reward, r.grad_norm), (want.step, want.loss, want.reward, want.grad_norm));
     }
     assert_eq!(resumed.last().unwrap().step, 12);
+}
+
+#[test]
+fn the_chunked_backward_gives_the_gradient_of_the_whole_loss() {
+    let ids = Tensor::from_slice(&(0..3 * 9).map(|i| (i * 5 % 64) as i64).collect::<Vec<_>>()).view([3, 9]);
+    let mask = Tensor::from_slice(
+        &(0..3 * 8).map(|i| if i % 8 >= 3 && !(i / 8 == 2 && i % 8 == 7) { 1.0f32 } else { 0.0 }).collect::<Vec<_>>(),
+    )
+    .view([3, 8]);
+    let adv = Tensor::from_slice(&[1.0f32, -0.5, 0.25]);
+    for lt in [LossType::Grpo, LossType::DrGrpo, LossType::Dapo] {
+        let p = LossParams { epsilon: 0.2, epsilon_high: 0.28, beta: 0.0, loss_type: lt };
+        let totals =
+            StepTotals { sequences: 3, tokens: mask.sum(Kind::Float).double_value(&[]), max_completion_length: 6 };
+        let grads = |chunk: Option<i64>| -> (f64, Vec<Tensor>) {
+            let mut model = Qwen2::new_random(Qwen2Config::small(64, 32, 2, 4, 2), cpu_f32(), 5).unwrap();
+            model.set_requires_grad(true).unwrap();
+            let l = match chunk {
+                Some(c) => loss::backward_in_chunks(&model, &ids, &mask, &adv, None, None, &p, &totals, c).unwrap().0,
+                None => {
+                    let (lp, _) = loss::token_logprobs(&model, &ids, 100, false).unwrap();
+                    let old = lp.detach();
+                    let x = LossInputs {
+                        logp: &lp,
+                        old_logp: &old,
+                        ref_logp: None,
+                        advantages: &adv,
+                        mask: &mask,
+                        seq_tokens: None,
+                    };
+                    let (l, _) = loss::policy_loss(&x, &p, &totals).unwrap();
+                    l.backward();
+                    l.double_value(&[])
+                }
+            };
+            (l, model.named_parameters().iter().map(|(_, t)| t.grad().copy()).collect())
+        };
+        let (want_loss, want) = grads(None);
+        for c in [1, 3, 8] {
+            let (l, got) = grads(Some(c));
+            assert!((l - want_loss).abs() < 1e-6, "{lt:?} chunk {c}: loss {l} vs {want_loss}");
+            for (a, b) in got.iter().zip(&want) {
+                assert!(max_abs_diff(a, b) < 1e-6, "{lt:?} chunk {c}: gradients differ by {}", max_abs_diff(a, b));
+            }
+        }
+    }
 }
