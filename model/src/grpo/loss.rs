@@ -169,7 +169,7 @@ pub fn policy_loss(x: &LossInputs, p: &LossParams, totals: &StepTotals) -> Resul
         let d = r - x.logp;
         let kl = d.f_exp()? - &d - 1.0;
         kl_sum = tch::no_grad(|| (&kl * x.mask).f_sum(Kind::Float)?.f_double_value(&[]))?;
-        per_token = per_token + kl * p.beta;
+        per_token += kl * p.beta;
     }
     let masked = &per_token * x.mask;
     let loss = match p.loss_type {
