@@ -253,6 +253,11 @@ impl Qwen2 {
     pub fn new_random(config: Qwen2Config, placement: Placement, seed: u64) -> Result<Self> {
         config.validate()?;
         let (device, kind) = placement.resolve();
+        // libtorch's generator is global: two models initialised at once on two threads
+        // would interleave their draws. Seeding and drawing under one lock keeps the
+        // "same seed, same weights" promise.
+        static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _guard = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
         tch::manual_seed(seed as i64);
         let mut params = BTreeMap::new();
         for (name, shape) in param_shapes(&config) {

@@ -40,3 +40,21 @@ pub fn max_abs_diff(a: &tch::Tensor, b: &tch::Tensor) -> f64 {
 pub fn cpu_f32() -> fleming_model::Placement {
     fleming_model::Placement { device: Some(tch::Device::Cpu), kind: Some(tch::Kind::Float) }
 }
+
+/// Waits until the training child writing checkpoints under `dir` has saved `step-NNNNNNNN`
+/// (`checkpoint`), then kills it with SIGKILL.
+pub fn kill_after_checkpoint(mut child: std::process::Child, dir: &std::path::Path, checkpoint: &str) {
+    use std::time::{Duration, Instant};
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let ck = fleming_model::sft::latest_checkpoint(dir).unwrap();
+        if ck.as_ref().is_some_and(|c| c.ends_with(checkpoint)) {
+            break;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the child finished before it could be killed");
+        assert!(Instant::now() < deadline, "the child wrote no checkpoint {checkpoint}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+}

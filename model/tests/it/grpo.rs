@@ -259,28 +259,16 @@ fn helper_grpo_child_process() {
 
 #[test]
 fn resume_after_kill_9_gives_the_same_curve() {
-    use std::time::{Duration, Instant};
     fleming_model::set_threads(1);
     let (reference, _) = train(tempfile::tempdir().unwrap().path(), toy_config(12), None);
     let dir = tempfile::tempdir().unwrap();
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "grpo::helper_grpo_child_process", "--ignored", "--test-threads=1"])
         .env(CHILD_ENV, dir.path())
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let ck = fleming_model::sft::latest_checkpoint(dir.path()).unwrap();
-        if ck.as_ref().is_some_and(|c| c.ends_with("step-00000004")) {
-            break;
-        }
-        assert!(child.try_wait().unwrap().is_none(), "the child finished before it could be killed");
-        assert!(Instant::now() < deadline, "the child wrote no checkpoint at step 4");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    crate::common::kill_after_checkpoint(child, dir.path(), "step-00000004");
     let (resumed, _) = train(dir.path(), toy_config(12), None);
     let first = resumed.first().unwrap().step;
     assert!((5..=7).contains(&first), "resumed at step {first}");

@@ -6,7 +6,7 @@ use fleming_model::toy::ToyTask;
 use fleming_model::{Qwen2, Qwen2Config};
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const CHILD_ENV: &str = "FLEMING_SFT_CHILD_DIR";
 const STEPS: u64 = 30;
@@ -74,24 +74,13 @@ fn resume_after_kill_9_gives_the_same_curve() {
     assert_eq!(reference.len() as u64, STEPS);
 
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(std::env::current_exe().unwrap())
+    let child = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "sft::helper_sft_child_process", "--ignored", "--test-threads=1"])
         .env(CHILD_ENV, dir.path())
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let ck = latest_checkpoint(dir.path()).unwrap();
-        if ck.as_ref().is_some_and(|c| c.ends_with("step-00000010")) {
-            break;
-        }
-        assert!(child.try_wait().unwrap().is_none(), "the child finished before it could be killed");
-        assert!(Instant::now() < deadline, "the child wrote no checkpoint at step 10");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    crate::common::kill_after_checkpoint(child, dir.path(), "step-00000010");
 
     let ck = latest_checkpoint(dir.path()).unwrap().unwrap();
     let resumed = run(dir.path(), Duration::ZERO);

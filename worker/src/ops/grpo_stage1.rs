@@ -151,6 +151,64 @@ pub fn reward(tokenizer: &TextTokenizer, q: &Question, tokens: &[i64], truncated
     vec![v.correct as u8 as f64, v.format_ok as u8 as f64]
 }
 
+/// The starting policy of a GRPO stage, its tokenizer, and the frozen reference when the
+/// KL term is on (the same weights, loaded once more and never updated).
+pub struct Policy {
+    /// The model being trained.
+    pub model: Qwen2,
+    /// The frozen reference (`beta > 0`).
+    pub reference: Option<Qwen2>,
+    /// The policy's tokenizer.
+    pub tokenizer: TextTokenizer,
+}
+
+/// Loads the `policy` input on the assigned device.
+pub fn load_policy(s: &WorkerSession, beta: f64) -> anyhow::Result<Policy> {
+    let placement = Placement { device: Some(device(s)), kind: None };
+    let dir = s.input_model("policy")?;
+    Ok(Policy {
+        model: Qwen2::load(&dir, placement)?,
+        reference: if beta > 0.0 { Some(Qwen2::load(&dir, placement)?) } else { None },
+        tokenizer: TextTokenizer::from_dir(&dir)?,
+    })
+}
+
+/// Says where a trainer starts when it does not start at 0, and truncates the metrics
+/// rows after that step (they are redone).
+pub fn note_resume(
+    s: &WorkerSession,
+    stage: &str,
+    step: u64,
+    max_steps: u64,
+    continued: bool,
+    summary: &mut Map<String, Value>,
+) -> anyhow::Result<()> {
+    if step > 0 {
+        let how = if continued { "continuing the previous run" } else { "resuming" };
+        s.log("info", &format!("{stage}: {how} at step {step} of {max_steps}"));
+        summary.insert("resumed_at_step".into(), json!(step));
+    }
+    s.resume_metrics_at(step)
+}
+
+/// Writes the trained policy (weights and tokenizer) and the metrics table, and completes
+/// the summary.
+pub fn save_policy(
+    s: &WorkerSession,
+    model: &Qwen2,
+    tokenizer: &TextTokenizer,
+    start: Instant,
+    summary: &mut Map<String, Value>,
+) -> anyhow::Result<()> {
+    let out = s.model_dir("model")?;
+    model.save(&out, None).context("saving the model")?;
+    tokenizer.save(&out)?;
+    let rows = s.write_metrics_table("metrics")?;
+    summary.insert("metric_rows".into(), json!(rows));
+    summary.insert("train_seconds".into(), json!(start.elapsed().as_secs_f64()));
+    Ok(())
+}
+
 /// The `grpo-stage1` operator.
 pub struct GrpoStage1;
 
@@ -171,13 +229,7 @@ impl WorkerOp for GrpoStage1 {
         };
         let items: Vec<Question> = all.iter().filter(|q| in_tier(q)).cloned().collect();
         let continued = adopt_previous_run(s)?;
-        let dev = device(s);
-        let placement = Placement { device: Some(dev), kind: None };
-        let policy_dir = s.input_model("policy")?;
-        let tokenizer = TextTokenizer::from_dir(&policy_dir)?;
-        let mut policy = Qwen2::load(&policy_dir, placement)?;
-        // The reference is the starting policy, frozen, loaded once when the KL term is on.
-        let reference = if cfg.beta > 0.0 { Some(Qwen2::load(&policy_dir, placement)?) } else { None };
+        let Policy { model: mut policy, reference, tokenizer } = load_policy(s, cfg.beta)?;
         let mut prompts = Vec::new();
         let mut kept = Vec::new();
         for q in &items {
@@ -202,7 +254,12 @@ impl WorkerOp for GrpoStage1 {
         }
         s.log(
             "info",
-            &format!("grpo-stage1: {} prompts, {} parameters on {dev:?}", kept.len(), policy.num_parameters()),
+            &format!(
+                "grpo-stage1: {} prompts, {} parameters on {:?}",
+                kept.len(),
+                policy.num_parameters(),
+                policy.device()
+            ),
         );
         let start = Instant::now();
         let max_steps = cfg.max_steps;
@@ -216,13 +273,7 @@ impl WorkerOp for GrpoStage1 {
             tokenizer.pad_id(),
             tokenizer.stop_ids(),
         )?;
-        let resumed_at = trainer.state.step;
-        if resumed_at > 0 {
-            let how = if continued { "continuing the previous run" } else { "resuming" };
-            s.log("info", &format!("grpo-stage1: {how} at step {resumed_at} of {max_steps}"));
-            summary.insert("resumed_at_step".into(), json!(resumed_at));
-        }
-        s.resume_metrics_at(resumed_at)?;
+        note_resume(s, "grpo-stage1", trainer.state.step, max_steps, continued, &mut summary)?;
         // The plateau window continues across a resume: it is read back from the rows kept.
         let mut zero_std: Vec<f64> =
             s.metrics_rows()?.iter().filter_map(|r| r.get("frac_reward_zero_std").and_then(Value::as_f64)).collect();
@@ -247,12 +298,7 @@ impl WorkerOp for GrpoStage1 {
         drop(trainer);
         summary.insert("stop_reason".into(), json!(if plateau { "plateau" } else { "max_steps" }));
         summary.insert("steps".into(), json!(steps));
-        let out = s.model_dir("model")?;
-        policy.save(&out, None).context("saving the model")?;
-        tokenizer.save(&out)?;
-        let rows = s.write_metrics_table("metrics")?;
-        summary.insert("metric_rows".into(), json!(rows));
-        summary.insert("train_seconds".into(), json!(start.elapsed().as_secs_f64()));
+        save_policy(s, &policy, &tokenizer, start, &mut summary)?;
         Ok(summary)
     }
 }

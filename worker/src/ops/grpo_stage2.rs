@@ -10,15 +10,17 @@ use arrow::array::{Array, Float64Array};
 use fleming_dispatch::{WorkerSession, stop_requested};
 use fleming_model::chat::question_prompt;
 use fleming_model::grpo::{GrpoTrainer, Prompt};
-use fleming_model::{Placement, Qwen2, SamplingParams, TextTokenizer, TrainEnd, generate};
+use fleming_model::{Qwen2, SamplingParams, TextTokenizer, TrainEnd, generate};
 use fleming_questions::Question;
 use fleming_questions::mining::{HardRule, ItemRate, churn};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::WorkerOp;
-use super::common::{adopt_previous_run, device};
-use super::grpo_stage1::{TrainerParams, metrics_row, reward, split_params};
+use super::common::adopt_previous_run;
+use super::grpo_stage1::{
+    Policy, TrainerParams, load_policy, metrics_row, note_resume, reward, save_policy, split_params,
+};
 
 /// The stage's own parameters (beside the trainer's).
 #[derive(Debug, Clone, Deserialize)]
@@ -109,12 +111,7 @@ impl WorkerOp for GrpoStage2 {
             bail!("the hard set is empty: stage 1's policy solves every item it was mined on; nothing to train on");
         }
         let continued = adopt_previous_run(s)?;
-        let dev = device(s);
-        let placement = Placement { device: Some(dev), kind: None };
-        let policy_dir = s.input_model("policy")?;
-        let tokenizer = TextTokenizer::from_dir(&policy_dir)?;
-        let mut policy = Qwen2::load(&policy_dir, placement)?;
-        let reference = if cfg.beta > 0.0 { Some(Qwen2::load(&policy_dir, placement)?) } else { None };
+        let Policy { model: mut policy, reference, tokenizer } = load_policy(s, cfg.beta)?;
         let prompts: Vec<Prompt> = items
             .iter()
             .map(|q| Ok(Prompt { tokens: tokenizer.encode(&question_prompt(q))? }))
@@ -160,16 +157,11 @@ impl WorkerOp for GrpoStage2 {
         } else if let Some(a) = &trainer.state.active {
             current = a.iter().map(|&i| items[i].id.clone()).collect();
         }
-        let resumed_at = trainer.state.step;
         let mut summary = Map::new();
         summary.insert("hard_items".into(), json!(hard.len()));
         summary.insert("mining_pool".into(), json!(pool.len()));
-        if resumed_at > 0 {
-            let how = if continued { "continuing the previous run" } else { "resuming" };
-            s.log("info", &format!("grpo-stage2: {how} at step {resumed_at} of {max_steps}"));
-            summary.insert("resumed_at_step".into(), json!(resumed_at));
-        }
-        s.resume_metrics_at(resumed_at)?;
+        note_resume(s, "grpo-stage2", trainer.state.step, max_steps, continued, &mut summary)?;
+        let dev = trainer.policy().device();
         s.log("info", &format!("grpo-stage2: {} hard items, pool of {}, on {dev:?}", hard.len(), pool.len()));
         let start = Instant::now();
         let mut score = |i: usize, tokens: &[i64], truncated: bool| reward(&tokenizer, &items[i], tokens, truncated);
@@ -241,12 +233,7 @@ impl WorkerOp for GrpoStage2 {
         summary.insert("hard_entered".into(), json!(entered_total));
         summary.insert("hard_left".into(), json!(left_total));
         summary.insert("final_hard_set".into(), json!(current.len()));
-        let out = s.model_dir("model")?;
-        policy.save(&out, None).context("saving the model")?;
-        tokenizer.save(&out)?;
-        let rows = s.write_metrics_table("metrics")?;
-        summary.insert("metric_rows".into(), json!(rows));
-        summary.insert("train_seconds".into(), json!(start.elapsed().as_secs_f64()));
+        save_policy(s, &policy, &tokenizer, start, &mut summary)?;
         Ok(summary)
     }
 }
