@@ -29,30 +29,14 @@ static SPEC: LazyLock<OpSpec> = LazyLock::new(|| {
             }
         })
         .collect();
-    params.extend([
-        ParamSpec::with_default(
-            "remine_every",
-            ParamType::Int,
-            json!(0),
-            "Re-mine the hard set with the current policy every N steps (0: train on the given set only)",
-        )
-        .range(Some(0.0), None),
-        ParamSpec::with_default("rollouts", ParamType::Int, json!(8), "Re-mining: completions sampled per item")
-            .range(Some(1.0), Some(256.0)),
-        ParamSpec::with_default(
-            "max_pass_rate",
-            ParamType::Float,
-            json!(0.25),
-            "Re-mining: items whose pass rate is at most this stay (or become) hard",
-        )
-        .range(Some(0.0), Some(1.0)),
-        ParamSpec::with_default(
-            "tier_weights",
-            ParamType::Map(Box::new(ParamType::Float)),
-            json!({"difficult": 2.0}),
-            "Re-mining: sampling weight of a hard item by difficulty tier (other tiers: 1)",
-        ),
-    ]);
+    params.extend([ParamSpec::with_default(
+        "remine_every",
+        ParamType::Int,
+        json!(0),
+        "Re-mine the hard set with the current policy every N steps (0: train on the given set only)",
+    )
+    .range(Some(0.0), None)]);
+    params.extend(super::mine_hard::mining_params());
     OpSpec {
         name: "grpo-stage2",
         version: 1,

@@ -37,7 +37,54 @@ static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
           Rollouts are memoised per policy, prompt, sampling parameters and rollout index, so mining a \
           grown set rolls out only the new items. The manifest has the pass-rate histogram (`correct_K`: \
           items with K correct rollouts) and the hard count per tier.",
-    params: vec![
+    params: [
+        mining_params(),
+        vec![
+            ParamSpec::with_default(
+                "temperature",
+                ParamType::Float,
+                json!(1.0),
+                "Sampling temperature of the rollouts",
+            )
+            .range(Some(0.0), Some(2.0)),
+            ParamSpec::with_default("top_p", ParamType::Float, json!(1.0), "Nucleus mass of the rollouts")
+                .range(Some(0.0), Some(1.0)),
+            ParamSpec::with_default("seed", ParamType::Int, json!(0), "Seed of the rollouts (rollout i uses seed + i)"),
+            ParamSpec::with_default(
+                "max_new_tokens",
+                ParamType::Int,
+                json!(256),
+                "Longest completion; one that reaches it is truncated and counts as wrong",
+            )
+            .range(Some(1.0), None),
+            ParamSpec::with_default(
+                "batch_size",
+                ParamType::Int,
+                json!(32),
+                "Sequences generated together by the server",
+            )
+            .range(Some(1.0), Some(256.0))
+            .not_in_key(),
+        ],
+    ]
+    .concat(),
+    inputs: InputPorts::Fixed(vec![
+        PortSpec::model("policy", "the policy to mine with (usually RL stage 1's model)"),
+        PortSpec::table_with("questions", questions::required_input_columns(), "every training item"),
+    ]),
+    outputs: vec![
+        PortSpec::table("hard", "the hard items: the question rows with pass_rate, n_correct, rollouts, weight"),
+        PortSpec::table_with("pass_rates", pass_rate_columns(), "every item's pass rate"),
+        PortSpec::table_with("rollouts", rollout_columns(), "every rollout, scored (parents: the item)"),
+    ],
+    execution: Execution::CpuWithWorkers,
+    fingerprint: crate::fingerprints::mine_hard.to_string(),
+});
+
+/// What decides the hard set (shared with `grpo-stage2`'s re-mining): rollouts per item,
+/// the pass-rate bound and the weights by tier.
+pub(crate) fn mining_params() -> Vec<ParamSpec> {
+    vec![
         ParamSpec::with_default("rollouts", ParamType::Int, json!(8), "Completions sampled per item")
             .range(Some(1.0), Some(256.0)),
         ParamSpec::with_default(
@@ -53,34 +100,8 @@ static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
             json!({"difficult": 2.0}),
             "Sampling weight of a hard item by difficulty tier (other tiers: 1)",
         ),
-        ParamSpec::with_default("temperature", ParamType::Float, json!(1.0), "Sampling temperature of the rollouts")
-            .range(Some(0.0), Some(2.0)),
-        ParamSpec::with_default("top_p", ParamType::Float, json!(1.0), "Nucleus mass of the rollouts")
-            .range(Some(0.0), Some(1.0)),
-        ParamSpec::with_default("seed", ParamType::Int, json!(0), "Seed of the rollouts (rollout i uses seed + i)"),
-        ParamSpec::with_default(
-            "max_new_tokens",
-            ParamType::Int,
-            json!(256),
-            "Longest completion; one that reaches it is truncated and counts as wrong",
-        )
-        .range(Some(1.0), None),
-        ParamSpec::with_default("batch_size", ParamType::Int, json!(32), "Sequences generated together by the server")
-            .range(Some(1.0), Some(256.0))
-            .not_in_key(),
-    ],
-    inputs: InputPorts::Fixed(vec![
-        PortSpec::model("policy", "the policy to mine with (usually RL stage 1's model)"),
-        PortSpec::table_with("questions", questions::required_input_columns(), "every training item"),
-    ]),
-    outputs: vec![
-        PortSpec::table("hard", "the hard items: the question rows with pass_rate, n_correct, rollouts, weight"),
-        PortSpec::table_with("pass_rates", pass_rate_columns(), "every item's pass rate"),
-        PortSpec::table_with("rollouts", rollout_columns(), "every rollout, scored (parents: the item)"),
-    ],
-    execution: Execution::CpuWithWorkers,
-    fingerprint: crate::fingerprints::mine_hard.to_string(),
-});
+    ]
+}
 
 fn pass_rate_columns() -> Vec<ColumnSpec> {
     vec![
