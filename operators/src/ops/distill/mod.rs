@@ -50,7 +50,8 @@ use verify::{Check, Rules, VERIFIERS};
 static SPEC: LazyLock<OpSpec> = LazyLock::new(|| {
     OpSpec {
     name: "distill",
-    version: 1,
+    // 2: the kg teacher checks every option when the answer's neighbour is hidden.
+    version: 2,
     summary: "Teacher chains of thought for each question and its gold answer: pass@k, verifiers, refinement rounds",
     doc: "For every item of `questions`, the teacher (`kg`: from the graph a synthetic item was built from; \
           `llm`: an endpoint; `model`: the `teacher` model artifact, served by the torch worker) writes `k` \
