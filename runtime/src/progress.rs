@@ -292,7 +292,14 @@ impl LineStage {
         let rate = pos as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
         let msg = self.msg.lock().map(|m| m.clone()).unwrap_or_default();
         let of = if total == u64::MAX { String::new() } else { format!("/{total}") };
-        log_line(format_args!("  {} [{}]: {pos}{of} {unit} ({rate:.0}/s) {msg}", self.stage, self.op));
+        // Slow units (training steps) read as seconds each rather than "0/s".
+        let speed = match rate {
+            r if r >= 10.0 => format!("{r:.0}/s"),
+            r if r >= 1.0 => format!("{r:.1}/s"),
+            r if r > 0.0 => format!("{:.1} s each", 1.0 / r),
+            _ => "starting".to_string(),
+        };
+        log_line(format_args!("  {} [{}]: {pos}{of} {unit} ({speed}) {msg}", self.stage, self.op));
     }
 }
 
