@@ -151,8 +151,9 @@ impl WorkerOp for GrpoStage2 {
         )?;
         let mut current: HashSet<String> = hard.iter().map(|q| q.id.clone()).collect();
         if trainer.state.active.is_none() {
-            let initial: Vec<usize> =
-                (0..hard.len()).flat_map(|i| std::iter::repeat_n(i, (weights[i].round() as usize).max(1))).collect();
+            let initial: Vec<usize> = (0..hard.len())
+                .flat_map(|i| std::iter::repeat_n(i, (weights.get(i).copied().unwrap_or(1.0).round() as usize).max(1)))
+                .collect();
             trainer.set_active(initial)?;
         } else if let Some(a) = &trainer.state.active {
             current = a.iter().map(|&i| items[i].id.clone()).collect();
