@@ -367,11 +367,6 @@ impl<'a> GrpoTrainer<'a> {
         self.policy
     }
 
-    /// The stop tokens and padding id the trainer generates with.
-    pub fn generation_ids(&self) -> (&[i64], i64) {
-        (&self.stop_token_ids, self.pad_id)
-    }
-
     fn next_prompts(&mut self, n: usize) -> Vec<usize> {
         let mut out = Vec::with_capacity(n);
         while out.len() < n {

@@ -176,8 +176,6 @@ impl WorkerOp for GrpoStage2 {
             if due && step < max_steps {
                 let mut sampling = sampling.clone();
                 sampling.seed ^= step << 24;
-                let (stops, pad) = trainer.generation_ids();
-                sampling.stop_token_ids = stops.to_vec();
                 let mined = mine(
                     trainer.policy(),
                     &prompts,
@@ -187,7 +185,7 @@ impl WorkerOp for GrpoStage2 {
                     &rule,
                     params.rollouts,
                     &sampling,
-                    pad,
+                    tokenizer.pad_id(),
                 )?;
                 let (entered, left) = churn(&current, &mined.ids);
                 rounds += 1;
