@@ -6,7 +6,7 @@ FLEMING := $(CARGO_TARGET_DIR)/debug/fleming
 # libtorch (the PyPI torch wheel) lives in a per-user cache; scripts/ensure-torch installs it.
 TORCH_ENV = eval "$$(scripts/ensure-torch --env)"
 
-.PHONY: quickstart distill-bench test test-core test-ops test-model build worker torch lint
+.PHONY: quickstart distill-bench grpo-bench test test-core test-ops test-model build worker torch lint
 
 ## Build fleming and the torch worker, then run the quickstart pipeline.
 quickstart: build
@@ -17,6 +17,12 @@ quickstart: build
 distill-bench: build
 	$(FLEMING) run pipelines/distill-bench.yaml
 	$(FLEMING) show pipelines/distill-bench.yaml eval.report
+
+## One GRPO step against Hugging Face TRL's GRPOTrainer, side by side (BENCHMARKS.md);
+## installs `trl` into the torch venv first.
+grpo-bench: torch
+	$(TORCH_ENV) && python -m pip install --quiet --disable-pip-version-check trl
+	$(TORCH_ENV) && cargo run --release -p fleming-model --example grpo_bench
 
 ## Every test (what CI runs): every crate's tests, then the operator cases (worker
 ## operators included: a case that cannot reach the worker fails rather than being skipped).

@@ -199,3 +199,74 @@ fn stage1_mine_hard_stage2_cache_rerun_what_changed_and_trace_a_rollout_to_its_q
     let lineage = run(dir.path(), &["lineage", "p.yaml", "mined.rollouts", "--record", "q3#1"]);
     assert!(lineage.contains("q3") && lineage.contains("items"), "{lineage}");
 }
+
+#[test]
+fn kill_9_of_fleming_run_mid_grpo_resumes_on_the_same_curve() {
+    let params = "max_steps: 30, plateau_window: 0, checkpoint_every: 2";
+    // The curve of an uninterrupted run.
+    let whole = tempfile::tempdir().unwrap();
+    write_items(whole.path());
+    std::fs::write(whole.path().join("p.yaml"), pipeline(params)).unwrap();
+    run(whole.path(), &["run", "p.yaml"]);
+
+    let dir = tempfile::tempdir().unwrap();
+    write_items(dir.path());
+    std::fs::write(dir.path().join("p.yaml"), pipeline(params)).unwrap();
+    let mut child = Command::new(fleming())
+        .current_dir(dir.path())
+        .args(["run", "p.yaml"])
+        .env("FLEMING_WORKER", env!("CARGO_BIN_EXE_fleming-worker"))
+        .env("FLEMING_GPUS", "none")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait for a checkpoint past step 4 of the GRPO stage, then SIGKILL fleming (its
+    // worker dies with it: parent-death signal).
+    let work = dir.path().join(".fleming/work");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while grpo_checkpoint_step(&work) < 4 {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
+        assert!(std::time::Instant::now() < deadline, "no GRPO checkpoint within the deadline");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let log = run(dir.path(), &["run", "p.yaml"]);
+    assert!(log.contains("grpo-stage1: resuming at step"), "{log}");
+    let m = stage_metrics(dir.path(), "rl", "rl");
+    assert!(m["resumed_at_step"].as_u64().is_some_and(|s| (4..30).contains(&s)), "{m}");
+    let curve = |d: &Path| {
+        run(
+            d,
+            &[
+                "query",
+                "p.yaml",
+                "select step, loss, reward, grad_norm from rl_metrics order by step",
+                "--format",
+                "csv",
+            ],
+        )
+    };
+    let (resumed, reference) = (curve(dir.path()), curve(whole.path()));
+    assert_eq!(resumed.lines().count(), 31, "each step once: {resumed}");
+    assert_eq!(resumed, reference, "the resumed run follows the uninterrupted curve");
+}
+
+/// The step of the latest checkpoint of the GRPO stage working under `work` (the work
+/// directory whose durable curve has rollout metrics; sft checkpoints too), or 0.
+fn grpo_checkpoint_step(work: &Path) -> u64 {
+    std::fs::read_dir(work)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("checkpoint"))
+        .filter(|ck| {
+            std::fs::read_to_string(ck.join("metrics.jsonl")).is_ok_and(|t| t.contains("frac_reward_zero_std"))
+        })
+        .filter_map(|ck| std::fs::read_to_string(ck.join("checkpoints/latest")).ok())
+        .filter_map(|s| s.trim().trim_start_matches("step-").parse().ok())
+        .max()
+        .unwrap_or(0)
+}
