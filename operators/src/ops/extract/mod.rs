@@ -51,8 +51,9 @@ use self::wikitext::normalize_title;
 
 /// Version of the operator (and of its memoised page facts). 2: entity keys are XXH3-64.
 /// 3: relations in (subject, predicate, object) order. 4: a page's own infobox outranks
-/// the lexicon (non-medical infoboxes, taxoboxes of animals).
-pub const VERSION: u32 = 4;
+/// the lexicon (non-medical infoboxes, taxoboxes of animals). 5: so do the categories of
+/// a page without an infobox (a person, an animal, software).
+pub const VERSION: u32 = 5;
 /// Schema metadata key holding the settings fingerprint of an output.
 pub const STATE_KEY: &str = "fleming.extract.state";
 

@@ -6,7 +6,9 @@
 //! lexicon and the relation rules:
 //!
 //! - the page's type comes from its infobox, else the lexicon (never against a
-//!   non-medical infobox; a taxobox is a pathogen only when the lexicon says so);
+//!   non-medical infobox; a taxobox is a pathogen only when the lexicon says so); a page
+//!   without an infobox whose categories are about a person, an organism or a topic
+//!   outside medicine (and none about medicine) counts as having such an infobox;
 //! - an infobox field (`symptoms`, `treatment`, `drug_class`, …) or a section
 //!   ("Signs and symptoms", "Diagnosis", "Contraindications", …) of a page of a given type
 //!   maps to a predicate and the type its objects should have; each link there is evidence
@@ -159,11 +161,14 @@ impl PageFacts {
         PageFacts {
             redirect: p.redirect.clone(),
             // A disambiguation page has no infobox; its template says as much about it.
+            // Without either, the page's categories may say what it is (a person, an
+            // animal, software) — still the page's own word, above a lexicon match.
             infobox: p
                 .infobox
                 .as_ref()
                 .map(|i| i.name.clone())
-                .or_else(|| p.templates.iter().find(|t| is_disambiguation(t)).map(|_| DISAMBIGUATION.to_string())),
+                .or_else(|| p.templates.iter().find(|t| is_disambiguation(t)).map(|_| DISAMBIGUATION.to_string()))
+                .or_else(|| categories_declare(&p.categories).map(str::to_string)),
             fields: p.infobox.as_ref().map(|i| i.fields.iter().map(|f| f.name.clone()).collect()).unwrap_or_default(),
             sections: p.sections.iter().map(|s| s.title.clone()).collect(),
             parents: p.sections.iter().map(|s| s.parent).collect(),
@@ -227,6 +232,119 @@ fn is_disambiguation(template: &str) -> bool {
     ) || template.ends_with(" disambiguation")
 }
 
+/// The `infobox` of a page without one whose categories say it is about a person or
+/// about something outside medicine (software, a film, a place).
+pub const CATEGORY_NOT_MEDICAL: &str = "categories: not medical";
+
+/// The `infobox` of a page without one whose categories say it is about an organism
+/// ("Mammals of Europe", "Taxa named by Carl Linnaeus").
+pub const CATEGORY_ORGANISM: &str = "categories: organism";
+
+/// What a page's categories declare, as a pseudo-infobox name, when they are decisive:
+/// a person (births, deaths, living people — even "Deaths from motor neuron disease"),
+/// else — when no category is medical — an organism or a topic outside medicine.
+pub fn categories_declare(categories: &[String]) -> Option<&'static str> {
+    let cats: Vec<String> = categories.iter().map(|c| c.trim().to_lowercase()).collect();
+    let person = |c: &str| {
+        c.ends_with(" births") || c.ends_with(" deaths") || c.starts_with("deaths from ") || c == "living people"
+    };
+    if cats.iter().any(|c| person(c)) {
+        return Some(CATEGORY_NOT_MEDICAL);
+    }
+    const MEDICAL: &[&str] = &[
+        "disease",
+        "disorder",
+        "syndrome",
+        "symptom",
+        "medic",
+        "drug",
+        "pharma",
+        "infect",
+        "pathogen",
+        "parasit",
+        "cancer",
+        "tumo",
+        "neoplasm",
+        "anatom",
+        "surg",
+        "therap",
+        "vaccin",
+        "antibiotic",
+        "virus",
+        "viral",
+        "bacteri",
+        "fung",
+        "genes",
+        "genetic",
+        "protein",
+        "enzyme",
+        "health",
+        "psychiatr",
+        "neurolog",
+        "clinical",
+        "diagnos",
+        "injur",
+        "poison",
+        "toxi",
+        "hormone",
+        "receptor",
+    ];
+    if cats.iter().any(|c| MEDICAL.iter().any(|w| c.contains(w))) {
+        return None;
+    }
+    const ORGANISM: &[&str] = &[
+        " described in ",
+        "taxa named by",
+        "mammals",
+        "birds",
+        "reptiles",
+        "snakes",
+        "amphibians",
+        "fish",
+        "insects",
+        "spiders",
+        "moths",
+        "butterflies",
+        "beetles",
+        "plants",
+        "trees",
+        "flora of",
+        "fauna of",
+        "animals",
+    ];
+    const OUTSIDE: &[&str] = &[
+        "programming language",
+        "software",
+        "video games",
+        "albums",
+        "songs",
+        "films",
+        "television",
+        "novels",
+        "books",
+        "bands",
+        "companies",
+        "populated places",
+        "cities",
+        "villages",
+        "rivers",
+        "mountains",
+        "sports",
+        "football",
+        "railway",
+        "ships",
+        "aircraft",
+        "musical groups",
+    ];
+    if cats.iter().any(|c| ORGANISM.iter().any(|w| c.contains(w))) {
+        Some(CATEGORY_ORGANISM)
+    } else if cats.iter().any(|c| OUTSIDE.iter().any(|w| c.contains(w))) {
+        Some(CATEGORY_NOT_MEDICAL)
+    } else {
+        None
+    }
+}
+
 /// What an infobox declares (see [`Declared`]).
 pub fn declared(infobox: Option<&str>) -> Declared {
     let Some(name) = infobox else { return Declared::Unknown };
@@ -247,9 +365,10 @@ pub fn declared(infobox: Option<&str>) -> Declared {
         "infobox diagnostic" | "infobox medical test" | "infobox diagnostic test" => EntityType::TestImaging,
         "infobox gene" | "infobox protein" | "infobox enzyme" | "gnf protein box" => EntityType::Gene,
         "infobox bacteria" | "infobox virus" | "virusbox" => EntityType::Pathogen,
-        "taxobox" | "automatic taxobox" | "speciesbox" | "subspeciesbox" | "infraspeciesbox" => {
+        "taxobox" | "automatic taxobox" | "speciesbox" | "subspeciesbox" | "infraspeciesbox" | CATEGORY_ORGANISM => {
             return Declared::Organism;
         }
+        CATEGORY_NOT_MEDICAL => return Declared::NotMedical,
         // Infoboxes we do not list but whose name says they may be medical: no verdict.
         _ if [
             "medic", "drug", "disease", "chem", "anatom", "gene", "protein", "symptom", "syndrome", "pathogen",

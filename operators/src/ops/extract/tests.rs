@@ -951,6 +951,29 @@ fn pages_outside_medicine() -> Vec<PageRow> {
             "MS",
             "'''MS''' or '''Ms''' may refer to:\n== Medicine ==\n* [[Multiple sclerosis]]\n* [[Mass spectrometry]]\n== Computing ==\n* [[Microsoft]]\n{{disambiguation}}\n[[Category:Disambiguation pages]]",
         ),
+        // Pages without an infobox: their categories speak for them.
+        row(
+            "Mole",
+            "{{Other uses}}\n'''Moles''' are small [[mammal]]s adapted to a [[fossorial|subterranean]] lifestyle.\n\
+             == Diet ==\nMoles eat [[earthworm]]s.\n[[Category:Moles (animals)]]\n[[Category:Mammals of Europe]]",
+        ),
+        row(
+            "SAS",
+            "'''SAS''' (previously \"Statistical Analysis System\") is a [[statistical software]] suite developed by [[SAS Institute]].\n\
+             == Procedures ==\nSAS procedures analyse [[clinical trial]] data.\n\
+             [[Category:Statistical software]]\n[[Category:Fourth-generation programming languages]]",
+        ),
+        row(
+            "Lou Gehrig",
+            "'''Henry Louis Gehrig''' was an American [[baseball]] [[first baseman]].\n\
+             == Illness ==\nHe was diagnosed with [[amyotrophic lateral sclerosis]] in 1939.\n\
+             [[Category:1903 births]]\n[[Category:1941 deaths]]\n[[Category:Deaths from motor neuron disease]]",
+        ),
+        // A medical page without an infobox keeps its lexicon type.
+        row(
+            "Myalgia",
+            "'''Myalgia''' is [[pain]] in a muscle.\n[[Category:Symptoms and signs: Musculoskeletal system]]\n[[Category:Pain]]",
+        ),
         row(
             "Influenza A virus",
             "{{Virusbox\n| name = Influenza A virus\n| parent = Alphainfluenzavirus\n}}\n'''''Influenza A virus''''' causes [[influenza]] in birds and some mammals.",
@@ -966,7 +989,7 @@ fn a_pages_own_infobox_outranks_the_lexicon_outside_medicine() {
     // procedure's colloquial name; the bacteria are there as MeSH lists them.
     std::fs::write(
         &lex,
-        "name\ttype\tcanonical\nMumps\tdisease\nMS\tdisease\tMultiple sclerosis\nCAT\ttest\nDog\tanatomy\nTommy John\tprocedure\nEscherichia coli\tpathogen\nStaphylococcus aureus\tpathogen\nInfluenza\tdisease\nFever\tsymptom\nPneumonia\tdisease\nOseltamivir\tdrug\n",
+        "name\ttype\tcanonical\nMumps\tdisease\nMS\tdisease\tMultiple sclerosis\nCAT\ttest\nDog\tanatomy\nTommy John\tprocedure\nEscherichia coli\tpathogen\nStaphylococcus aureus\tpathogen\nInfluenza\tdisease\nMole\tsymptom\nSAS\tdisease\tSleep apnea syndrome\nLou Gehrig\tdisease\tAmyotrophic lateral sclerosis\nMyalgia\tsymptom\nFever\tsymptom\nPneumonia\tdisease\nOseltamivir\tdrug\n",
     )
     .unwrap();
     let mut pages = small_wiki();
@@ -984,6 +1007,10 @@ fn a_pages_own_infobox_outranks_the_lexicon_outside_medicine() {
         ("Escherichia coli", "pathogen"),
         ("Staphylococcus aureus", "pathogen"),
         ("Influenza A virus", "pathogen"),
+        ("Mole", "other"),
+        ("SAS", "other"),
+        ("Lou Gehrig", "other"),
+        ("Myalgia", "symptom-sign"),
         ("Influenza", "disease"),
         ("Oseltamivir", "drug"),
         ("Fever", "symptom-sign"),
@@ -993,11 +1020,29 @@ fn a_pages_own_infobox_outranks_the_lexicon_outside_medicine() {
     // Precision of the medical types over these pages (every type but `other`).
     let medical: Vec<_> = got.iter().filter(|(_, t)| t != "other").collect();
     let right = medical.iter().filter(|(n, t)| truth.iter().any(|(m, u)| m == n && u == t)).count();
-    assert_eq!((right, medical.len()), (7, 7), "{got:?}");
+    assert_eq!((right, medical.len()), (8, 8), "{got:?}");
     for ((n, want), (_, t)) in truth.iter().zip(&got) {
         assert_eq!(t, want, "{n}");
     }
     // A non-medical page reads no relations from its sections ("Symptoms", "Diseases").
     let rels = relations_of(&out);
-    assert!(!rels.iter().any(|r| ["MUMPS", "Cat", "Dog", "Tommy John", "MS"].contains(&r.0.as_str())), "{rels:#?}");
+    let outside = ["MUMPS", "Cat", "Dog", "Tommy John", "MS", "Mole", "SAS", "Lou Gehrig"];
+    assert!(!rels.iter().any(|r| outside.contains(&r.0.as_str())), "{rels:#?}");
+}
+
+#[test]
+fn categories_speak_for_a_page_without_an_infobox_only_when_decisive() {
+    use super::rules::{CATEGORY_NOT_MEDICAL, CATEGORY_ORGANISM, categories_declare};
+    let c = |cats: &[&str]| categories_declare(&cats.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    // A person, even one who died of a disease.
+    assert_eq!(c(&["1903 births", "Deaths from motor neuron disease"]), Some(CATEGORY_NOT_MEDICAL));
+    assert_eq!(c(&["Living people"]), Some(CATEGORY_NOT_MEDICAL));
+    // Software ("generation" and "design" are not medical words).
+    assert_eq!(c(&["Fourth-generation programming languages", "Software design"]), Some(CATEGORY_NOT_MEDICAL));
+    assert_eq!(c(&["Mammals of Europe"]), Some(CATEGORY_ORGANISM));
+    // Any medical category leaves it to the lexicon; so do categories that say nothing.
+    assert_eq!(c(&["Mammals of Europe", "Zoonoses", "Parasitic diseases"]), None);
+    assert_eq!(c(&["Symptoms and signs: Musculoskeletal system"]), None);
+    assert_eq!(c(&["Eponyms", "Articles with short description"]), None);
+    assert_eq!(c(&[]), None);
 }
