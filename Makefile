@@ -6,7 +6,7 @@ FLEMING := $(CARGO_TARGET_DIR)/debug/fleming
 # libtorch (the PyPI torch wheel) lives in a per-user cache; scripts/ensure-torch installs it.
 TORCH_ENV = eval "$$(scripts/ensure-torch --env)"
 
-.PHONY: quickstart distill-bench grpo-bench test test-core test-ops test-model build worker torch lint
+.PHONY: quickstart distill-bench rl-bench grpo-bench test test-core test-ops test-model build worker torch lint
 
 ## Build fleming and the torch worker, then run the quickstart pipeline.
 quickstart: build
@@ -15,8 +15,13 @@ quickstart: build
 ## The CoT cold-start benchmark (BENCHMARKS.md): a student distilled from the kg
 ## teacher's chains against the same student trained on answers alone, and the base.
 distill-bench: build
-	$(FLEMING) run pipelines/distill-bench.yaml
+	$(FLEMING) run pipelines/distill-bench.yaml --until eval
 	$(FLEMING) show pipelines/distill-bench.yaml eval.report
+
+## GRPO stage 1, hard mining and stage 2 on the distilled student (BENCHMARKS.md).
+rl-bench: build
+	$(FLEMING) run pipelines/distill-bench.yaml --until eval_rl
+	$(FLEMING) show pipelines/distill-bench.yaml eval_rl.report
 
 ## One GRPO step against Hugging Face TRL's GRPOTrainer, side by side (BENCHMARKS.md);
 ## installs `trl` into the torch venv first.
