@@ -206,6 +206,17 @@ pub struct GrpoState {
     /// The step at which `active` was last set.
     #[serde(default)]
     pub active_since: u64,
+    /// How many entries at the end of `active` are rehearsal draws beside the set itself
+    /// (see [`GrpoTrainer::set_active_with_replay`]).
+    #[serde(default)]
+    pub replayed: usize,
+}
+
+impl GrpoState {
+    /// The active set without its rehearsal draws (`None`: every prompt).
+    pub fn active_set(&self) -> Option<&[usize]> {
+        self.active.as_deref().map(|a| &a[..a.len().saturating_sub(self.replayed)])
+    }
 }
 
 /// The metrics of one optimizer step (TRL's names where it logs the same thing).
@@ -338,6 +349,14 @@ impl<'a> GrpoTrainer<'a> {
     /// Draws from `active` (indices into the training set, repeats weigh more) from now
     /// on, starting a new pass over it.
     pub fn set_active(&mut self, active: Vec<usize>) -> Result<()> {
+        self.set_active_with_replay(active, vec![])
+    }
+
+    /// Like [`GrpoTrainer::set_active`], with `replay` (indices outside the set) drawn
+    /// beside it; [`GrpoState::active_set`] tells the set from them after a resume.
+    pub fn set_active_with_replay(&mut self, mut active: Vec<usize>, replay: Vec<usize>) -> Result<()> {
+        let replayed = replay.len();
+        active.extend(replay);
         if active.is_empty() {
             return Err(invalid!("the active set is empty"));
         }
@@ -345,6 +364,7 @@ impl<'a> GrpoTrainer<'a> {
             return Err(invalid!("active prompt {bad} is outside the {} prompts", self.prompts.len()));
         }
         self.state.active = Some(active);
+        self.state.replayed = replayed;
         self.state.active_since = self.state.step;
         self.state.epoch += 1;
         self.state.cursor = 0;

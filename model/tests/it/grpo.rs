@@ -245,6 +245,29 @@ fn an_active_set_is_all_the_trainer_draws_from_and_it_survives_a_resume() {
     assert_eq!((t.state.step, t.state.active_since), (1, 0));
 }
 
+#[test]
+fn replayed_draws_are_drawn_but_not_part_of_the_set_after_a_resume() {
+    fleming_model::set_threads(1);
+    let dir = tempfile::tempdir().unwrap();
+    let prompts = toy_prompts();
+    let mut policy = toy_policy();
+    let mut t = GrpoTrainer::new(&mut policy, None, &prompts, toy_config(4), dir.path(), 0, vec![]).unwrap();
+    t.set_active_with_replay(vec![2, 5], vec![3, 3]).unwrap();
+    let mut drawn = std::collections::BTreeSet::new();
+    let mut record = |p: usize, tokens: &[i64], truncated: bool| {
+        drawn.insert(p);
+        first_is_target(p, tokens, truncated)
+    };
+    t.train_batch(&mut record).unwrap();
+    t.checkpoint().unwrap();
+    assert_eq!(drawn.into_iter().collect::<Vec<_>>(), vec![2, 3, 5]);
+    drop(t);
+    let mut policy = toy_policy();
+    let t = GrpoTrainer::new(&mut policy, None, &prompts, toy_config(4), dir.path(), 0, vec![]).unwrap();
+    assert_eq!(t.state.active_set(), Some(&[2usize, 5][..]));
+    assert_eq!(t.state.active, Some(vec![2, 5, 3, 3]));
+}
+
 const CHILD_ENV: &str = "FLEMING_GRPO_CHILD_DIR";
 
 /// Not a test: the child process that `resume_after_kill_9_gives_the_same_curve` kills.

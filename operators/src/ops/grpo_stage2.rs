@@ -29,13 +29,23 @@ static SPEC: LazyLock<OpSpec> = LazyLock::new(|| {
             }
         })
         .collect();
-    params.extend([ParamSpec::with_default(
-        "remine_every",
-        ParamType::Int,
-        json!(0),
-        "Re-mine the hard set with the current policy every N steps (0: train on the given set only)",
-    )
-    .range(Some(0.0), None)]);
+    params.extend([
+        ParamSpec::with_default(
+            "remine_every",
+            ParamType::Int,
+            json!(0),
+            "Re-mine the hard set with the current policy every N steps (0: train on the given set only)",
+        )
+        .range(Some(0.0), None),
+        ParamSpec::with_default(
+            "replay",
+            ParamType::Float,
+            json!(0.0),
+            "Share of the draws taken from `questions` items outside the hard set, so the policy keeps \
+             rehearsing what it already answers (needs the `questions` input)",
+        )
+        .range(Some(0.0), Some(0.9)),
+    ]);
     params.extend(super::mine_hard::mining_params());
     OpSpec {
         name: "grpo-stage2",
@@ -47,8 +57,10 @@ static SPEC: LazyLock<OpSpec> = LazyLock::new(|| {
               when connected, else the hard set — and the items at or below `max_pass_rate` become the new \
               set: solved items leave, new failures enter (set size and churn on the next metrics row; \
               totals in the manifest). Stops at `max_steps`, or when no item is hard any more \
-              (`stop_reason: solved`). Same metrics, checkpoints and exact resume as stage 1; the active set \
-              is saved with each checkpoint.",
+              (`stop_reason: solved`). With `replay` > 0 that share of the draws comes from the pool's \
+              items outside the current hard set (a fresh selection at each re-mining), against forgetting \
+              what the policy already answers. Same metrics, checkpoints and exact resume as stage 1; the \
+              active set is saved with each checkpoint.",
         params,
         inputs: InputPorts::Fixed(vec![
             PortSpec::model("policy", "the starting policy (stage 1's model)"),

@@ -27,6 +27,7 @@ use super::grpo_stage1::{
 #[serde(deny_unknown_fields)]
 struct Params {
     remine_every: u64,
+    replay: f64,
     rollouts: u32,
     max_pass_rate: f64,
     tier_weights: HashMap<String, f64>,
@@ -34,6 +35,23 @@ struct Params {
 
 /// The `grpo-stage2` operator.
 pub struct GrpoStage2;
+
+/// The replayed draws beside `hard_draws` entries of the hard set: `replay` of all draws,
+/// taken from `others` (pool items outside the hard set), a different selection each
+/// `round` and without repeats while there are enough of them.
+fn replay_draws(hard_draws: usize, others: &[usize], replay: f64, seed: u64, round: u64) -> Vec<usize> {
+    if replay <= 0.0 || others.is_empty() {
+        return vec![];
+    }
+    let want = (hard_draws as f64 * replay / (1.0 - replay)).round() as usize;
+    let order = fleming_model::train::epoch_order(others.len(), seed ^ 0x7265_706c_6179, round);
+    order.iter().cycle().take(want).map(|&i| others[i]).collect()
+}
+
+/// The pool items (indices into the run's items) that are not in the hard set `hard`.
+fn outside(pool: &[usize], items: &[Question], hard: &HashSet<String>) -> Vec<usize> {
+    pool.iter().copied().filter(|&i| !hard.contains(&items[i].id)).collect()
+}
 
 /// What one re-mining found.
 struct Mined {
@@ -85,7 +103,7 @@ impl WorkerOp for GrpoStage2 {
 
     fn run(&self, s: &WorkerSession) -> anyhow::Result<Map<String, Value>> {
         let (params, trainer_params): (Params, TrainerParams) =
-            split_params(s, &["remine_every", "rollouts", "max_pass_rate", "tier_weights"])?;
+            split_params(s, &["remine_every", "replay", "rollouts", "max_pass_rate", "tier_weights"])?;
         let cfg = trainer_params.config()?;
         s.catch_stop_signals();
         let hard_batch = s.input_table("hard", 0)?.concat()?;
@@ -109,6 +127,9 @@ impl WorkerOp for GrpoStage2 {
         }
         if hard.is_empty() {
             bail!("the hard set is empty: stage 1's policy solves every item it was mined on; nothing to train on");
+        }
+        if params.replay > 0.0 && !remine_pool_given {
+            bail!("replay: {} needs the `questions` input (the items to replay)", params.replay);
         }
         let continued = adopt_previous_run(s)?;
         let Policy { model: mut policy, reference, tokenizer } = load_policy(s, cfg.beta)?;
@@ -150,12 +171,14 @@ impl WorkerOp for GrpoStage2 {
             tokenizer.stop_ids(),
         )?;
         let mut current: HashSet<String> = hard.iter().map(|q| q.id.clone()).collect();
+        let seed = trainer.cfg.seed;
         if trainer.state.active.is_none() {
             let initial: Vec<usize> = (0..hard.len())
                 .flat_map(|i| std::iter::repeat_n(i, (weights.get(i).copied().unwrap_or(1.0).round() as usize).max(1)))
                 .collect();
-            trainer.set_active(initial)?;
-        } else if let Some(a) = &trainer.state.active {
+            let replay = replay_draws(initial.len(), &outside(&pool, &items, &current), params.replay, seed, 0);
+            trainer.set_active_with_replay(initial, replay)?;
+        } else if let Some(a) = trainer.state.active_set() {
             current = a.iter().map(|&i| items[i].id.clone()).collect();
         }
         let mut summary = Map::new();
@@ -204,7 +227,9 @@ impl WorkerOp for GrpoStage2 {
                     stop_reason = "solved";
                     break;
                 }
-                trainer.set_active(mined.active)?;
+                let others = outside(&pool, &items, &current);
+                let replay = replay_draws(mined.active.len(), &others, params.replay, seed, rounds);
+                trainer.set_active_with_replay(mined.active, replay)?;
                 trainer.checkpoint()?;
             }
             if trainer.state.step >= max_steps {
@@ -225,6 +250,7 @@ impl WorkerOp for GrpoStage2 {
             }
         }
         let steps = trainer.state.step;
+        summary.insert("replay_draws".into(), json!(trainer.state.replayed));
         drop(trainer);
         summary.insert("stop_reason".into(), json!(stop_reason));
         summary.insert("steps".into(), json!(steps));

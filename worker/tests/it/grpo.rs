@@ -161,6 +161,32 @@ fn mine_hard_keeps_what_the_policy_fails_and_memoises_its_rollouts() {
         &["query", "p.yaml", "select step, hard_set, hard_left from rl2_metrics order by step", "--format", "csv"],
     );
     assert!(q.contains("\n2,7.0,3.0"), "the churn is on the step after the re-mining: {q}");
+    // Replay: half the draws from the items outside the hard set (the three solved ones,
+    // cycled); the hard set and its churn are the same.
+    let with_replay = yaml(1.0).replace("remine_every: 1,", "remine_every: 1, replay: 0.5,");
+    std::fs::write(dir.path().join("p.yaml"), &with_replay).unwrap();
+    run(dir.path(), &["run", "p.yaml"]);
+    let m = stage_metrics(dir.path(), "mine", "rl2");
+    assert_eq!(
+        (m["replay_draws"].clone(), m["final_hard_set"].clone()),
+        (serde_json::json!(7), serde_json::json!(7)),
+        "{m}"
+    );
+    // Replay needs items to replay.
+    std::fs::write(
+        dir.path().join("p.yaml"),
+        with_replay.replace("hard: hard.hard, questions: items }", "hard: hard.hard }"),
+    )
+    .unwrap();
+    let out = Command::new(fleming())
+        .current_dir(dir.path())
+        .args(["run", "p.yaml"])
+        .env("FLEMING_WORKER", env!("CARGO_BIN_EXE_fleming-worker"))
+        .env("FLEMING_GPUS", "none")
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success() && log.contains("replay: 0.5 needs the `questions` input"), "{log}");
 }
 
 #[test]
