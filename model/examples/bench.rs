@@ -12,18 +12,17 @@
 
 use fleming_model::io::write_safetensors;
 use fleming_model::sft::{Example, SftConfig, SftTrainer};
-use fleming_model::{Placement, Qwen2, Qwen2Config, SamplingParams, generate};
+use fleming_model::{Qwen2, SamplingParams, generate};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
+
+mod common;
+use common::{cpu, median, python, saved_bench_model};
 use tch::{Device, Kind, Tensor};
 
 const THREADS: usize = 2;
-
-fn cpu() -> Placement {
-    Placement { device: Some(Device::Cpu), kind: Some(Kind::Float) }
-}
 
 fn status_kb(field: &str) -> u64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -32,17 +31,6 @@ fn status_kb(field: &str) -> u64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-fn python() -> PathBuf {
-    std::env::var_os("FLEMING_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/fleming/py/bin/python")
-    })
 }
 
 /// `bench load DIR`: load once and report the peak resident memory it added.
@@ -66,16 +54,9 @@ fn main() -> anyhow::Result<()> {
     let part =
         args.iter().position(|a| a == "--part").and_then(|i| args.get(i + 1)).map(String::as_str).unwrap_or("all");
     let want = |p: &str| part == "all" || part == p;
-    fleming_model::set_threads(THREADS);
-    let tmp = tempfile::tempdir()?;
+    let (tmp, mut model) = saved_bench_model(THREADS)?;
     let dir = tmp.path();
-
-    // A Qwen2-shaped model of ~16M parameters: big enough that kernels dominate.
-    let mut cfg = Qwen2Config::small(16384, 384, 6, 6, 2);
-    cfg.intermediate_size = 1024;
-    cfg.tie_word_embeddings = false;
-    let mut model = Qwen2::new_random(cfg.clone(), cpu(), 0)?;
-    model.save(dir, None)?;
+    let cfg = model.config.clone();
     println!(
         "model: {} parameters, {:.1} MB f32, {THREADS} threads",
         model.num_parameters(),

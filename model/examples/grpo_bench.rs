@@ -14,49 +14,24 @@
 
 use fleming_model::grpo::{GrpoConfig, GrpoTrainer, LossType, Prompt, ScaleRewards};
 use fleming_model::io::write_safetensors;
-use fleming_model::{Placement, Qwen2, Qwen2Config};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
 use tch::{Device, Kind, Tensor};
 
+mod common;
+use common::{arg, median, python, saved_bench_model};
+
 const THREADS: usize = 2;
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
-fn python() -> PathBuf {
-    std::env::var_os("FLEMING_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/fleming/py/bin/python")
-    })
-}
-
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str, default: usize| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
     let steps = arg("--steps", 4).max(2);
     let completion = arg("--completion", 64);
     let (n_prompts, k, prompt_len) = (4usize, 8usize, 64i64);
-    fleming_model::set_threads(THREADS);
-    let tmp = tempfile::tempdir()?;
+    // The same Qwen2 as the generation/SFT bench.
+    let (tmp, mut model) = saved_bench_model(THREADS)?;
     let dir = tmp.path();
-
-    // The same ~16M-parameter Qwen2 as the generation/SFT bench.
-    let mut cfg = Qwen2Config::small(16384, 384, 6, 6, 2);
-    cfg.intermediate_size = 1024;
-    cfg.tie_word_embeddings = false;
-    let placement = Placement { device: Some(Device::Cpu), kind: Some(Kind::Float) };
-    let mut model = Qwen2::new_random(cfg.clone(), placement, 0)?;
-    model.save(dir, None)?;
-    let vocab = cfg.vocab_size as i64;
+    let vocab = model.config.vocab_size as i64;
     tch::manual_seed(1);
     // Ids from 2: 0 pads and 1 is the Python side's (never emitted) end-of-sequence.
     let prompt_ids = Tensor::randint_low(2, vocab, [n_prompts as i64, prompt_len], (Kind::Int64, Device::Cpu));

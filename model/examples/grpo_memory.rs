@@ -13,6 +13,9 @@ use fleming_model::grpo::{GrpoConfig, GrpoTrainer, Prompt};
 use fleming_model::{Placement, Qwen2, Qwen2Config};
 use std::time::Instant;
 
+mod common;
+use common::arg;
+
 fn peak_gib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let kib: f64 = status
@@ -25,14 +28,6 @@ fn peak_gib() -> f64 {
 }
 
 fn main() -> fleming_model::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str, default: usize| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
     fleming_model::set_threads(arg("--threads", 2));
     let chunk = arg("--chunk", 64);
     // Qwen2.5-0.5B's shape.

@@ -221,15 +221,17 @@ fn dynamic_sampling_drops_flat_groups_and_on_step_can_stop_the_run() {
     assert!(fleming_model::sft::latest_checkpoint(dir.path()).unwrap().unwrap().ends_with(format!("step-{step:08}")));
 }
 
-#[test]
-fn an_active_set_is_all_the_trainer_draws_from_and_it_survives_a_resume() {
+/// Sets the active prompts with `set`, trains one batch, checkpoints, and returns the
+/// prompts drawn and the state a resumed trainer starts from.
+fn draw_one_batch_then_resume(
+    set: impl FnOnce(&mut GrpoTrainer) -> fleming_model::Result<()>,
+) -> (Vec<usize>, fleming_model::grpo::GrpoState) {
     fleming_model::set_threads(1);
     let dir = tempfile::tempdir().unwrap();
     let prompts = toy_prompts();
     let mut policy = toy_policy();
     let mut t = GrpoTrainer::new(&mut policy, None, &prompts, toy_config(4), dir.path(), 0, vec![]).unwrap();
-    assert!(t.set_active(vec![]).is_err() && t.set_active(vec![9]).is_err(), "empty or out-of-range sets are refused");
-    t.set_active(vec![2, 2, 5]).unwrap();
+    set(&mut t).unwrap();
     let mut drawn = std::collections::BTreeSet::new();
     let mut record = |p: usize, tokens: &[i64], truncated: bool| {
         drawn.insert(p);
@@ -237,35 +239,29 @@ fn an_active_set_is_all_the_trainer_draws_from_and_it_survives_a_resume() {
     };
     t.train_batch(&mut record).unwrap();
     t.checkpoint().unwrap();
-    assert_eq!(drawn.into_iter().collect::<Vec<_>>(), vec![2, 5]);
     drop(t);
     let mut policy = toy_policy();
     let t = GrpoTrainer::new(&mut policy, None, &prompts, toy_config(4), dir.path(), 0, vec![]).unwrap();
-    assert_eq!(t.state.active, Some(vec![2, 2, 5]));
-    assert_eq!((t.state.step, t.state.active_since), (1, 0));
+    (drawn.into_iter().collect(), t.state)
+}
+
+#[test]
+fn an_active_set_is_all_the_trainer_draws_from_and_it_survives_a_resume() {
+    let (drawn, state) = draw_one_batch_then_resume(|t| {
+        assert!(t.set_active(vec![]).is_err() && t.set_active(vec![9]).is_err(), "empty or out-of-range sets");
+        t.set_active(vec![2, 2, 5])
+    });
+    assert_eq!(drawn, vec![2, 5]);
+    assert_eq!(state.active, Some(vec![2, 2, 5]));
+    assert_eq!((state.step, state.active_since), (1, 0));
 }
 
 #[test]
 fn replayed_draws_are_drawn_but_not_part_of_the_set_after_a_resume() {
-    fleming_model::set_threads(1);
-    let dir = tempfile::tempdir().unwrap();
-    let prompts = toy_prompts();
-    let mut policy = toy_policy();
-    let mut t = GrpoTrainer::new(&mut policy, None, &prompts, toy_config(4), dir.path(), 0, vec![]).unwrap();
-    t.set_active_with_replay(vec![2, 5], vec![3, 3]).unwrap();
-    let mut drawn = std::collections::BTreeSet::new();
-    let mut record = |p: usize, tokens: &[i64], truncated: bool| {
-        drawn.insert(p);
-        first_is_target(p, tokens, truncated)
-    };
-    t.train_batch(&mut record).unwrap();
-    t.checkpoint().unwrap();
-    assert_eq!(drawn.into_iter().collect::<Vec<_>>(), vec![2, 3, 5]);
-    drop(t);
-    let mut policy = toy_policy();
-    let t = GrpoTrainer::new(&mut policy, None, &prompts, toy_config(4), dir.path(), 0, vec![]).unwrap();
-    assert_eq!(t.state.active_set(), Some(&[2usize, 5][..]));
-    assert_eq!(t.state.active, Some(vec![2, 5, 3, 3]));
+    let (drawn, state) = draw_one_batch_then_resume(|t| t.set_active_with_replay(vec![2, 5], vec![3, 3]));
+    assert_eq!(drawn, vec![2, 3, 5]);
+    assert_eq!(state.active_set(), Some(&[2usize, 5][..]));
+    assert_eq!(state.active, Some(vec![2, 5, 3, 3]));
 }
 
 const CHILD_ENV: &str = "FLEMING_GRPO_CHILD_DIR";
