@@ -173,6 +173,20 @@ pub fn load_policy(s: &WorkerSession, beta: f64) -> anyhow::Result<Policy> {
     })
 }
 
+/// The stage's GRPO trainer over `prompts`, resuming from the stage's checkpoint
+/// directory when it holds one; completions end at the tokenizer's stop tokens.
+pub fn grpo_trainer<'a>(
+    s: &WorkerSession,
+    policy: &'a mut Qwen2,
+    reference: Option<&'a Qwen2>,
+    tokenizer: &TextTokenizer,
+    prompts: &'a [Prompt],
+    cfg: GrpoConfig,
+) -> fleming_model::Result<GrpoTrainer<'a>> {
+    let ck_dir = s.job.checkpoint_dir.clone();
+    GrpoTrainer::new(policy, reference, prompts, cfg, &ck_dir, tokenizer.pad_id(), tokenizer.stop_ids())
+}
+
 /// Says where a trainer starts when it does not start at 0, and truncates the metrics
 /// rows after that step (they are redone).
 pub fn note_resume(
@@ -263,16 +277,7 @@ impl WorkerOp for GrpoStage1 {
         );
         let start = Instant::now();
         let max_steps = cfg.max_steps;
-        let ck_dir = s.job.checkpoint_dir.clone();
-        let mut trainer = GrpoTrainer::new(
-            &mut policy,
-            reference.as_ref(),
-            &prompts,
-            cfg,
-            &ck_dir,
-            tokenizer.pad_id(),
-            tokenizer.stop_ids(),
-        )?;
+        let mut trainer = grpo_trainer(s, &mut policy, reference.as_ref(), &tokenizer, &prompts, cfg)?;
         note_resume(s, "grpo-stage1", trainer.state.step, max_steps, continued, &mut summary)?;
         // The plateau window continues across a resume: it is read back from the rows kept.
         let mut zero_std: Vec<f64> =

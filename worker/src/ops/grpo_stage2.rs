@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use arrow::array::{Array, Float64Array};
 use fleming_dispatch::{WorkerSession, stop_requested};
 use fleming_model::chat::question_prompt;
-use fleming_model::grpo::{GrpoTrainer, Prompt};
+use fleming_model::grpo::Prompt;
 use fleming_model::{Qwen2, SamplingParams, TextTokenizer, TrainEnd, generate};
 use fleming_questions::Question;
 use fleming_questions::mining::{HardRule, ItemRate, churn};
@@ -19,7 +19,7 @@ use serde_json::{Map, Value, json};
 use super::WorkerOp;
 use super::common::adopt_previous_run;
 use super::grpo_stage1::{
-    Policy, TrainerParams, load_policy, metrics_row, note_resume, reward, save_policy, split_params,
+    Policy, TrainerParams, grpo_trainer, load_policy, metrics_row, note_resume, reward, save_policy, split_params,
 };
 
 /// The stage's own parameters (beside the trainer's).
@@ -160,16 +160,7 @@ impl WorkerOp for GrpoStage2 {
             seed: cfg.seed,
         };
         let (max_steps, every) = (cfg.max_steps, params.remine_every);
-        let ck_dir = s.job.checkpoint_dir.clone();
-        let mut trainer = GrpoTrainer::new(
-            &mut policy,
-            reference.as_ref(),
-            &prompts,
-            cfg,
-            &ck_dir,
-            tokenizer.pad_id(),
-            tokenizer.stop_ids(),
-        )?;
+        let mut trainer = grpo_trainer(s, &mut policy, reference.as_ref(), &tokenizer, &prompts, cfg)?;
         let mut current: HashSet<String> = hard.iter().map(|q| q.id.clone()).collect();
         let seed = trainer.cfg.seed;
         if trainer.state.active.is_none() {
