@@ -37,14 +37,14 @@ struct Params {
 pub struct GrpoStage2;
 
 /// The replayed draws beside `hard_draws` entries of the hard set: `replay` of all draws,
-/// taken from `others` (pool items outside the hard set), a different selection each
-/// `round` and without repeats while there are enough of them.
-fn replay_draws(hard_draws: usize, others: &[usize], replay: f64, seed: u64, round: u64) -> Vec<usize> {
+/// taken from `others` (pool items outside the hard set), a different selection at each
+/// `step` it is called at and without repeats while there are enough of them.
+fn replay_draws(hard_draws: usize, others: &[usize], replay: f64, seed: u64, step: u64) -> Vec<usize> {
     if replay <= 0.0 || others.is_empty() {
         return vec![];
     }
     let want = (hard_draws as f64 * replay / (1.0 - replay)).round() as usize;
-    let order = fleming_model::train::epoch_order(others.len(), seed ^ 0x7265_706c_6179, round);
+    let order = fleming_model::train::epoch_order(others.len(), seed ^ 0x7265_706c_6179, step);
     order.iter().cycle().take(want).map(|&i| others[i]).collect()
 }
 
@@ -219,7 +219,8 @@ impl WorkerOp for GrpoStage2 {
                     break;
                 }
                 let others = outside(&pool, &items, &current);
-                let replay = replay_draws(mined.active.len(), &others, params.replay, seed, rounds);
+                // Seeded by the step, so a resumed run replays the same items.
+                let replay = replay_draws(mined.active.len(), &others, params.replay, seed, step);
                 trainer.set_active_with_replay(mined.active, replay)?;
                 trainer.checkpoint()?;
             }
