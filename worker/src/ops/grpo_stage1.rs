@@ -183,8 +183,7 @@ pub fn grpo_trainer<'a>(
     prompts: &'a [Prompt],
     cfg: GrpoConfig,
 ) -> fleming_model::Result<GrpoTrainer<'a>> {
-    let ck_dir = s.job.checkpoint_dir.clone();
-    GrpoTrainer::new(policy, reference, prompts, cfg, &ck_dir, tokenizer.pad_id(), tokenizer.stop_ids())
+    GrpoTrainer::new(policy, reference, prompts, cfg, &s.job.checkpoint_dir, tokenizer.pad_id(), tokenizer.stop_ids())
 }
 
 /// Says where a trainer starts when it does not start at 0, and truncates the metrics
