@@ -6,11 +6,12 @@ FLEMING := $(CARGO_TARGET_DIR)/debug/fleming
 # libtorch (the PyPI torch wheel) lives in a per-user cache; scripts/ensure-torch installs it.
 TORCH_ENV = eval "$$(scripts/ensure-torch --env)"
 
-.PHONY: quickstart distill-bench rl-bench grpo-bench test test-core test-ops test-model build worker torch lint
+.PHONY: quickstart distill-bench rl-bench grpo-bench gpu-check test test-core test-ops test-model build worker torch lint
 
 ## Build fleming and the torch worker, then run the quickstart pipeline.
 quickstart: build
 	$(FLEMING) run pipelines/quickstart.yaml
+	$(FLEMING) show pipelines/quickstart.yaml eval.report
 
 ## The CoT cold-start benchmark (BENCHMARKS.md): a student distilled from the kg
 ## teacher's chains against the same student trained on answers alone, and the base.
@@ -29,11 +30,18 @@ grpo-bench: torch
 	$(TORCH_ENV) && python -m pip install --quiet --disable-pip-version-check trl
 	$(TORCH_ENV) && cargo run --release -p fleming-model --example grpo_bench
 
+## On a GPU machine: the model tests on CUDA, the quickstart's GPU stages on the device,
+## generation tokens/s and a GRPO step's time (scripts/gpu-check; `--cpu` for the CPU path).
+gpu-check:
+	scripts/gpu-check
+
 ## Every test (what CI runs): every crate's tests, then the operator cases (worker
-## operators included: a case that cannot reach the worker fails rather than being skipped).
+## operators included: a case that cannot reach the worker fails rather than being skipped),
+## then the GPU check's CPU path.
 test: build
 	$(TORCH_ENV) && cargo test --workspace --all-targets
 	$(FLEMING) test tests/ops --require-worker
+	scripts/gpu-check --cpu
 
 ## fleming itself, without libtorch: unit and end-to-end tests.
 test-core:

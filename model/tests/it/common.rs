@@ -31,14 +31,44 @@ pub fn run_py(script: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
-/// Largest absolute difference of two tensors.
+/// Largest absolute difference of two tensors, wherever they are (compared on the CPU in f32).
 pub fn max_abs_diff(a: &tch::Tensor, b: &tch::Tensor) -> f64 {
-    (a - b).abs().max().double_value(&[])
+    let cpu = |t: &tch::Tensor| t.to_device(tch::Device::Cpu).to_kind(tch::Kind::Float);
+    (cpu(a) - cpu(b)).abs().max().double_value(&[])
 }
 
-/// CPU, f32: the placement every test uses.
-pub fn cpu_f32() -> fleming_model::Placement {
-    fleming_model::Placement { device: Some(tch::Device::Cpu), kind: Some(tch::Kind::Float) }
+/// Where the model tests run: `FLEMING_TEST_DEVICE` (`cpu`, the default, `cuda` or
+/// `cuda:N`) and `FLEMING_TEST_DTYPE` (`f32`, the default, or `bf16`). `scripts/gpu-check`
+/// sets them; a CUDA device that libtorch cannot see fails the test, never skips it.
+pub fn placement() -> fleming_model::Placement {
+    let name = std::env::var("FLEMING_TEST_DEVICE").unwrap_or_else(|_| "cpu".into());
+    let device = fleming_model::Placement::parse_device(&name)
+        .unwrap_or_else(|e| panic!("FLEMING_TEST_DEVICE={name}: {e}"))
+        .unwrap_or(tch::Device::Cpu);
+    if matches!(device, tch::Device::Cuda(_)) {
+        assert!(tch::Cuda::is_available(), "FLEMING_TEST_DEVICE={name} but libtorch sees no CUDA device");
+    }
+    fleming_model::Placement { device: Some(device), kind: Some(test_kind()) }
+}
+
+/// The device of [`placement`].
+pub fn device() -> tch::Device {
+    placement().device.unwrap_or(tch::Device::Cpu)
+}
+
+/// The dtype of [`placement`].
+pub fn test_kind() -> tch::Kind {
+    match std::env::var("FLEMING_TEST_DTYPE").as_deref() {
+        Err(_) | Ok("f32") => tch::Kind::Float,
+        Ok("bf16") => tch::Kind::BFloat16,
+        Ok(other) => panic!("FLEMING_TEST_DTYPE={other}: expected f32 or bf16"),
+    }
+}
+
+/// The tolerance of a logits comparison that holds to `f32_tol` in f32: in bf16 (8 bits
+/// of mantissa) the stated bound for these small models' logits is 0.05.
+pub fn logits_tol(f32_tol: f64) -> f64 {
+    if test_kind() == tch::Kind::BFloat16 { f32_tol.max(0.05) } else { f32_tol }
 }
 
 /// Waits until the training child writing checkpoints under `dir` has saved `step-NNNNNNNN`

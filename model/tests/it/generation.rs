@@ -1,6 +1,6 @@
 //! Batched generation: cache and padding correctness, seeding, stop tokens.
 
-use crate::common::cpu_f32;
+use crate::common::{device, placement};
 use fleming_model::{Flow, Qwen2, Qwen2Config, SamplingParams, generate, generate_with};
 use tch::Tensor;
 
@@ -8,7 +8,7 @@ fn model() -> Qwen2 {
     let mut cfg = Qwen2Config::small(50, 32, 2, 4, 2);
     // Larger weights give peaked logits, so argmax is not decided by float noise.
     cfg.initializer_range = 0.3;
-    Qwen2::new_random(cfg, cpu_f32(), 11).unwrap()
+    Qwen2::new_random(cfg, placement(), 11).unwrap()
 }
 
 fn prompts() -> Vec<Vec<i64>> {
@@ -26,7 +26,7 @@ fn cached_batched_greedy_matches_recomputing_each_prompt() {
     for (p, g) in prompts().iter().zip(&got) {
         let mut seq = p.clone();
         for _ in 0..10 {
-            let ids = Tensor::from_slice(&seq).view([1, -1]);
+            let ids = Tensor::from_slice(&seq).view([1, -1]).to_device(device());
             let logits = tch::no_grad(|| m.forward(&ids, None, None, true)).unwrap();
             seq.push(logits.argmax(-1, false).int64_value(&[0, 0]));
         }

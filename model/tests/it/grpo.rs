@@ -2,7 +2,7 @@
 //! log-probabilities against the full projection, learning toward a rewarded token,
 //! dynamic sampling, the plateau stop and exact resume.
 
-use crate::common::{cpu_f32, max_abs_diff};
+use crate::common::{device, max_abs_diff, placement};
 use fleming_model::grpo::loss::{self, LossInputs, LossParams, LossType, ScaleRewards, StepTotals};
 use fleming_model::grpo::{GrpoConfig, GrpoMetrics, GrpoTrainer, Prompt};
 use fleming_model::{Qwen2, Qwen2Config, TrainEnd};
@@ -91,8 +91,10 @@ fn the_kl_term_is_the_k3_estimator_weighted_by_beta() {
 
 #[test]
 fn chunked_log_probabilities_equal_the_full_projection() {
-    let model = Qwen2::new_random(Qwen2Config::small(64, 32, 2, 4, 2), cpu_f32(), 3).unwrap();
-    let ids = Tensor::from_slice(&(0..2 * 11).map(|i| (i * 7 % 64) as i64).collect::<Vec<_>>()).view([2, 11]);
+    let model = Qwen2::new_random(Qwen2Config::small(64, 32, 2, 4, 2), placement(), 3).unwrap();
+    let ids = Tensor::from_slice(&(0..2 * 11).map(|i| (i * 7 % 64) as i64).collect::<Vec<_>>())
+        .view([2, 11])
+        .to_device(device());
     let full = model.forward(&ids, None, None, false).unwrap().log_softmax(-1, Kind::Float);
     let want = full.narrow(1, 0, 10).gather(-1, &ids.narrow(1, 1, 10).unsqueeze(-1), false).squeeze_dim(-1);
     for chunk in [1, 3, 10, 100] {
@@ -131,7 +133,7 @@ fn toy_prompts() -> Vec<Prompt> {
 }
 
 fn toy_policy() -> Qwen2 {
-    Qwen2::new_random(Qwen2Config::small(12, 16, 1, 2, 1), cpu_f32(), 11).unwrap()
+    Qwen2::new_random(Qwen2Config::small(12, 16, 1, 2, 1), placement(), 11).unwrap()
 }
 
 fn train(dir: &std::path::Path, cfg: GrpoConfig, stop_after: Option<u64>) -> (Vec<GrpoMetrics>, TrainEnd) {
@@ -300,18 +302,21 @@ fn resume_after_kill_9_gives_the_same_curve() {
 
 #[test]
 fn the_chunked_backward_gives_the_gradient_of_the_whole_loss() {
-    let ids = Tensor::from_slice(&(0..3 * 9).map(|i| (i * 5 % 64) as i64).collect::<Vec<_>>()).view([3, 9]);
+    let ids = Tensor::from_slice(&(0..3 * 9).map(|i| (i * 5 % 64) as i64).collect::<Vec<_>>())
+        .view([3, 9])
+        .to_device(device());
     let mask = Tensor::from_slice(
         &(0..3 * 8).map(|i| if i % 8 >= 3 && !(i / 8 == 2 && i % 8 == 7) { 1.0f32 } else { 0.0 }).collect::<Vec<_>>(),
     )
-    .view([3, 8]);
-    let adv = Tensor::from_slice(&[1.0f32, -0.5, 0.25]);
+    .view([3, 8])
+    .to_device(device());
+    let adv = Tensor::from_slice(&[1.0f32, -0.5, 0.25]).to_device(device());
     for lt in [LossType::Grpo, LossType::DrGrpo, LossType::Dapo] {
         let p = LossParams { epsilon: 0.2, epsilon_high: 0.28, beta: 0.0, loss_type: lt };
         let totals =
             StepTotals { sequences: 3, tokens: mask.sum(Kind::Float).double_value(&[]), max_completion_length: 6 };
         let grads = |chunk: Option<i64>| -> (f64, Vec<Tensor>) {
-            let mut model = Qwen2::new_random(Qwen2Config::small(64, 32, 2, 4, 2), cpu_f32(), 5).unwrap();
+            let mut model = Qwen2::new_random(Qwen2Config::small(64, 32, 2, 4, 2), placement(), 5).unwrap();
             model.set_requires_grad(true).unwrap();
             let l = match chunk {
                 Some(c) => loss::backward_in_chunks(&model, &ids, &mask, &adv, None, None, &p, &totals, c).unwrap().0,

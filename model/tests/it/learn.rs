@@ -1,7 +1,7 @@
 //! Learning test: a model trained from scratch on CPU learns a templated
 //! multiple-choice task (≥ 95% on fresh option orders within 1,500 steps).
 
-use crate::common::cpu_f32;
+use crate::common::placement;
 use crate::tokenizer::toy_tokenizer;
 use fleming_model::sft::{Example, SftConfig, SftTrainer};
 use fleming_model::toy::ToyTask;
@@ -41,7 +41,7 @@ fn learns_a_templated_multiple_choice_task_from_scratch() {
         .collect();
     let mut cfg = Qwen2Config::small(tk.vocab_size(), 64, 2, 4, 2);
     cfg.intermediate_size = 192;
-    let mut model = Qwen2::new_random(cfg, cpu_f32(), 1).unwrap();
+    let mut model = Qwen2::new_random(cfg, placement(), 1).unwrap();
     let sft = SftConfig {
         lr: 3e-3,
         warmup_steps: 30,

@@ -1,6 +1,6 @@
 //! SFT: exact resume after `kill -9`, and the loss mask.
 
-use crate::common::cpu_f32;
+use crate::common::placement;
 use fleming_model::sft::{Example, MetricsRow, SftConfig, SftTrainer, latest_checkpoint};
 use fleming_model::toy::ToyTask;
 use fleming_model::{Qwen2, Qwen2Config};
@@ -24,7 +24,7 @@ fn examples() -> Vec<Example> {
 }
 
 fn setup() -> (Qwen2, SftConfig) {
-    let model = Qwen2::new_random(Qwen2Config::small(256, 32, 2, 4, 2), cpu_f32(), 7).unwrap();
+    let model = Qwen2::new_random(Qwen2Config::small(256, 32, 2, 4, 2), placement(), 7).unwrap();
     let cfg = SftConfig {
         lr: 3e-3,
         warmup_steps: 5,
@@ -159,7 +159,7 @@ fn a_stop_request_checkpoints_and_the_next_trainer_continues_the_same_curve() {
 #[test]
 fn bf16_weights_train_with_f32_moments() {
     // The CUDA configuration (bf16 weights), exercised on CPU.
-    let placement = fleming_model::Placement { device: Some(tch::Device::Cpu), kind: Some(tch::Kind::BFloat16) };
+    let placement = fleming_model::Placement { device: Some(crate::common::device()), kind: Some(tch::Kind::BFloat16) };
     let mut model = Qwen2::new_random(Qwen2Config::small(256, 32, 2, 4, 2), placement, 7).unwrap();
     let ex = examples()[..8].to_vec();
     let cfg = SftConfig { batch_size: 4, total_steps: 3, warmup_steps: 1, checkpoint_every: 3, ..Default::default() };

@@ -9,8 +9,20 @@ use fleming_dispatch::WorkerSession;
 use fleming_model::chat::{question_prompt, training_completion};
 
 /// The device the runtime assigned (GPUs are renumbered from 0 by `CUDA_VISIBLE_DEVICES`).
-pub fn device(s: &WorkerSession) -> tch::Device {
-    if s.job.device.kind == "cuda" && tch::Cuda::is_available() { tch::Device::Cuda(0) } else { tch::Device::Cpu }
+/// A GPU that libtorch cannot see is an error, not a silent run on the CPU: training a
+/// large model there would take days before anyone noticed.
+pub fn device(s: &WorkerSession) -> anyhow::Result<tch::Device> {
+    if s.job.device.kind != "cuda" {
+        return Ok(tch::Device::Cpu);
+    }
+    if !tch::Cuda::is_available() {
+        bail!(
+            "the stage was given GPU(s) {:?}, but libtorch sees no CUDA device (a CPU-only torch, or a driver \
+             problem); set FLEMING_GPUS=none to run GPU stages on the CPU",
+            s.job.device.gpus
+        );
+    }
+    Ok(tch::Device::Cuda(0))
 }
 
 fn string_col<'a>(batch: &'a RecordBatch, name: &str) -> Option<&'a StringArray> {

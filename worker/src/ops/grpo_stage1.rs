@@ -164,7 +164,7 @@ pub struct Policy {
 
 /// Loads the `policy` input on the assigned device.
 pub fn load_policy(s: &WorkerSession, beta: f64) -> anyhow::Result<Policy> {
-    let placement = Placement { device: Some(device(s)), kind: None };
+    let placement = Placement { device: Some(device(s)?), kind: None };
     let dir = s.input_model("policy")?;
     Ok(Policy {
         model: Qwen2::load(&dir, placement)?,

@@ -47,7 +47,7 @@ impl WorkerOp for Sft {
         let batch = s.input_table("examples", 0)?.concat()?;
         let texts = training_texts(&batch)?;
         let continued = adopt_previous_run(s)?;
-        let dev = device(s);
+        let dev = device(s)?;
         let placement = Placement { device: Some(dev), kind: None };
         let ck_dir = s.job.checkpoint_dir.clone();
         let (mut model, tokenizer) = if s.has_input("base") {
