@@ -12,6 +12,7 @@ mod dispatch;
 mod distill;
 mod evaluate;
 mod inspect;
+mod paper_scale;
 mod question_data;
 mod quickstart;
 mod validation;
