@@ -75,6 +75,14 @@ pub struct Device {
     pub gpus: Vec<u32>,
 }
 
+impl Device {
+    /// The device of a stage given these GPUs: `cuda` on them, or `cpu` when none.
+    pub fn for_gpus(gpus: &[u32]) -> Device {
+        let kind = if gpus.is_empty() { "cpu" } else { "cuda" };
+        Device { kind: kind.into(), gpus: gpus.to_vec() }
+    }
+}
+
 /// What a worker is asked to do.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Job {

@@ -17,13 +17,7 @@ use fleming_model::{Placement, Qwen2, Qwen2Config, SamplingParams, generate};
 use std::time::Instant;
 
 mod common;
-use common::{arg, bench_config, median};
-
-/// The value after `--name`, or `default`.
-fn text_arg(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned().unwrap_or_else(|| default.into())
-}
+use common::{arg, bench_config, median, text_arg};
 
 /// Waits for the device's queued kernels, so wall times measure work done.
 fn sync(device: tch::Device) {

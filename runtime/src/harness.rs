@@ -400,7 +400,7 @@ fn run_in_worker(
         inputs: job_inputs,
         output_dir: out_dir.clone(),
         checkpoint_dir: dir.join("checkpoint"),
-        device: Device { kind: "cpu".into(), gpus: Vec::new() },
+        device: Device::for_gpus(&[]),
         threads,
         llm,
         resume_from: None,

@@ -33,10 +33,15 @@ pub fn python() -> PathBuf {
     })
 }
 
-/// The value after `--name` on the command line, or `default`.
-pub fn arg(name: &str, default: usize) -> usize {
+/// The text after `--name` on the command line, or `default`.
+pub fn text_arg(name: &str, default: &str) -> String {
     let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned().unwrap_or_else(|| default.into())
+}
+
+/// The number after `--name` on the command line, or `default`.
+pub fn arg(name: &str, default: usize) -> usize {
+    text_arg(name, "").parse().unwrap_or(default)
 }
 
 /// Sets `threads`, then makes the benchmark model (random weights, seed 0) and saves it

@@ -32,11 +32,7 @@ impl Executor<'_> {
         let worker = find_worker()?;
         let gpus = self.gpus().acquire(stage.resources.gpu as usize, &self.cancel)?;
         let out_dir = self.store.new_tmp_dir(&format!("out-{}", stage.name))?;
-        let device = if gpus.is_empty() {
-            Device { kind: "cpu".into(), gpus: Vec::new() }
-        } else {
-            Device { kind: "cuda".into(), gpus: gpus.clone() }
-        };
+        let device = Device::for_gpus(&gpus);
         if stage.resources.gpu > 0 && gpus.is_empty() {
             self.log(&format!("  {}: no GPU on this machine; running on CPU", stage.name));
         }

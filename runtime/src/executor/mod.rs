@@ -891,8 +891,8 @@ impl<'a> Executor<'a> {
             ctx.gpus = gpus.clone();
             if stage.resources.gpu > 0 {
                 // Where its worker processes ran, as a worker stage's manifest says it.
-                let kind = if gpus.is_empty() { "cpu" } else { "cuda" };
-                metrics.insert("device".into(), serde_json::json!({ "kind": kind, "gpus": gpus }));
+                let device = crate::dispatch::Device::for_gpus(&gpus);
+                metrics.insert("device".into(), serde_json::json!({ "kind": device.kind, "gpus": device.gpus }));
             }
             let op = stage.op.clone();
             let result = catch_unwind(AssertUnwindSafe(|| op.run(&mut ctx)));
