@@ -6,12 +6,18 @@ FLEMING := $(CARGO_TARGET_DIR)/debug/fleming
 # libtorch (the PyPI torch wheel) lives in a per-user cache; scripts/ensure-torch installs it.
 TORCH_ENV = eval "$$(scripts/ensure-torch --env)"
 
-.PHONY: quickstart distill-bench rl-bench grpo-bench gpu-check test test-core test-ops test-model build worker torch lint
+.PHONY: quickstart ablation distill-bench rl-bench grpo-bench gpu-check test test-core test-ops test-model build worker torch lint
 
 ## Build fleming and the torch worker, then run the quickstart pipeline.
 quickstart: build
 	$(FLEMING) run pipelines/quickstart.yaml
 	$(FLEMING) show pipelines/quickstart.yaml eval.report
+
+## The paper's ablation in miniature (README, BENCHMARKS.md): base, + CoT cold start,
+## + RL stage 1, + RL stage 2 on the same held-out items; under 30 minutes on 2 cores.
+ablation: build
+	$(FLEMING) run pipelines/ablation.yaml
+	$(FLEMING) show pipelines/ablation.yaml eval.report
 
 ## The CoT cold-start benchmark (BENCHMARKS.md): a student distilled from the kg
 ## teacher's chains against the same student trained on answers alone, and the base.
