@@ -3,6 +3,7 @@
 
 mod support;
 
+mod benchmarks;
 mod caching;
 mod checks;
 mod concurrency;
