@@ -3,3 +3,4 @@
 //! `fleming` never links libtorch; GPU stages run in the `fleming-worker` process.
 
 pub mod cli;
+pub mod report;

@@ -5,6 +5,7 @@ pub mod fixtures;
 mod inspect;
 mod lineage;
 mod query;
+mod report;
 mod run;
 mod serve;
 mod store;
@@ -67,6 +68,8 @@ pub enum Command {
     Verify(store::StoreArgs),
     /// Show the latest result of every data check (exit 1 if an `error` check fails).
     Checks(checks::ChecksArgs),
+    /// The pipeline as one self-contained HTML file: DAG, stages, training curves, evaluations.
+    Report(report::ReportArgs),
     /// Run operator test cases from YAML files (default: tests/ops).
     Test(test::TestArgs),
     /// Serve a model over an OpenAI-compatible API (runs the torch worker).
@@ -107,6 +110,7 @@ pub fn main() -> i32 {
         Command::Run(args) => run::run(&cli, args, registry.as_ref()),
         Command::Validate { pipeline } => validate(pipeline, registry.as_ref()),
         Command::Checks(args) => checks::run(&cli, args, registry.as_ref()),
+        Command::Report(args) => report::report(&cli, args, registry.as_ref()),
         Command::Status(args) => inspect::status(&cli, args, registry.as_ref()),
         Command::Dag(args) => inspect::dag(args, registry.as_ref()),
         Command::Lineage(args) => lineage::lineage(&cli, args, registry.as_ref()),

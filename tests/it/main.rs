@@ -16,4 +16,5 @@ mod inspect;
 mod paper_scale;
 mod question_data;
 mod quickstart;
+mod report;
 mod validation;

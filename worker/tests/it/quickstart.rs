@@ -92,6 +92,7 @@ fn the_whole_quickstart_runs_with_the_worker_and_reruns_cached() {
     assert!(n("select count(*) as n from rl2_metrics") > 0);
     let second = run();
     assert!(second.contains("0 ran, "), "{second}");
+    report_shows_the_store(&pipeline, &store, &second, n("select count(*) as n from base_metrics"));
     // Editing stage 2's parameters reruns stage 2 and the evaluation, nothing else.
     let text = std::fs::read_to_string(&pipeline).unwrap();
     let edited: Vec<String> = text
@@ -106,6 +107,34 @@ fn the_whole_quickstart_runs_with_the_worker_and_reruns_cached() {
     let ran: Vec<&str> =
         third.lines().filter(|l| l.contains(" ran ")).filter_map(|l| l.split_whitespace().next()).collect();
     assert_eq!(ran, ["rl2", "eval"], "{third}");
+}
+
+/// `fleming report` on the quickstart's store: a box per stage, all cached; the curves of
+/// the training stages, a point per metrics row; the evaluation's own report inside.
+fn report_shows_the_store(pipeline: &std::path::Path, store: &std::path::Path, cached_run: &str, base_steps: i64) {
+    let page_path = store.with_file_name("report.html");
+    let o = Command::new(fleming())
+        .args(["report", pipeline.to_str().unwrap(), "-o", page_path.to_str().unwrap()])
+        .args(["--store", store.to_str().unwrap()])
+        .env("QUICKSTART_OUT", store.with_file_name("out"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let page = std::fs::read_to_string(&page_path).unwrap();
+    let stages = cached_run.split(" cached in").next().and_then(|l| l.rsplit(' ').next()).unwrap();
+    let boxes = page.matches("<g class=\"stage\"").count();
+    assert_eq!(boxes.to_string(), stages, "one box per stage");
+    let not_cached: Vec<&str> =
+        page.split("<tr id=\"stage-").skip(1).filter(|r| !r.contains("data-status=\"cached\"")).collect();
+    assert!(not_cached.is_empty(), "every stage cached: {not_cached:?}");
+    for stage in ["base", "cot", "rl1", "rl2"] {
+        assert!(page.contains(&format!("id=\"curves-{stage}\"")), "curves of {stage}");
+    }
+    let base_loss =
+        page.split("id=\"curves-base\"").nth(1).and_then(|r| r.split("data-metric=\"loss\" data-points=\"").nth(1));
+    assert_eq!(base_loss.and_then(|r| r.split('"').next()), Some(base_steps.to_string().as_str()));
+    assert!(page.contains("<iframe title=\"evaluation eval\""), "the evaluation report");
+    assert!(!page.contains("<script") && !page.contains("https://"), "the page opens offline");
 }
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {

@@ -308,17 +308,7 @@ impl Report<'_> {
     }
 }
 
-/// HTML-escapes text.
+/// HTML-escapes text (safe in element content and double-quoted attributes).
 fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            _ => out.push(c),
-        }
-    }
-    out
+    html_escape::encode_double_quoted_attribute(s).into_owned()
 }

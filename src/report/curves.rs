@@ -1,0 +1,117 @@
+//! Training curves as SVG line charts: one small chart per metric of a stage's `metrics`
+//! table (loss, reward, `frac_reward_zero_std`, kl, …), x the optimizer step, one point per
+//! row.
+
+use std::fmt::Write;
+
+use super::html::escape;
+
+const W: f64 = 300.0;
+const H: f64 = 150.0;
+const LEFT: f64 = 52.0;
+const BOTTOM: f64 = 22.0;
+const TOP: f64 = 26.0;
+const RIGHT: f64 = 10.0;
+
+/// One metric over the steps of one run.
+#[derive(Clone, Debug)]
+pub struct Series {
+    /// The metric's column name.
+    pub metric: String,
+    /// `(step, value)`, one per metrics row with a finite value.
+    pub points: Vec<(f64, f64)>,
+}
+
+/// The metrics worth a chart, in the order shown (the trainers' names; others are skipped).
+pub const METRICS: &[&str] = &[
+    "loss",
+    "reward",
+    "reward_correctness",
+    "frac_reward_zero_std",
+    "kl",
+    "entropy",
+    "completion_length",
+    "grad_norm",
+    "lr",
+    "accuracy",
+];
+
+/// A chart of one series, as an inline `<svg>` whose polyline has one vertex per point.
+pub fn svg(series: &Series) -> String {
+    let xs = series.points.iter().map(|p| p.0);
+    let ys = series.points.iter().map(|p| p.1);
+    let (x0, x1) = bounds(xs);
+    let (mut y0, mut y1) = bounds(ys);
+    if (y1 - y0).abs() < f64::EPSILON {
+        y0 -= 0.5;
+        y1 += 0.5;
+    }
+    let sx = |x: f64| LEFT + (x - x0) / (x1 - x0).max(f64::EPSILON) * (W - LEFT - RIGHT);
+    let sy = |y: f64| H - BOTTOM - (y - y0) / (y1 - y0) * (H - BOTTOM - TOP);
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        r#"<svg class="curve" data-metric="{m}" data-points="{n}" width="{W}" height="{H}" viewBox="0 0 {W} {H}" role="img" aria-label="{m}"><text x="{LEFT}" y="12" class="title">{m}</text>"#,
+        m = escape(&series.metric),
+        n = series.points.len(),
+    );
+    for (v, label) in [(y0, fmt(y0)), (y1, fmt(y1))] {
+        let y = sy(v);
+        let _ = write!(
+            s,
+            r##"<line x1="{LEFT}" x2="{x2}" y1="{y:.1}" y2="{y:.1}" stroke="#e3e3e3"/><text x="{tx}" y="{ty:.1}" text-anchor="end">{label}</text>"##,
+            x2 = W - RIGHT,
+            tx = LEFT - 4.0,
+            ty = y + 4.0,
+        );
+    }
+    let _ = write!(
+        s,
+        r#"<text x="{LEFT}" y="{yb}">{a}</text><text x="{xr}" y="{yb}" text-anchor="end">step {b}</text>"#,
+        yb = H - 6.0,
+        a = fmt(x0),
+        xr = W - RIGHT,
+        b = fmt(x1),
+    );
+    let pts: Vec<String> = series.points.iter().map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y))).collect();
+    let _ = write!(s, r##"<polyline fill="none" stroke="#2a6fb0" stroke-width="1.3" points="{}"/>"##, pts.join(" "));
+    s.push_str("</svg>");
+    s
+}
+
+fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    if lo.is_finite() && hi.is_finite() { (lo, hi) } else { (0.0, 1.0) }
+}
+
+/// A short label: 3 significant digits, exponent notation for very small or large values.
+fn fmt(v: f64) -> String {
+    let a = v.abs();
+    if a != 0.0 && !(1e-3..1e5).contains(&a) {
+        format!("{v:.2e}")
+    } else {
+        format!("{}", (v * 1000.0).round() / 1000.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_vertex_per_point_and_flat_series_still_draw() {
+        let s = Series { metric: "kl".into(), points: vec![(1.0, 0.5), (2.0, 0.5), (3.0, 0.5)] };
+        let svg = svg(&s);
+        assert!(svg.contains(r#"data-points="3""#), "{svg}");
+        let poly = svg.split("points=\"").nth(2).and_then(|p| p.split('"').next()).unwrap_or_default();
+        assert_eq!(poly.split(' ').count(), 3, "{svg}");
+        assert!(!svg.contains("NaN"), "{svg}");
+    }
+
+    #[test]
+    fn labels_are_short() {
+        assert_eq!(fmt(0.000_02), "2.00e-5");
+        assert_eq!(fmt(0.1234567), "0.123");
+        assert_eq!(fmt(600.0), "600");
+    }
+}
