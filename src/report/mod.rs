@@ -155,9 +155,16 @@ pub fn collect(pipeline: &Pipeline, store: &Store) -> anyhow::Result<PipelineVie
             views.push(OutputView { port: port.clone(), kind, rows: a.rows, bytes: a.bytes });
             let path = store.object_path(a.kind, &a.digest);
             if port == "metrics" && a.kind == ArtifactKind::Table {
-                let series = metrics_series(&path).with_context(|| format!("reading {}.metrics", stage.name))?;
-                if !series.is_empty() {
-                    curves.push(StageCurves { stage: stage.name.clone(), series });
+                // One unreadable table (a quarantined object, say) costs its charts, not the page.
+                match metrics_series(&path) {
+                    Ok(series) if !series.is_empty() => curves.push(StageCurves { stage: stage.name.clone(), series }),
+                    Ok(_) => {}
+                    Err(e) => {
+                        fleming_runtime::progress::log_line(format_args!(
+                            "warning: {}.metrics left out of the report: {e:#}",
+                            stage.name
+                        ));
+                    }
                 }
             }
             if port == "report"
