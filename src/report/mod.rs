@@ -19,8 +19,9 @@ use arrow::array::{Array, Float64Array};
 use arrow::datatypes::DataType;
 use fleming_artifacts::{ArtifactKind, Store, Table};
 use fleming_runtime::CancelToken;
-use fleming_runtime::checks::{CheckStatus, Severity};
+use fleming_runtime::checks::CheckStatus;
 use fleming_runtime::executor::{Executor, Outcome, RunOptions};
+use fleming_runtime::op::PortKind;
 use fleming_runtime::progress::SilentSink;
 use fleming_runtime::spec::Pipeline;
 use fleming_runtime::state::StageRef;
@@ -90,7 +91,7 @@ pub struct StageView {
     /// Its outputs as last stored (none when it never ran).
     pub outputs: Vec<OutputView>,
     /// Its data checks: name, status, failing rows.
-    pub checks: Vec<(String, String, u64)>,
+    pub checks: Vec<(String, CheckStatus, u64)>,
 }
 
 /// The training curves of one stage.
@@ -133,9 +134,9 @@ pub fn collect(pipeline: &Pipeline, store: &Store) -> anyhow::Result<PipelineVie
             .find(|s| s.stage == stage.name)
             .with_context(|| format!("stage `{}` missing from the plan", stage.name))?;
         let stored = StageRef::load(store, &pipeline.name, &stage.name)?;
-        let check_failed = r.checks.iter().any(|c| c.severity == Severity::Error && c.status != CheckStatus::Passed);
+        let blocking: Vec<&str> = r.checks.iter().filter(|c| c.blocks()).map(|c| c.name.as_str()).collect();
         let status = match r.outcome {
-            Outcome::Cached if check_failed => Status::CheckFailed,
+            Outcome::Cached if !blocking.is_empty() => Status::CheckFailed,
             Outcome::Cached => Status::Cached,
             Outcome::Skipped => Status::Blocked,
             Outcome::Failed => Status::Failed,
@@ -147,10 +148,10 @@ pub fn collect(pipeline: &Pipeline, store: &Store) -> anyhow::Result<PipelineVie
         let spec = stage.op.spec();
         let mut views = Vec::new();
         for (port, a) in &outputs {
-            let kind = match a.kind {
-                ArtifactKind::Table => "table",
-                _ if port == "model" => "model",
-                _ => "directory",
+            let kind = match spec.output(port).map(|o| &o.kind) {
+                _ if a.kind == ArtifactKind::Table => "table",
+                Some(PortKind::Dir) => "directory",
+                _ => "model",
             };
             views.push(OutputView { port: port.clone(), kind, rows: a.rows, bytes: a.bytes });
             let path = store.object_path(a.kind, &a.digest);
@@ -180,32 +181,13 @@ pub fn collect(pipeline: &Pipeline, store: &Store) -> anyhow::Result<PipelineVie
             status,
             reason: match status {
                 Status::Cached => String::new(),
-                Status::CheckFailed => {
-                    let failed: Vec<&str> = r
-                        .checks
-                        .iter()
-                        .filter(|c| c.severity == Severity::Error && c.status != CheckStatus::Passed)
-                        .map(|c| c.name.as_str())
-                        .collect();
-                    format!("check {} failed: downstream is blocked", failed.join(", "))
-                }
+                Status::CheckFailed => format!("check {} failed: downstream is blocked", blocking.join(", ")),
                 _ => r.reason.clone(),
             },
             key: r.key.as_ref().map(|k| k.to_string()),
             upstream: stage.upstream.clone(),
             outputs: views,
-            checks: r
-                .checks
-                .iter()
-                .map(|c| {
-                    let s = match c.status {
-                        CheckStatus::Passed => "passed",
-                        CheckStatus::Failed => "failed",
-                        CheckStatus::Error => "error",
-                    };
-                    (c.name.clone(), s.to_string(), c.failing_rows)
-                })
-                .collect(),
+            checks: r.checks.iter().map(|c| (c.name.clone(), c.status, c.failing_rows)).collect(),
         });
     }
     Ok(PipelineView {
@@ -322,12 +304,10 @@ fn stage_table(s: &mut String, view: &PipelineView) {
         let checks: Vec<String> = st
             .checks
             .iter()
-            .map(|(n, status, failing)| {
-                if status == "passed" {
-                    format!("{} ✓", escape(n))
-                } else {
-                    format!("{}: {status}, {failing} failing row(s)", escape(n))
-                }
+            .map(|(n, status, failing)| match status {
+                CheckStatus::Passed => format!("{} ✓", escape(n)),
+                CheckStatus::Failed => format!("{}: failed, {failing} failing row(s)", escape(n)),
+                CheckStatus::Error => format!("{}: error (the check could not run)", escape(n)),
             })
             .collect();
         let key = st.key.as_deref().map(|k| k.chars().take(12).collect::<String>()).unwrap_or_default();
