@@ -15,6 +15,7 @@ pub mod executor;
 pub mod harness;
 pub mod keys;
 pub mod lineage;
+pub mod live;
 pub mod maintenance;
 pub mod op;
 pub mod optest;

@@ -2,11 +2,13 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use clap::Args;
 use fleming_runtime::CancelToken;
 use fleming_runtime::executor::{Executor, Outcome, RunOptions, RunReport, Selection};
+use fleming_runtime::live::LiveSink;
 use fleming_runtime::op::Registry;
 use fleming_runtime::progress::{auto_sink, log_line};
 
@@ -81,13 +83,18 @@ pub fn run(cli: &Cli, args: &RunArgs, registry: &dyn Registry) -> anyhow::Result
         keep_going: args.keep_going,
         dry_run: args.dry_run,
         skip_checks: args.skip_checks,
+        read_only: false,
     };
     if args.skip_checks {
         log_line(format_args!(
             "WARNING: --skip-checks: data checks are NOT evaluated in this run; stages downstream of a failing check will run anyway."
         ));
     }
-    let progress = auto_sink(cli.quiet || args.dry_run);
+    let mut progress = auto_sink(cli.quiet || args.dry_run);
+    if !args.dry_run {
+        // What `fleming ui` shows of a run going on in another process.
+        progress = Arc::new(LiveSink::new(progress, &store, &pipeline.name));
+    }
     let executor = Executor::new(&pipeline, &store, progress, cancel.clone());
     let report = executor.run(&opts)?;
     print_report(&report, args.dry_run, started.elapsed().as_secs_f64(), cli.quiet);

@@ -188,6 +188,7 @@ fn a_panic_outside_the_operator_fails_the_stage() {
             keep_going: false,
             dry_run: false,
             skip_checks: false,
+            read_only: false,
         });
         let _ = tx.send(report.map(|r| r.stages));
     });

@@ -69,6 +69,9 @@ pub struct RunOptions {
     pub dry_run: bool,
     /// Do not evaluate data checks (emergencies only).
     pub skip_checks: bool,
+    /// With `dry_run`: write nothing to the store, not even the stat cache of input files
+    /// (for viewers such as `fleming ui`, which must never change the store).
+    pub read_only: bool,
 }
 
 impl Default for RunOptions {
@@ -81,6 +84,7 @@ impl Default for RunOptions {
             keep_going: false,
             dry_run: false,
             skip_checks: false,
+            read_only: false,
         }
     }
 }
@@ -450,7 +454,9 @@ impl<'a> Executor<'a> {
             Ok(())
         })?;
         self.close_memos();
-        if let Err(e) = self.stat.save() {
+        if opts.read_only && opts.dry_run {
+            // Nothing to save.
+        } else if let Err(e) = self.stat.save() {
             self.log(&format!("warning: cannot save the stat cache: {e}"));
         }
         self.progress.finish();
