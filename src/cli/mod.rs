@@ -10,6 +10,7 @@ mod run;
 mod serve;
 mod store;
 mod test;
+mod ui;
 
 use std::path::{Path, PathBuf};
 
@@ -70,6 +71,8 @@ pub enum Command {
     Checks(checks::ChecksArgs),
     /// The pipeline as one self-contained HTML file: DAG, stages, training curves, evaluations.
     Report(report::ReportArgs),
+    /// The pipeline in a browser: live DAG, stage pages, lineage, curves, evaluations.
+    Ui(ui::UiArgs),
     /// Run operator test cases from YAML files (default: tests/ops).
     Test(test::TestArgs),
     /// Serve a model over an OpenAI-compatible API (runs the torch worker).
@@ -111,6 +114,7 @@ pub fn main() -> i32 {
         Command::Validate { pipeline } => validate(pipeline, registry.as_ref()),
         Command::Checks(args) => checks::run(&cli, args, registry.as_ref()),
         Command::Report(args) => report::report(&cli, args, registry.as_ref()),
+        Command::Ui(args) => ui::ui(&cli, args, registry.clone()),
         Command::Status(args) => inspect::status(&cli, args, registry.as_ref()),
         Command::Dag(args) => inspect::dag(args, registry.as_ref()),
         Command::Lineage(args) => lineage::lineage(&cli, args, registry.as_ref()),

@@ -5,7 +5,7 @@
 
 use std::fmt::Write;
 
-use super::html::escape;
+use super::html::{clip, escape};
 use super::{StageView, Status};
 
 const NODE_W: f64 = 170.0;
@@ -141,12 +141,13 @@ pub fn colour(status: Status) -> &'static str {
         Status::Blocked => "#e0e0e0",
         Status::CheckFailed | Status::Failed => "#f5b7b1",
         Status::NeverRan => "#ffffff",
+        Status::Running => "#a9d1f5",
     }
 }
 
 /// The DAG as an inline `<svg>`: one `<g class="stage">` per stage, with its status in
-/// `data-status` and a link to its row of the stage table.
-pub fn svg(stages: &[StageView]) -> String {
+/// `data-status`, linked to the address `link` gives for its name.
+pub fn svg(stages: &[StageView], link: &dyn Fn(&str) -> String) -> String {
     let upstream: Vec<Vec<usize>> = stages.iter().map(|s| s.upstream.clone()).collect();
     let plan = layout(&upstream);
     let layers = plan.at.iter().chain(plan.edges.iter().flat_map(|e| e.via.iter())).map(|a| a.0 + 1).max().unwrap_or(1);
@@ -185,11 +186,15 @@ pub fn svg(stages: &[StageView]) -> String {
         let op = escape(&clip(&st.op, 24));
         let _ = write!(
             s,
-            r##"<a href="#stage-{id}"><g class="stage" data-stage="{full}" data-status="{status}"><title>{full}: {status}{why}</title><rect x="{x:.1}" y="{y:.1}" width="{NODE_W}" height="{NODE_H}" rx="5" fill="{fill}" stroke="#555"/><text x="{tx:.1}" y="{ty1:.1}">{name}</text><text class="op" x="{tx:.1}" y="{ty2:.1}">[{op}]</text></g></a>"##,
-            id = escape(&st.name),
+            r##"<a href="{href}"><g class="stage" data-stage="{full}" data-status="{status}"><title>{full}: {status}{why}</title><rect x="{x:.1}" y="{y:.1}" width="{NODE_W}" height="{NODE_H}" rx="5" fill="{fill}" stroke="#555"/><text x="{tx:.1}" y="{ty1:.1}">{name}</text><text class="op" x="{tx:.1}" y="{ty2:.1}">[{op}]</text></g></a>"##,
+            href = link(&st.name),
             full = escape(&st.name),
             status = st.status.label(),
-            why = if st.reason.is_empty() { String::new() } else { format!(" — {}", escape(&st.reason)) },
+            why = match (&st.progress, st.reason.is_empty()) {
+                (Some(p), _) => format!(" — {}", escape(p)),
+                (None, true) => String::new(),
+                (None, false) => format!(" — {}", escape(&st.reason)),
+            },
             fill = colour(st.status),
             tx = x + 8.0,
             ty1 = y + 17.0,
@@ -198,16 +203,6 @@ pub fn svg(stages: &[StageView]) -> String {
     }
     s.push_str("</svg>");
     s
-}
-
-/// At most `n` characters, with an ellipsis when cut (never splits a character).
-fn clip(text: &str, n: usize) -> String {
-    if text.chars().count() <= n {
-        return text.to_string();
-    }
-    let mut out: String = text.chars().take(n.saturating_sub(1)).collect();
-    out.push('…');
-    out
 }
 
 #[cfg(test)]
@@ -238,9 +233,4 @@ mod tests {
         assert_eq!(at[0].1 < at[1].1, at[3].1 < at[2].1, "{at:?}");
     }
 
-    #[test]
-    fn clip_counts_characters_not_bytes() {
-        assert_eq!(clip("ééééé", 3), "éé…");
-        assert_eq!(clip("abc", 3), "abc");
-    }
 }

@@ -9,8 +9,10 @@
 pub mod curves;
 pub mod dag;
 pub mod html;
+pub mod page;
 
-use std::fmt::Write;
+pub use page::render;
+
 use std::path::Path;
 use std::sync::Arc;
 
@@ -19,7 +21,8 @@ use arrow::array::{Array, Float64Array};
 use arrow::datatypes::DataType;
 use fleming_artifacts::{ArtifactKind, Store, Table};
 use fleming_runtime::CancelToken;
-use fleming_runtime::checks::CheckStatus;
+use fleming_runtime::checks::CheckResult;
+use fleming_runtime::live::{LiveRun, LiveStage};
 use fleming_runtime::executor::{Executor, Outcome, RunOptions};
 use fleming_runtime::op::PortKind;
 use fleming_runtime::progress::SilentSink;
@@ -27,7 +30,6 @@ use fleming_runtime::spec::Pipeline;
 use fleming_runtime::state::StageRef;
 
 use curves::Series;
-use html::escape;
 
 /// A stage's state, as the report colours it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,6 +46,8 @@ pub enum Status {
     CheckFailed,
     /// Its last run failed.
     Failed,
+    /// A `fleming run` is running it now.
+    Running,
 }
 
 impl Status {
@@ -56,8 +60,20 @@ impl Status {
             Status::Blocked => "blocked",
             Status::CheckFailed => "check-failed",
             Status::Failed => "failed",
+            Status::Running => "running",
         }
     }
+
+    /// Every status, in the legend's order.
+    pub const ALL: [Status; 7] = [
+        Status::Cached,
+        Status::Running,
+        Status::Stale,
+        Status::NeverRan,
+        Status::Blocked,
+        Status::CheckFailed,
+        Status::Failed,
+    ];
 }
 
 /// One output of a stage, as last stored.
@@ -71,6 +87,8 @@ pub struct OutputView {
     pub rows: Option<u64>,
     /// Size in bytes.
     pub bytes: u64,
+    /// Content digest.
+    pub digest: String,
 }
 
 /// One stage of the report.
@@ -90,8 +108,12 @@ pub struct StageView {
     pub upstream: Vec<usize>,
     /// Its outputs as last stored (none when it never ran).
     pub outputs: Vec<OutputView>,
-    /// Its data checks: name, status, failing rows.
-    pub checks: Vec<(String, CheckStatus, u64)>,
+    /// Its data checks, with a sample of failing rows.
+    pub checks: Vec<CheckResult>,
+    /// Warnings of the plan (an operator changed without a version bump, say).
+    pub warnings: Vec<String>,
+    /// Progress of a run going on now (`12/40 steps`), when running.
+    pub progress: Option<String>,
 }
 
 /// The training curves of one stage.
@@ -114,14 +136,24 @@ pub struct PipelineView {
     pub stages: Vec<StageView>,
     /// Curves of the stages with a stored `metrics` table.
     pub curves: Vec<StageCurves>,
-    /// Each evaluation stage's own HTML report: stage name and the document.
-    pub evaluations: Vec<(String, String)>,
+    /// The evaluation stages' results.
+    pub evaluations: Vec<Evaluation>,
 }
 
-/// Reads the pipeline's state and outputs from the store.
+/// What an `evaluate` stage measured.
+#[derive(Clone, Debug)]
+pub struct Evaluation {
+    /// Stage name.
+    pub stage: String,
+    /// Its own HTML report — the ablation as bars with 95% intervals, Table 1 and Table 2
+    /// layouts, paired tests — when readable.
+    pub report: Option<String>,
+}
+
+/// Reads the pipeline's state and outputs from the store (writing nothing to it).
 pub fn collect(pipeline: &Pipeline, store: &Store) -> anyhow::Result<PipelineView> {
     let executor = Executor::new(pipeline, store, Arc::new(SilentSink), CancelToken::new());
-    let plan = executor.run(&RunOptions { dry_run: true, ..RunOptions::default() })?;
+    let plan = executor.run(&RunOptions { dry_run: true, read_only: true, ..RunOptions::default() })?;
     let mut stages = Vec::new();
     let mut curves = Vec::new();
     let mut evaluations = Vec::new();
@@ -153,7 +185,7 @@ pub fn collect(pipeline: &Pipeline, store: &Store) -> anyhow::Result<PipelineVie
                 Some(PortKind::Dir) => "directory",
                 _ => "model",
             };
-            views.push(OutputView { port: port.clone(), kind, rows: a.rows, bytes: a.bytes });
+            views.push(OutputView { port: port.clone(), kind, rows: a.rows, bytes: a.bytes, digest: a.digest.to_string() });
             let path = store.object_path(a.kind, &a.digest);
             if port == "metrics" && a.kind == ArtifactKind::Table {
                 // One unreadable table (a quarantined object, say) costs its charts, not the page.
@@ -168,12 +200,12 @@ pub fn collect(pipeline: &Pipeline, store: &Store) -> anyhow::Result<PipelineVie
                     }
                 }
             }
-            if port == "report"
-                && spec.name == "evaluate"
-                && let Ok(doc) = std::fs::read_to_string(path.join("report.html"))
-            {
-                evaluations.push((stage.name.clone(), doc));
-            }
+        }
+        if spec.name == "evaluate"
+            && let Some(a) = outputs.get("report")
+        {
+            let report = std::fs::read_to_string(store.object_path(a.kind, &a.digest).join("report.html")).ok();
+            evaluations.push(Evaluation { stage: stage.name.clone(), report });
         }
         stages.push(StageView {
             name: stage.name.clone(),
@@ -187,7 +219,9 @@ pub fn collect(pipeline: &Pipeline, store: &Store) -> anyhow::Result<PipelineVie
             key: r.key.as_ref().map(|k| k.to_string()),
             upstream: stage.upstream.clone(),
             outputs: views,
-            checks: r.checks.iter().map(|c| (c.name.clone(), c.status, c.failing_rows)).collect(),
+            checks: r.checks.clone(),
+            warnings: r.warnings.clone(),
+            progress: None,
         });
     }
     Ok(PipelineView {
@@ -199,8 +233,29 @@ pub fn collect(pipeline: &Pipeline, store: &Store) -> anyhow::Result<PipelineVie
     })
 }
 
+/// Marks the stages a `fleming run` is running now, with their progress.
+pub fn apply_live(view: &mut PipelineView, runs: &[LiveRun]) {
+    for run in runs {
+        for (name, live) in &run.stages {
+            if let Some(st) = view.stages.iter_mut().find(|s| &s.name == name) {
+                st.status = Status::Running;
+                st.progress = Some(progress_text(live));
+            }
+        }
+    }
+}
+
+/// `12/40 steps · message`.
+pub fn progress_text(live: &LiveStage) -> String {
+    let count = match live.total {
+        Some(t) => format!("{}/{t} {}", live.position, live.unit),
+        None => format!("{} {}", live.position, live.unit),
+    };
+    if live.message.is_empty() { count } else { format!("{count} · {}", live.message) }
+}
+
 /// The charted metrics of a metrics table: x is its `step` column.
-fn metrics_series(path: &Path) -> anyhow::Result<Vec<Series>> {
+pub fn metrics_series(path: &Path) -> anyhow::Result<Vec<Series>> {
     let table = Table::read_parquet(path)?;
     if table.num_rows() == 0 {
         return Ok(Vec::new());
@@ -232,96 +287,3 @@ fn numeric(batch: &arrow::array::RecordBatch, name: &str) -> anyhow::Result<Opti
     Ok(cast.as_any().downcast_ref::<Float64Array>().cloned())
 }
 
-/// The whole page.
-pub fn render(view: &PipelineView) -> String {
-    let mut s = String::new();
-    let title = format!("Pipeline {}", view.name);
-    let _ = write!(
-        s,
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{}</title><style>{}</style></head><body>\n<h1>{}</h1>\n",
-        escape(&title),
-        html::STYLE,
-        escape(&title)
-    );
-    if !view.description.is_empty() {
-        let _ = writeln!(s, "<p>{}</p>", escape(&view.description));
-    }
-    let count = |st: Status| view.stages.iter().filter(|s| s.status == st).count();
-    let _ = writeln!(
-        s,
-        "<p>{} stages: {} cached, {} stale, {} never ran, {} blocked, {} with a failing check.</p>",
-        view.stages.len(),
-        count(Status::Cached),
-        count(Status::Stale),
-        count(Status::NeverRan),
-        count(Status::Blocked),
-        count(Status::CheckFailed)
-    );
-    s.push_str("<h2>Graph</h2>\n<p class=\"legend\">");
-    for st in [Status::Cached, Status::Stale, Status::NeverRan, Status::Blocked, Status::CheckFailed, Status::Failed] {
-        let _ = write!(s, "<span style=\"background:{}\">{}</span>", dag::colour(st), st.label());
-    }
-    s.push_str("</p>\n<div class=\"dagbox\">");
-    s.push_str(&dag::svg(&view.stages));
-    s.push_str("</div>\n");
-    stage_table(&mut s, view);
-    if !view.curves.is_empty() {
-        s.push_str("<h2>Training curves</h2>\n");
-        for c in &view.curves {
-            let _ = write!(s, "<h3 id=\"curves-{0}\"><code>{0}</code></h3>\n<div class=\"curves\">", escape(&c.stage));
-            for series in &c.series {
-                s.push_str(&curves::svg(series));
-            }
-            s.push_str("</div>\n");
-        }
-    }
-    if !view.evaluations.is_empty() {
-        s.push_str("<h2>Evaluation</h2>\n");
-        for (stage, doc) in &view.evaluations {
-            let _ = writeln!(
-                s,
-                "<h3 id=\"eval-{0}\"><code>{0}</code></h3>\n<iframe title=\"evaluation {0}\" srcdoc=\"{1}\"></iframe>",
-                escape(stage),
-                escape(doc)
-            );
-        }
-    }
-    s.push_str("</body></html>\n");
-    s
-}
-
-fn stage_table(s: &mut String, view: &PipelineView) {
-    s.push_str("<h2>Stages</h2>\n<table class=\"stages\"><tr><th>stage</th><th>op</th><th>status</th><th>why</th><th>outputs</th><th>checks</th><th>key</th></tr>\n");
-    for st in &view.stages {
-        let outputs: Vec<String> = st
-            .outputs
-            .iter()
-            .map(|o| match o.rows {
-                Some(r) => format!("{}: {} rows", escape(&o.port), r),
-                None => format!("{}: {} ({} bytes)", escape(&o.port), o.kind, o.bytes),
-            })
-            .collect();
-        let checks: Vec<String> = st
-            .checks
-            .iter()
-            .map(|(n, status, failing)| match status {
-                CheckStatus::Passed => format!("{} ✓", escape(n)),
-                CheckStatus::Failed => format!("{}: failed, {failing} failing row(s)", escape(n)),
-                CheckStatus::Error => format!("{}: error (the check could not run)", escape(n)),
-            })
-            .collect();
-        let key = st.key.as_deref().map(|k| k.chars().take(12).collect::<String>()).unwrap_or_default();
-        let _ = writeln!(
-            s,
-            "<tr id=\"stage-{name}\" data-status=\"{status}\"><td><code>{name}</code></td><td>{op}</td><td style=\"background:{fill}\">{status}</td><td>{why}</td><td>{outputs}</td><td>{checks}</td><td><code>{key}</code></td></tr>",
-            name = escape(&st.name),
-            op = escape(&st.op),
-            status = st.status.label(),
-            fill = dag::colour(st.status),
-            why = escape(&st.reason),
-            outputs = outputs.join("<br>"),
-            checks = checks.join("<br>"),
-        );
-    }
-    s.push_str("</table>\n");
-}
