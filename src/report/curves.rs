@@ -77,7 +77,7 @@ pub fn overlay(metric: &str, lines: &[Line<'_>]) -> String {
     };
     let _ = write!(
         s,
-        r#"<svg class="curve" data-metric="{m}" data-lines="{nl}"{points_attr} width="{W}" height="{h}" viewBox="0 0 {W} {h}" role="img" aria-label="{m}"><text x="{LEFT}" y="12" class="title">{m}</text>"#,
+        r#"<svg class="curve" data-metric="{m}"{points_attr} data-lines="{nl}" width="{W}" height="{h}" viewBox="0 0 {W} {h}" role="img" aria-label="{m}"><text x="{LEFT}" y="12" class="title">{m}</text>"#,
         m = escape(metric),
         nl = lines.len(),
     );

@@ -18,3 +18,4 @@ mod question_data;
 mod quickstart;
 mod report;
 mod validation;
+mod ui;
