@@ -8,7 +8,7 @@ use super::html::{clip, escape};
 
 const W: f64 = 300.0;
 const H: f64 = 150.0;
-const LEFT: f64 = 52.0;
+const LEFT: f64 = 60.0;
 const BOTTOM: f64 = 22.0;
 const TOP: f64 = 26.0;
 const RIGHT: f64 = 10.0;
@@ -65,7 +65,7 @@ pub fn overlay(metric: &str, lines: &[Line<'_>]) -> String {
         y1 += 0.5;
     }
     let labelled = lines.iter().filter(|l| !l.label.is_empty()).count();
-    let legend_h = if labelled > 0 { 14.0 * labelled.div_ceil(3) as f64 } else { 0.0 };
+    let legend_h = if labelled > 0 { 14.0 * labelled.div_ceil(2) as f64 } else { 0.0 };
     let h = H + legend_h;
     let top = TOP + legend_h;
     let sx = |x: f64| LEFT + (x - x0) / (x1 - x0).max(f64::EPSILON) * (W - LEFT - RIGHT);
@@ -82,14 +82,14 @@ pub fn overlay(metric: &str, lines: &[Line<'_>]) -> String {
         nl = lines.len(),
     );
     for (k, line) in lines.iter().filter(|l| !l.label.is_empty()).enumerate() {
-        let (lx, ly) = (LEFT + (k % 3) as f64 * 82.0, 26.0 + (k / 3) as f64 * 14.0);
+        let (lx, ly) = (8.0 + (k % 2) as f64 * 146.0, 26.0 + (k / 2) as f64 * 14.0);
         let _ = write!(
             s,
             r#"<rect x="{lx}" y="{ry}" width="10" height="3" fill="{c}"/><text x="{tx}" y="{ly}" class="key">{l}</text>"#,
             ry = ly - 5.0,
             c = PALETTE[k % PALETTE.len()],
             tx = lx + 13.0,
-            l = escape(&clip(&line.label, 11)),
+            l = escape(&clip(&line.label, 21)),
         );
     }
     for (v, label) in [(y0, fmt(y0)), (y1, fmt(y1))] {

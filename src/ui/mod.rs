@@ -170,7 +170,7 @@ fn router(app: Arc<App>) -> Router {
         .route("/curves", get(curves_page))
         .route("/evaluation", get(evaluation_page))
         .route("/report.html", get(report_file))
-        .route("/assets/live.js", get(live_js))
+        .route("/assets/app.js", get(app_js))
         .layer(axum::middleware::from_fn_with_state(app.clone(), auth))
         .with_state(app)
 }
@@ -318,8 +318,8 @@ async fn report_file(State(app): State<Arc<App>>) -> Response {
     }
 }
 
-async fn live_js() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], include_str!("live.js"))
+async fn app_js() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], include_str!("app.js"))
 }
 
 async fn api_status(State(app): State<Arc<App>>) -> Response {

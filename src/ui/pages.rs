@@ -18,7 +18,7 @@ use crate::report::{PipelineView, dag};
 const APP_STYLE: &str = "nav{display:flex;gap:1.2em;align-items:baseline;border-bottom:1px solid #ddd;padding:.3em 0 .6em;margin-bottom:1em}\
 nav .name{font-weight:600}#conn{color:#a33}.bad{background:#fde8e6}pre{background:#f7f7f7;padding:.6em;overflow:auto}\
 form.inline input{margin-right:.6em}ul.records{list-style:none;padding-left:1.2em;border-left:1px solid #ddd}\
-.pager a{margin-right:1em}td.cell{max-width:40em;overflow-wrap:break-word}.scroll{overflow-x:auto}body{max-width:none}";
+.pager a{margin-right:1em}.tools{display:flex;gap:1.5em;align-items:center;margin:.4em 0}g.stage.found rect{stroke:#d9534f;stroke-width:3}td.cell{max-width:40em;overflow-wrap:break-word}.scroll{overflow-x:auto}body{max-width:none}";
 
 /// A page of the app: the report's style, the navigation, and the live script.
 pub(crate) fn shell(title: &str, pipeline: &str, body: &str) -> String {
@@ -26,7 +26,7 @@ pub(crate) fn shell(title: &str, pipeline: &str, body: &str) -> String {
     page::open(
         &mut s,
         &format!("{title} — {pipeline}"),
-        &format!("<style>{APP_STYLE}</style><script src=\"/assets/live.js\" defer></script>"),
+        &format!("<style>{APP_STYLE}</style><script src=\"/assets/app.js\" defer></script>"),
     );
     let _ = write!(
         s,
@@ -54,6 +54,12 @@ pub(crate) fn dag(view: &PipelineView) -> String {
         let _ = writeln!(b, "<p>{}</p>", escape(&view.description));
     }
     let _ = writeln!(b, "<p id=\"summary\">{}</p>", escape(&page::summary(view)));
+    // Finding and zooming: what makes a graph of hundreds of stages usable.
+    b.push_str("<div class=\"tools\"><label>find a stage <input id=\"find\" list=\"stage-names\" size=\"24\"></label><datalist id=\"stage-names\">");
+    for st in &view.stages {
+        let _ = write!(b, "<option value=\"{}\">", escape(&st.name));
+    }
+    b.push_str("</datalist><label>zoom <input id=\"zoom\" type=\"range\" min=\"10\" max=\"100\" value=\"100\"></label></div>\n");
     page::graph(&mut b, view, Links::Pages);
     b.push_str("<h2>Stages</h2>\n");
     page::stage_table(&mut b, view, Links::Pages);

@@ -280,8 +280,8 @@ fn curves_section(app: &App, b: &mut String, history: &[&RunManifest], current: 
         .iter()
         .filter_map(|(m, a)| {
             let s = metrics_series(&app.store.object_path(a.kind, &a.digest)).ok()?;
-            let mark = if current.is_some_and(|c| c.run_id == m.run_id) { " (current)" } else { "" };
-            Some((format!("{}{mark}", m.started_at.format("%m-%d %H:%M")), s))
+            let mark = if current.is_some_and(|c| c.run_id == m.run_id) { " (now)" } else { "" };
+            Some((format!("{}{mark}", m.started_at.format("%m-%d %H:%M:%S")), s))
         })
         .collect();
     let _ = writeln!(b, "<h2>Curves</h2>\n<p>{} run(s) overlaid.</p><div class=\"curves\">", series.len());

@@ -172,7 +172,7 @@ fn the_ui_shows_a_run_live_serves_every_page_and_never_writes_the_store() {
     let lineage = ui.get(&format!("/lineage?target=slow&id={id}"));
     assert_eq!(lineage.status, 200);
     assert!(lineage.body.contains("<li data-record=\"r0007\">"), "{}", lineage.body);
-    for path in ["/curves", "/evaluation", "/lineage", "/lineage?target=after&down=1", "/assets/live.js"] {
+    for path in ["/curves", "/evaluation", "/lineage", "/lineage?target=after&down=1", "/assets/app.js"] {
         assert_eq!(ui.get(path).status, 200, "{path}");
     }
     let report = ui.get("/report.html");

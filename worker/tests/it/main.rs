@@ -1,6 +1,7 @@
 //! Integration tests for fleming-worker (one binary): the OpenAI-compatible
 //! server driven by the official Python `openai` client, and `run JOB.json`.
 
+mod browser;
 mod grpo;
 mod pipeline;
 mod quickstart;

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+use crate::browser;
 use crate::pipeline::fleming;
 
 #[test]
@@ -92,7 +93,11 @@ fn the_whole_quickstart_runs_with_the_worker_and_reruns_cached() {
     assert!(n("select count(*) as n from rl2_metrics") > 0);
     let second = run();
     assert!(second.contains("0 ran, "), "{second}");
-    report_shows_the_store(&pipeline, &store, &second, n("select count(*) as n from base_metrics"));
+    let base_steps = n("select count(*) as n from base_metrics");
+    report_shows_the_store(&pipeline, &store, &second, base_steps);
+    let ui = browser::Ui::start(&pipeline, &store, &dir.path().join("out"));
+    let stages: usize = second.split(" cached in").next().and_then(|l| l.rsplit(' ').next()).unwrap().parse().unwrap();
+    browser::ui_shows_the_store(&ui, &store.with_file_name("report.html"), stages, heldout as usize, base_steps);
     // Editing stage 2's parameters reruns stage 2 and the evaluation, nothing else.
     let text = std::fs::read_to_string(&pipeline).unwrap();
     let edited: Vec<String> = text
@@ -107,6 +112,8 @@ fn the_whole_quickstart_runs_with_the_worker_and_reruns_cached() {
     let ran: Vec<&str> =
         third.lines().filter(|l| l.contains(" ran ")).filter_map(|l| l.split_whitespace().next()).collect();
     assert_eq!(ran, ["rl2", "eval"], "{third}");
+    // The UI, still running, shows what changed.
+    browser::ui_shows_the_change(&ui, "rl2", "learning_rate");
 }
 
 /// `fleming report` on the quickstart's store: a box per stage, all cached; the curves of

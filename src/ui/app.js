@@ -1,9 +1,44 @@
-// fleming ui: keeps the statuses on the page current while a `fleming run` goes on
-// elsewhere, without reloading. Every element with `data-stage` gets the stage's
+// fleming ui's script (the only one; compiled into the binary).
+//
+// The graph: find a stage, zoom. Live statuses: keeps the statuses on the page current while
+// a `fleming run` goes on elsewhere, without reloading. Every element with `data-stage` gets the stage's
 // `data-status`; boxes of the graph and status cells are recoloured, `why` cells
 // show the progress of running stages.
 (function () {
   "use strict";
+  // Milliseconds from navigation start to the load event (the page parsed, its graph
+  // laid out): the UI benchmark reads it.
+  window.addEventListener("load", function () {
+    document.body.getBoundingClientRect(); // forces the layout, if not done yet
+    document.documentElement.setAttribute("data-load-ms", String(Math.round(performance.now())));
+  });
+  var svg = document.querySelector(".dagbox svg");
+  var zoom = document.getElementById("zoom");
+  if (svg && zoom) {
+    var w = Number(svg.getAttribute("width")), h = Number(svg.getAttribute("height"));
+    var setZoom = function (pct) {
+      svg.setAttribute("width", String(w * pct / 100));
+      svg.setAttribute("height", String(h * pct / 100));
+    };
+    zoom.addEventListener("input", function () { setZoom(Number(zoom.value)); });
+    // A graph wider than its box starts zoomed out to fit (not below a readable 35%).
+    var box = svg.parentNode.clientWidth;
+    if (box && w > box) {
+      zoom.value = String(Math.max(35, Math.floor(100 * box / w)));
+      setZoom(Number(zoom.value));
+    }
+  }
+  var find = document.getElementById("find");
+  if (find) {
+    find.addEventListener("change", function () {
+      document.querySelectorAll("g.stage.found").forEach(function (g) { g.classList.remove("found"); });
+      var g = document.querySelector('g.stage[data-stage="' + CSS.escape(find.value) + '"]');
+      if (g) {
+        g.classList.add("found");
+        g.scrollIntoView({ block: "center", inline: "center" });
+      }
+    });
+  }
   if (!document.querySelector("[data-stage]") && !document.getElementById("summary")) return;
   var conn = document.getElementById("conn");
   function apply(status) {
@@ -32,6 +67,9 @@
     });
     var summary = document.getElementById("summary");
     if (summary) summary.textContent = status.summary;
+    // How many updates were applied (tests read it).
+    var root = document.documentElement;
+    root.setAttribute("data-polls", String(Number(root.getAttribute("data-polls") || 0) + 1));
   }
   function poll() {
     fetch("/api/status", { credentials: "same-origin", cache: "no-store" })
