@@ -120,7 +120,11 @@ fn main() {
             get(&addr, "/").0
         })
         .collect();
-    println!("GET / with a new snapshot (dry run + layout + page): {:.0} ms, {} kB", cold.as_secs_f64() * 1e3, bytes / 1024);
+    println!(
+        "GET / with a new snapshot (dry run + layout + page): {:.0} ms, {} kB",
+        cold.as_secs_f64() * 1e3,
+        bytes / 1024
+    );
     println!("GET / with the snapshot reused, median of 10: {:.1} ms", median(warm).as_secs_f64() * 1e3);
     let (status, _) = get(&addr, "/api/status");
     println!("GET /api/status (what each open page polls every second): {:.1} ms", status.as_secs_f64() * 1e3);
@@ -148,7 +152,11 @@ fn main() {
                 let profile = tempfile::tempdir().expect("profile");
                 let png = profile.path().join("p.png");
                 let t = Instant::now();
-                chromium(profile.path(), target, &["--window-size=1400,1000".into(), format!("--screenshot={}", png.display())]);
+                chromium(
+                    profile.path(),
+                    target,
+                    &["--window-size=1400,1000".into(), format!("--screenshot={}", png.display())],
+                );
                 t.elapsed()
             };
             walls.push(shot(&url));

@@ -108,7 +108,8 @@ impl LiveSink {
             updated_at: Some(now),
             ..LiveRun::default()
         };
-        let shared = Arc::new(Shared { run: Mutex::new((run, true)), wake: Condvar::new(), stop: AtomicBool::new(false) });
+        let shared =
+            Arc::new(Shared { run: Mutex::new((run, true)), wake: Condvar::new(), stop: AtomicBool::new(false) });
         let writer = {
             let shared = shared.clone();
             let path = path.clone();
@@ -170,7 +171,12 @@ impl ProgressSink for LiveSink {
         self.shared.update(|r| {
             r.stages.insert(
                 name.clone(),
-                LiveStage { op: op.to_string(), started_at: Some(Utc::now()), unit: "rows".into(), ..LiveStage::default() },
+                LiveStage {
+                    op: op.to_string(),
+                    started_at: Some(Utc::now()),
+                    unit: "rows".into(),
+                    ..LiveStage::default()
+                },
             );
         });
         Progress::new(Arc::new(LiveStageProgress {
@@ -335,7 +341,8 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         std::fs::create_dir_all(super::dir(&store)).unwrap();
         // A pid far above Linux's pid_max (4194304) belongs to no process.
-        let gone = LiveRun { pipeline: "p".into(), pid: 999_999_999, updated_at: Some(Utc::now()), ..LiveRun::default() };
+        let gone =
+            LiveRun { pipeline: "p".into(), pid: 999_999_999, updated_at: Some(Utc::now()), ..LiveRun::default() };
         std::fs::write(super::dir(&store).join("p.999999999.json"), serde_json::to_vec(&gone).unwrap()).unwrap();
         std::fs::write(super::dir(&store).join("p.1.json"), b"{ torn").unwrap();
         assert!(read(&store, "p").is_empty());

@@ -40,7 +40,12 @@ pub fn ui(cli: &Cli, args: &UiArgs, registry: Arc<dyn Registry>) -> anyhow::Resu
         None => None,
     };
     crate::ui::serve(
-        crate::ui::UiOptions { pipeline: args.pipeline.clone(), store, addr: SocketAddr::new(args.bind, args.port), token },
+        crate::ui::UiOptions {
+            pipeline: args.pipeline.clone(),
+            store,
+            addr: SocketAddr::new(args.bind, args.port),
+            token,
+        },
         registry,
     )?;
     Ok(0)

@@ -158,7 +158,8 @@ mod tests {
     fn overlaid_lines_share_the_axes_and_each_keeps_its_points() {
         let a = [(0.0, 1.0), (1.0, 0.5)];
         let b = [(0.0, 2.0), (1.0, 1.0), (2.0, 0.25)];
-        let svg = overlay("loss", &[Line { label: "run 1".into(), points: &a }, Line { label: "run 2".into(), points: &b }]);
+        let svg =
+            overlay("loss", &[Line { label: "run 1".into(), points: &a }, Line { label: "run 2".into(), points: &b }]);
         assert!(svg.contains(r#"data-lines="2""#) && !svg.contains(r#"data-lines="2" data-points"#), "{svg}");
         assert!(svg.contains(r#"data-run="run 1" data-points="2""#), "{svg}");
         assert!(svg.contains(r#"data-run="run 2" data-points="3""#), "{svg}");

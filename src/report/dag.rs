@@ -232,5 +232,4 @@ mod tests {
         let at = layout(&up).at;
         assert_eq!(at[0].1 < at[1].1, at[3].1 < at[2].1, "{at:?}");
     }
-
 }

@@ -22,8 +22,8 @@ use arrow::datatypes::DataType;
 use fleming_artifacts::{ArtifactKind, Store, Table};
 use fleming_runtime::CancelToken;
 use fleming_runtime::checks::CheckResult;
-use fleming_runtime::live::{LiveRun, LiveStage};
 use fleming_runtime::executor::{Executor, Outcome, RunOptions};
+use fleming_runtime::live::{LiveRun, LiveStage};
 use fleming_runtime::op::PortKind;
 use fleming_runtime::progress::SilentSink;
 use fleming_runtime::spec::Pipeline;
@@ -185,7 +185,13 @@ pub fn collect(pipeline: &Pipeline, store: &Store) -> anyhow::Result<PipelineVie
                 Some(PortKind::Dir) => "directory",
                 _ => "model",
             };
-            views.push(OutputView { port: port.clone(), kind, rows: a.rows, bytes: a.bytes, digest: a.digest.to_string() });
+            views.push(OutputView {
+                port: port.clone(),
+                kind,
+                rows: a.rows,
+                bytes: a.bytes,
+                digest: a.digest.to_string(),
+            });
             let path = store.object_path(a.kind, &a.digest);
             if port == "metrics" && a.kind == ArtifactKind::Table {
                 // One unreadable table (a quarantined object, say) costs its charts, not the page.
@@ -286,4 +292,3 @@ fn numeric(batch: &arrow::array::RecordBatch, name: &str) -> anyhow::Result<Opti
     let cast = arrow::compute::cast(col, &DataType::Float64)?;
     Ok(cast.as_any().downcast_ref::<Float64Array>().cloned())
 }
-

@@ -137,7 +137,8 @@ pub fn evaluation_sections(s: &mut String, view: &PipelineView) {
     for e in &view.evaluations {
         let _ = writeln!(s, "<h3 id=\"eval-{0}\"><code>{0}</code></h3>", escape(&e.stage));
         if let Some(doc) = &e.report {
-            let _ = writeln!(s, "<iframe title=\"evaluation {}\" srcdoc=\"{}\"></iframe>", escape(&e.stage), escape(doc));
+            let _ =
+                writeln!(s, "<iframe title=\"evaluation {}\" srcdoc=\"{}\"></iframe>", escape(&e.stage), escape(doc));
         }
     }
 }

@@ -69,7 +69,8 @@ pub(crate) struct App {
 impl App {
     fn signature(&self, name: Option<&str>) -> Signature {
         let stamp = |p: &Path| std::fs::metadata(p).ok().and_then(|m| Some((m.modified().ok()?, m.len())));
-        let mut parts = vec![stamp(&self.pipeline_file), stamp(&self.store.dir("runs")), stamp(&self.store.dir("checks"))];
+        let mut parts =
+            vec![stamp(&self.pipeline_file), stamp(&self.store.dir("runs")), stamp(&self.store.dir("checks"))];
         if let Some(name) = name {
             parts.push(stamp(&self.store.dir("refs").join(fleming_artifacts::fsutil::sanitize(name))));
         }
@@ -194,7 +195,8 @@ async fn auth(State(app): State<Arc<App>>, req: Request, next: Next) -> Response
         .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")).map(percent_decode))
         .is_some_and(|t| same(&t));
     if !(bearer || cookie || query) {
-        return (StatusCode::UNAUTHORIZED, "a token is required: open the address `fleming ui` printed\n").into_response();
+        return (StatusCode::UNAUTHORIZED, "a token is required: open the address `fleming ui` printed\n")
+            .into_response();
     }
     let mut resp = next.run(req).await;
     if query
@@ -241,7 +243,10 @@ pub(crate) fn percent_decode(s: &str) -> String {
 type PageResult = Result<Html<String>, (StatusCode, Html<String>)>;
 
 /// Runs a page's (blocking: files, SQL) work off the async threads.
-async fn blocking(app: Arc<App>, f: impl FnOnce(&App) -> anyhow::Result<Option<String>> + Send + 'static) -> PageResult {
+async fn blocking(
+    app: Arc<App>,
+    f: impl FnOnce(&App) -> anyhow::Result<Option<String>> + Send + 'static,
+) -> PageResult {
     let out = tokio::task::spawn_blocking(move || f(&app)).await;
     match out {
         Ok(Ok(Some(page))) => Ok(Html(page)),
@@ -284,7 +289,11 @@ pub(crate) struct StageQuery {
     pub page: Option<usize>,
 }
 
-async fn stage_page(State(app): State<Arc<App>>, UrlPath(name): UrlPath<String>, Query(q): Query<StageQuery>) -> PageResult {
+async fn stage_page(
+    State(app): State<Arc<App>>,
+    UrlPath(name): UrlPath<String>,
+    Query(q): Query<StageQuery>,
+) -> PageResult {
     blocking(app, move |app| {
         let (snap, view) = app.live_view()?;
         stage::page(app, &snap, &view, &name, &q)

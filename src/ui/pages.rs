@@ -28,9 +28,9 @@ pub(crate) fn shell(title: &str, pipeline: &str, body: &str) -> String {
         &format!("{title} — {pipeline}"),
         &format!("<style>{APP_STYLE}</style><script src=\"/assets/app.js\" defer></script>"),
     );
-    let _ = write!(
+    let _ = writeln!(
         s,
-        "<nav><span class=\"name\">{p}</span><a href=\"/\">Graph</a><a href=\"/curves\">Curves</a><a href=\"/evaluation\">Evaluation</a><a href=\"/lineage\">Lineage</a><a href=\"/report.html\">report.html</a><span id=\"conn\"></span></nav>\n",
+        "<nav><span class=\"name\">{p}</span><a href=\"/\">Graph</a><a href=\"/curves\">Curves</a><a href=\"/evaluation\">Evaluation</a><a href=\"/lineage\">Lineage</a><a href=\"/report.html\">report.html</a><span id=\"conn\"></span></nav>",
         p = escape(pipeline),
     );
     s.push_str(body);
@@ -42,7 +42,12 @@ pub(crate) fn shell(title: &str, pipeline: &str, body: &str) -> String {
 pub(crate) fn error_page(title: &str, text: &str) -> String {
     let mut s = String::new();
     page::open(&mut s, title, "");
-    let _ = write!(s, "<p><a href=\"/\">fleming ui</a></p><h1>{}</h1><pre>{}</pre></body></html>", escape(title), escape(text));
+    let _ = write!(
+        s,
+        "<p><a href=\"/\">fleming ui</a></p><h1>{}</h1><pre>{}</pre></body></html>",
+        escape(title),
+        escape(text)
+    );
     s
 }
 
@@ -146,9 +151,9 @@ pub(crate) fn lineage(app: &App, snap: &Snapshot, view: &PipelineView, q: &Linea
     for st in &p.stages {
         let _ = write!(b, "<option value=\"{}\">", escape(&st.name));
     }
-    let _ = write!(
+    let _ = writeln!(
         b,
-        "</datalist><label>record id <input name=\"id\" size=\"28\" value=\"{}\"></label><label><input type=\"checkbox\" name=\"down\" value=\"1\"{}> descendants</label> <button>Find</button></form>\n",
+        "</datalist><label>record id <input name=\"id\" size=\"28\" value=\"{}\"></label><label><input type=\"checkbox\" name=\"down\" value=\"1\"{}> descendants</label> <button>Find</button></form>",
         escape(&id),
         if down { " checked" } else { "" }
     );

@@ -95,7 +95,12 @@ pub(crate) fn json_rows_html(rows: &[serde_json::Value]) -> String {
 
 fn cell(s: &mut String, text: &str) {
     if text.chars().count() > CELL {
-        let _ = write!(s, "<td class=\"cell\" title=\"{}\">{}</td>", escape(&clip(text, 4 * CELL)), escape(&clip(text, CELL)));
+        let _ = write!(
+            s,
+            "<td class=\"cell\" title=\"{}\">{}</td>",
+            escape(&clip(text, 4 * CELL)),
+            escape(&clip(text, CELL))
+        );
     } else {
         let _ = write!(s, "<td class=\"cell\">{}</td>", escape(text));
     }
@@ -115,12 +120,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.parquet");
         let n = 120;
-        let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false), Field::new("v", DataType::Utf8, true)]));
+        let schema =
+            Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false), Field::new("v", DataType::Utf8, true)]));
         let batch = RecordBatch::try_new(
             schema.clone(),
             vec![
                 Arc::new((0..n).collect::<Int64Array>()),
-                Arc::new((0..n).map(|i| if i == 55 { None } else { Some(format!("<b>{i}</b>")) }).collect::<StringArray>()),
+                Arc::new(
+                    (0..n).map(|i| if i == 55 { None } else { Some(format!("<b>{i}</b>")) }).collect::<StringArray>(),
+                ),
             ],
         )
         .unwrap();
@@ -131,7 +139,12 @@ mod tests {
         let second = page(&path, 1).unwrap();
         assert_eq!(second.iter().map(|b| b.num_rows()).sum::<usize>(), PAGE);
         let html = batches_html(&second, PAGE).unwrap();
-        assert!(html.contains("<tr data-row=\"50\"><td class=\"n\">50</td><td class=\"cell\">50</td><td class=\"cell\">&lt;b&gt;50"), "{html}");
+        assert!(
+            html.contains(
+                "<tr data-row=\"50\"><td class=\"n\">50</td><td class=\"cell\">50</td><td class=\"cell\">&lt;b&gt;50"
+            ),
+            "{html}"
+        );
         assert!(html.contains("∅"), "{html}");
         let last = page(&path, 2).unwrap();
         assert_eq!(last.iter().map(|b| b.num_rows()).sum::<usize>(), 20);

@@ -49,18 +49,29 @@ pub(crate) fn page(
     let fact = |b: &mut String, k: &str, v: String| {
         let _ = write!(b, "<tr><th>{k}</th><td>{v}</td></tr>");
     };
-    fact(&mut b, "operator", format!("<code>{}</code> version {} — {}", escape(spec.name), spec.version, escape(spec.summary)));
+    fact(
+        &mut b,
+        "operator",
+        format!("<code>{}</code> version {} — {}", escape(spec.name), spec.version, escape(spec.summary)),
+    );
     if let Some(d) = &stage.description {
         fact(&mut b, "description", escape(d));
     }
-    let why = st.progress.clone().unwrap_or_else(|| if st.reason.is_empty() { "cached".into() } else { st.reason.clone() });
+    let why =
+        st.progress.clone().unwrap_or_else(|| if st.reason.is_empty() { "cached".into() } else { st.reason.clone() });
     let _ = write!(b, "<tr><th>state</th><td class=\"why\" data-stage=\"{}\">{}</td></tr>", escape(name), escape(&why));
     fact(&mut b, "key", format!("<code>{}</code>", escape(st.key.as_deref().unwrap_or("(not computable yet)"))));
     if let Some(m) = current {
         fact(
             &mut b,
             "last run",
-            format!("<code>{}</code>, {} on {}, {}", escape(&m.run_id), secs(m.duration_ms), escape(&m.host), escape(&m.reason)),
+            format!(
+                "<code>{}</code>, {} on {}, {}",
+                escape(&m.run_id),
+                secs(m.duration_ms),
+                escape(&m.host),
+                escape(&m.reason)
+            ),
         );
     }
     for w in &st.warnings {
@@ -123,7 +134,9 @@ fn params_section(b: &mut String, now: &Value, current: Option<&RunManifest>, hi
     b.push_str("<h2>Parameters</h2>\n");
     let mut mine = BTreeMap::new();
     flatten("", now, &mut mine);
-    let last = current.or_else(|| history.iter().rev().find(|m| m.status == fleming_artifacts::manifest::RunStatus::Succeeded).copied());
+    let last = current.or_else(|| {
+        history.iter().rev().find(|m| m.status == fleming_artifacts::manifest::RunStatus::Succeeded).copied()
+    });
     let (shown, other, caption) = match last {
         Some(last) if last.params != *now => {
             (mine, Some(&last.params), "Changed since the last run (its values in the right column).".to_string())
@@ -131,7 +144,10 @@ fn params_section(b: &mut String, now: &Value, current: Option<&RunManifest>, hi
         Some(last) => {
             let before = history.iter().rev().find(|m| m.started_at < last.started_at && m.params != last.params);
             let caption = match before {
-                Some(m) => format!("As in the last run; changed since the run of {} (its values on the right).", m.started_at.format("%Y-%m-%d %H:%M")),
+                Some(m) => format!(
+                    "As in the last run; changed since the run of {} (its values on the right).",
+                    m.started_at.format("%Y-%m-%d %H:%M")
+                ),
                 None => "As in the last run.".to_string(),
             };
             (mine, before.map(|m| &m.params), caption)
@@ -143,7 +159,8 @@ fn params_section(b: &mut String, now: &Value, current: Option<&RunManifest>, hi
         flatten("", o, &mut theirs);
     }
     let changed = |k: &String| other.is_some() && shown.get(k) != theirs.get(k);
-    let n_changed = shown.keys().chain(theirs.keys().filter(|k| !shown.contains_key(*k))).filter(|k| changed(k)).count();
+    let n_changed =
+        shown.keys().chain(theirs.keys().filter(|k| !shown.contains_key(*k))).filter(|k| changed(k)).count();
     // Folded when nothing changed: the diff is what a reader comes for.
     let _ = writeln!(
         b,
@@ -204,8 +221,16 @@ fn outputs_section(app: &App, b: &mut String, st: &StageView, name: &str, q: &St
             let total = o.rows.unwrap_or(0) as usize;
             let pages = total.div_ceil(PAGE).max(1);
             let page_no = page_no.min(pages - 1);
-            let href = |k: usize| format!("/stage/{}?port={}&amp;page={k}#out-{}", url_escape(name), url_escape(&o.port), escape(&o.port));
-            let _ = write!(b, "<p class=\"pager\" data-port=\"{}\">rows {}–{} of {total} ", escape(&o.port), page_no * PAGE, (page_no * PAGE + PAGE).min(total));
+            let href = |k: usize| {
+                format!("/stage/{}?port={}&amp;page={k}#out-{}", url_escape(name), url_escape(&o.port), escape(&o.port))
+            };
+            let _ = write!(
+                b,
+                "<p class=\"pager\" data-port=\"{}\">rows {}–{} of {total} ",
+                escape(&o.port),
+                page_no * PAGE,
+                (page_no * PAGE + PAGE).min(total)
+            );
             if page_no > 0 {
                 let _ = write!(b, "<a href=\"{}\">← previous</a>", href(page_no - 1));
             }
@@ -224,7 +249,9 @@ fn outputs_section(app: &App, b: &mut String, st: &StageView, name: &str, q: &St
             let mut files: Vec<(String, u64)> = std::fs::read_dir(&dir)
                 .map(|rd| {
                     rd.filter_map(|e| e.ok())
-                        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.metadata().map(|m| m.len()).unwrap_or(0)))
+                        .map(|e| {
+                            (e.file_name().to_string_lossy().into_owned(), e.metadata().map(|m| m.len()).unwrap_or(0))
+                        })
                         .collect()
                 })
                 .unwrap_or_default();
@@ -242,7 +269,12 @@ fn outputs_section(app: &App, b: &mut String, st: &StageView, name: &str, q: &St
 fn lineage_section(b: &mut String, view: &PipelineView, index: usize, name: &str) {
     let link = |i: usize| {
         let n = &view.stages[i].name;
-        format!("<a href=\"{}\" data-status=\"{}\"><code>{}</code></a>", Links::Pages.stage(n), view.stages[i].status.label(), escape(n))
+        format!(
+            "<a href=\"{}\" data-status=\"{}\"><code>{}</code></a>",
+            Links::Pages.stage(n),
+            view.stages[i].status.label(),
+            escape(n)
+        )
     };
     let ups: Vec<String> = view.stages[index].upstream.iter().map(|&u| link(u)).collect();
     let downs: Vec<String> =

@@ -17,5 +17,5 @@ mod paper_scale;
 mod question_data;
 mod quickstart;
 mod report;
-mod validation;
 mod ui;
+mod validation;

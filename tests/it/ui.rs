@@ -34,7 +34,8 @@ impl Ui {
     fn start(p: &Project, extra: &[&str]) -> Ui {
         let mut args = vec!["ui", "pipeline.yaml", "--port", "0"];
         args.extend_from_slice(extra);
-        let mut child = p.command(&args).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("start fleming ui");
+        let mut child =
+            p.command(&args).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("start fleming ui");
         let mut banner = String::new();
         BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut banner).expect("first line");
         let port = banner
@@ -139,7 +140,8 @@ fn the_ui_shows_a_run_live_serves_every_page_and_never_writes_the_store() {
 
     // A run in another process: `slow` takes 4 s (40 rows × 100 ms) and shows as running,
     // with its progress, while it goes on.
-    let mut run = p.command(&["run", "pipeline.yaml", "-q"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("run");
+    let mut run =
+        p.command(&["run", "pipeline.yaml", "-q"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("run");
     let start = Instant::now();
     let live = loop {
         let st = status_of(&ui);

@@ -106,7 +106,8 @@ pub fn ui_shows_the_store(ui: &Ui, report: &Path, stages: usize, heldout_rows: u
     assert_eq!(count(&page, "<g class=\"stage\""), stages, "one box per stage");
     assert_eq!(count(&page, "<g class=\"stage\" data-stage=\""), count(&page, "data-status=\"cached\"><title>"));
     assert_eq!(count(&page, "fill=\"#cfeccf\" stroke=\"#555\""), stages, "every box in the cached colour");
-    let polls = page.split("data-polls=\"").nth(1).and_then(|r| r.split('"').next()).and_then(|n| n.parse::<u32>().ok());
+    let polls =
+        page.split("data-polls=\"").nth(1).and_then(|r| r.split('"').next()).and_then(|n| n.parse::<u32>().ok());
     assert!(polls.is_some_and(|n| n >= 1), "the live updates ran in the browser");
     screenshot(profile, &ui.url, "dag", 1100);
 
