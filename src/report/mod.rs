@@ -19,7 +19,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use arrow::array::{Array, Float64Array};
 use arrow::datatypes::DataType;
-use fleming_artifacts::{ArtifactKind, Store, Table};
+use fleming_artifacts::manifest::RunStatus;
+use fleming_artifacts::{ArtifactKind, Digest, RunManifest, Store, Table};
 use fleming_runtime::CancelToken;
 use fleming_runtime::checks::CheckResult;
 use fleming_runtime::executor::{Executor, Outcome, RunOptions};
@@ -157,6 +158,7 @@ pub fn collect(pipeline: &Pipeline, store: &Store) -> anyhow::Result<PipelineVie
     let mut stages = Vec::new();
     let mut curves = Vec::new();
     let mut evaluations = Vec::new();
+    let run_files = run_files(store);
     for stage in &pipeline.stages {
         // A dry run of the whole pipeline plans every stage; the indices of `upstream`
         // rely on one view per stage, in the file's order.
@@ -167,11 +169,16 @@ pub fn collect(pipeline: &Pipeline, store: &Store) -> anyhow::Result<PipelineVie
             .with_context(|| format!("stage `{}` missing from the plan", stage.name))?;
         let stored = StageRef::load(store, &pipeline.name, &stage.name)?;
         let blocking: Vec<&str> = r.checks.iter().filter(|c| c.blocks()).map(|c| c.name.as_str()).collect();
+        let failed_run = match (&r.outcome, &r.key) {
+            (Outcome::Stale | Outcome::WouldRun, Some(key)) => last_failure(store, &run_files, &stage.name, key),
+            _ => None,
+        };
         let status = match r.outcome {
             Outcome::Cached if !blocking.is_empty() => Status::CheckFailed,
             Outcome::Cached => Status::Cached,
             Outcome::Skipped => Status::Blocked,
             Outcome::Failed => Status::Failed,
+            _ if failed_run.is_some() => Status::Failed,
             _ if stored.is_none() => Status::NeverRan,
             _ => Status::Stale,
         };
@@ -220,6 +227,7 @@ pub fn collect(pipeline: &Pipeline, store: &Store) -> anyhow::Result<PipelineVie
             reason: match status {
                 Status::Cached => String::new(),
                 Status::CheckFailed => format!("check {} failed: downstream is blocked", blocking.join(", ")),
+                Status::Failed if failed_run.is_some() => failed_run.clone().unwrap_or_default(),
                 _ => r.reason.clone(),
             },
             key: r.key.as_ref().map(|k| k.to_string()),
@@ -236,6 +244,27 @@ pub fn collect(pipeline: &Pipeline, store: &Store) -> anyhow::Result<PipelineVie
         stages,
         curves,
         evaluations,
+    })
+}
+
+/// The names of the run manifests, sorted (oldest first: they start with the time).
+fn run_files(store: &Store) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(store.dir("runs"))
+        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// When the latest run of `stage` with this very key failed: what it said. (A stage that
+/// failed is stale to the executor; the page tells it apart by its manifest.)
+fn last_failure(store: &Store, run_files: &[String], stage: &str, key: &Digest) -> Option<String> {
+    let tag = format!("-{}-{}-", fleming_artifacts::fsutil::sanitize(stage), key.short(8));
+    let name = run_files.iter().rev().find(|n| n.contains(&tag))?;
+    let m: RunManifest = serde_json::from_slice(&std::fs::read(store.dir("runs").join(name)).ok()?).ok()?;
+    (m.stage == stage && m.key == *key && m.status == RunStatus::Failed).then(|| {
+        let first = m.error.as_deref().and_then(|e| e.lines().next()).unwrap_or("").to_string();
+        format!("its last run failed: {first}")
     })
 }
 

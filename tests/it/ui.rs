@@ -211,3 +211,20 @@ fn off_loopback_every_request_needs_the_token() {
     assert_eq!(get(&ui.addr, "/", &[]).status, 401);
     assert_eq!(get(&ui.addr, &format!("/?token={token}"), &[]).status, 200);
 }
+
+#[test]
+fn a_stage_whose_last_run_failed_is_shown_failed_with_its_error() {
+    let p = Project::new();
+    p.write("data/rows.jsonl", &rows_jsonl(5));
+    p.pipeline(&PIPELINE.replace("delay_ms: 100", "fail_at: r0003"));
+    assert_eq!(p.fleming(&["run", "pipeline.yaml", "-q"]).code, 1);
+    let ui = Ui::start(&p, &[]);
+    let st = status_of(&ui);
+    let slow = stage_json(&st, "slow");
+    assert_eq!(slow["status"], "failed", "{st}");
+    assert!(slow["why"].as_str().is_some_and(|w| w.starts_with("its last run failed: ")), "{st}");
+    assert_eq!(stage_json(&st, "raw")["status"], "cached");
+    assert_eq!(stage_json(&st, "after")["status"], "never-ran");
+    let page = ui.get("/stage/slow").body;
+    assert!(page.contains("<td>failed: "), "the failed run in the history: {page}");
+}
