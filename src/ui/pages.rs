@@ -157,9 +157,24 @@ pub(crate) fn lineage(app: &App, snap: &Snapshot, view: &PipelineView, q: &Linea
         escape(&id),
         if down { " checked" } else { "" }
     );
+    let target = if target.is_empty() && !id.is_empty() {
+        match stages_holding(app, p, &id, down) {
+            Some(found) => found,
+            None => {
+                let _ = writeln!(
+                    b,
+                    "<p class=\"bad\">No stage's output has a record with id <code>{}</code>.</p>",
+                    escape(&id)
+                );
+                return Ok(shell("Lineage", &view.name, &b));
+            }
+        }
+    } else {
+        target
+    };
     if target.is_empty() {
-        b.push_str("<p>Name a stage (its whole lineage) and, to follow one record, its id: the chain goes back to the source pages, or forward to every descendant.</p>\n");
-        return Ok(super::pages::shell("Lineage", &view.name, &b));
+        b.push_str("<p>Give a record id (and, if you know it, the stage that holds it) to follow its chain back to the source pages, or forward to every descendant; a stage alone shows the stage's whole lineage.</p>\n");
+        return Ok(shell("Lineage", &view.name, &b));
     }
     let (stage_name, port) = match target.split_once('.') {
         Some((s, port)) => (s.to_string(), Some(port.to_string())),
@@ -199,6 +214,31 @@ pub(crate) fn lineage(app: &App, snap: &Snapshot, view: &PipelineView, q: &Linea
         }
     }
     Ok(shell("Lineage", &view.name, &b))
+}
+
+/// The stage whose default output has a record `id`: the last in the pipeline's order when
+/// following it up (its longest chain), the first when following it down.
+fn stages_holding(app: &App, p: &fleming_runtime::spec::Pipeline, id: &str, down: bool) -> Option<String> {
+    let holds = |i: usize| -> bool {
+        let stage = &p.stages[i];
+        let Some(port) = stage.op.spec().default_output().map(|o| o.name.to_string()) else { return false };
+        let Ok(Some(r)) = fleming_runtime::state::StageRef::load(&app.store, &p.name, &stage.name) else {
+            return false;
+        };
+        let Some(a) = r.outputs.get(&port) else { return false };
+        if a.kind != fleming_artifacts::ArtifactKind::Table {
+            return false;
+        }
+        let Ok(t) = app.store.read_table_columns(a, Some(&["id"])) else { return false };
+        let Ok(batch) = t.concat() else { return false };
+        let Some(col) = batch.column_by_name("id") else { return false };
+        let Ok(col) = arrow::compute::cast(col, &arrow::datatypes::DataType::Utf8) else { return false };
+        col.as_any().downcast_ref::<arrow::array::StringArray>().is_some_and(|c| c.iter().any(|v| v == Some(id)))
+    };
+    let order = p.topo_order();
+    let found =
+        if down { order.iter().copied().find(|&i| holds(i)) } else { order.iter().rev().copied().find(|&i| holds(i)) };
+    found.map(|i| p.stages[i].name.clone())
 }
 
 fn record_html(b: &mut String, n: &RecordNode, down: bool) {

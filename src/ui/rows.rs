@@ -9,6 +9,7 @@ use arrow::util::display::{ArrayFormatter, FormatOptions};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::report::html::{clip, escape};
+use crate::report::page::url_escape;
 
 /// Rows per page.
 pub(crate) const PAGE: usize = 50;
@@ -33,8 +34,9 @@ pub(crate) fn page(path: &Path, page: usize) -> anyhow::Result<Vec<RecordBatch>>
     Ok(reader.collect::<Result<Vec<_>, _>>()?)
 }
 
-/// Batches as one HTML table; `first_row` numbers the rows.
-pub(crate) fn batches_html(batches: &[RecordBatch], first_row: usize) -> anyhow::Result<String> {
+/// Batches as one HTML table; `first_row` numbers the rows. With `lineage` (`stage.port`),
+/// each `id` links to that record's lineage.
+pub(crate) fn batches_html(batches: &[RecordBatch], first_row: usize, lineage: Option<&str>) -> anyhow::Result<String> {
     let mut s = String::from("<div class=\"scroll\"><table class=\"rows\">");
     let Some(first) = batches.first() else { return Ok("<p>No rows.</p>".into()) };
     s.push_str("<tr><th>#</th>");
@@ -47,10 +49,23 @@ pub(crate) fn batches_html(batches: &[RecordBatch], first_row: usize) -> anyhow:
     for b in batches {
         let formatters: Vec<ArrayFormatter<'_>> =
             b.columns().iter().map(|c| ArrayFormatter::try_new(c.as_ref(), &options)).collect::<Result<_, _>>()?;
+        let id_col = b.schema().index_of("id").ok();
         for i in 0..b.num_rows() {
             let _ = write!(s, "<tr data-row=\"{row}\"><td class=\"n\">{row}</td>");
-            for f in &formatters {
-                cell(&mut s, &f.value(i).to_string());
+            for (k, f) in formatters.iter().enumerate() {
+                let text = f.value(i).to_string();
+                match lineage {
+                    Some(target) if Some(k) == id_col && b.column(k).is_valid(i) => {
+                        let _ = write!(
+                            s,
+                            "<td class=\"cell\"><a href=\"/lineage?target={}&amp;id={}\">{}</a></td>",
+                            escape(&url_escape(target)),
+                            escape(&url_escape(&text)),
+                            escape(&text)
+                        );
+                    }
+                    _ => cell(&mut s, &text),
+                }
             }
             s.push_str("</tr>\n");
             row += 1;
@@ -138,7 +153,7 @@ mod tests {
         assert_eq!(schema_of(&path), [("k".to_string(), "Int64".to_string()), ("v".into(), "Utf8".into())]);
         let second = page(&path, 1).unwrap();
         assert_eq!(second.iter().map(|b| b.num_rows()).sum::<usize>(), PAGE);
-        let html = batches_html(&second, PAGE).unwrap();
+        let html = batches_html(&second, PAGE, None).unwrap();
         assert!(
             html.contains(
                 "<tr data-row=\"50\"><td class=\"n\">50</td><td class=\"cell\">50</td><td class=\"cell\">&lt;b&gt;50"

@@ -224,13 +224,11 @@ fn outputs_section(app: &App, b: &mut String, st: &StageView, name: &str, q: &St
             let href = |k: usize| {
                 format!("/stage/{}?port={}&amp;page={k}#out-{}", url_escape(name), url_escape(&o.port), escape(&o.port))
             };
-            let _ = write!(
-                b,
-                "<p class=\"pager\" data-port=\"{}\">rows {}–{} of {total} ",
-                escape(&o.port),
-                page_no * PAGE,
-                (page_no * PAGE + PAGE).min(total)
-            );
+            let shown = match total {
+                0 => "no rows".to_string(),
+                _ => format!("rows {}–{} of {total}", page_no * PAGE, ((page_no + 1) * PAGE).min(total) - 1),
+            };
+            let _ = write!(b, "<p class=\"pager\" data-port=\"{}\">{shown} ", escape(&o.port));
             if page_no > 0 {
                 let _ = write!(b, "<a href=\"{}\">← previous</a>", href(page_no - 1));
             }
@@ -238,7 +236,10 @@ fn outputs_section(app: &App, b: &mut String, st: &StageView, name: &str, q: &St
                 let _ = write!(b, "<a href=\"{}\">next →</a>", href(page_no + 1));
             }
             b.push_str("</p>\n");
-            match rows::page(&path, page_no).and_then(|batches| rows::batches_html(&batches, page_no * PAGE)) {
+            let target = format!("{name}.{}", o.port);
+            match rows::page(&path, page_no)
+                .and_then(|batches| rows::batches_html(&batches, page_no * PAGE, Some(&target)))
+            {
                 Ok(html) => b.push_str(&html),
                 Err(e) => {
                     let _ = writeln!(b, "<p class=\"bad\">unreadable: {}</p>", escape(&format!("{e:#}")));

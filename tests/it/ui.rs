@@ -174,6 +174,10 @@ fn the_ui_shows_a_run_live_serves_every_page_and_never_writes_the_store() {
     let lineage = ui.get(&format!("/lineage?target=slow&id={id}"));
     assert_eq!(lineage.status, 200);
     assert!(lineage.body.contains("<li data-record=\"r0007\">"), "{}", lineage.body);
+    let search = ui.get(&format!("/lineage?id={id}"));
+    // An id alone: found in the last stage that holds it (`after` only counts), followed up.
+    assert!(search.body.contains("<li data-record=\"r0007\"><a href=\"/stage/slow\""), "{}", search.body);
+    assert!(search.body.contains("<li data-record=\"r0007\"><a href=\"/stage/raw\""), "{}", search.body);
     for path in ["/curves", "/evaluation", "/lineage", "/lineage?target=after&down=1", "/assets/app.js"] {
         assert_eq!(ui.get(path).status, 200, "{path}");
     }

@@ -143,3 +143,30 @@ pub fn ui_shows_the_change(ui: &Ui, stage: &str, param: &str) {
     assert!(page.contains("data-metric=\"loss\" data-lines=\"2\""), "both runs' curves overlaid");
     screenshot(profile.path(), &format!("{}/stage/{stage}", ui.url), &format!("stage-{stage}-changed"), 1600);
 }
+
+/// `(stage, data-status, fill)` of each box of the graph.
+fn boxes(page: &str) -> Vec<(String, String, String)> {
+    page.split("<g class=\"stage\" data-stage=\"")
+        .skip(1)
+        .filter_map(|rest| {
+            let (stage, rest) = rest.split_once('"')?;
+            let status = rest.split("data-status=\"").nth(1)?.split('"').next()?;
+            let fill = rest.split("fill=\"").nth(1)?.split('"').next()?;
+            Some((stage.to_string(), status.to_string(), fill.to_string()))
+        })
+        .collect()
+}
+
+/// After an edit of the pipeline file, with the UI still running: the stages it makes stale
+/// in the stale colour, every other one still cached.
+pub fn ui_shows_stale(ui: &Ui, stale: &[&str]) {
+    let profile = tempfile::tempdir().unwrap();
+    let page = dom(profile.path(), &ui.url, 1500);
+    let got = boxes(&page);
+    assert!(!got.is_empty());
+    for (stage, status, fill) in &got {
+        let want = if stale.contains(&stage.as_str()) { ("stale", "#ffe1a8") } else { ("cached", "#cfeccf") };
+        assert_eq!((status.as_str(), fill.as_str()), want, "{stage}");
+    }
+    screenshot(profile.path(), &ui.url, "dag-stale", 1100);
+}

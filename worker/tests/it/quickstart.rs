@@ -108,6 +108,7 @@ fn the_whole_quickstart_runs_with_the_worker_and_reruns_cached() {
         .collect();
     assert_ne!(edited.join("\n"), text.trim_end(), "rl2's learning_rate moved: update this test");
     std::fs::write(&pipeline, edited.join("\n")).unwrap();
+    browser::ui_shows_stale(&ui, &["rl2", "eval"]);
     let third = run();
     let ran: Vec<&str> =
         third.lines().filter(|l| l.contains(" ran ")).filter_map(|l| l.split_whitespace().next()).collect();
