@@ -180,7 +180,16 @@ const TOKEN_COOKIE: &str = "fleming_ui_token";
 
 /// Off loopback, every request must carry the token; `?token=` sets it as a cookie.
 async fn auth(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
-    let Some(token) = app.token.clone() else { return next.run(req).await };
+    let Some(token) = app.token.clone() else {
+        // On loopback without a token, only pages asked for by a loopback name: a web page
+        // elsewhere that rebinds its own host name to 127.0.0.1 must not read the store.
+        let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+        if !loopback_host(host) {
+            return (StatusCode::FORBIDDEN, "fleming ui answers to 127.0.0.1, localhost or [::1] only\n")
+                .into_response();
+        }
+        return next.run(req).await;
+    };
     let same = |given: &str| blake3::hash(given.as_bytes()) == blake3::hash(token.as_bytes());
     let headers = req.headers();
     let bearer = headers
@@ -208,6 +217,15 @@ async fn auth(State(app): State<Arc<App>>, req: Request, next: Next) -> Response
     resp
 }
 
+/// Whether a `Host` header names the loopback interface (any port).
+fn loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host),
+    };
+    name == "localhost" || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(|kv| {
         let (k, v) = kv.trim().split_once('=')?;
@@ -223,8 +241,9 @@ pub(crate) fn percent_decode(s: &str) -> String {
     while i < bytes.len() {
         match bytes[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                match std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
                     Some(b) => {
                         out.push(b);
                         i += 2;
@@ -352,5 +371,16 @@ mod tests {
         assert_eq!(super::percent_decode("a%20b+c"), "a b c");
         assert_eq!(super::percent_decode("%zz%"), "%zz%");
         assert_eq!(super::percent_decode("%C3%A9"), "é");
+        assert_eq!(super::percent_decode("%4"), "%4");
+    }
+
+    #[test]
+    fn only_loopback_host_names_pass() {
+        for ok in ["127.0.0.1:8470", "localhost:1", "[::1]:8470", "127.0.0.1", "localhost"] {
+            assert!(super::loopback_host(ok), "{ok}");
+        }
+        for bad in ["evil.example:8470", "10.0.0.1:8470", "", "[::2]:1", "localhost.evil.example"] {
+            assert!(!super::loopback_host(bad), "{bad}");
+        }
     }
 }

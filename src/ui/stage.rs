@@ -32,7 +32,7 @@ pub(crate) fn page(
     let Some(index) = p.stage_index(name) else { return Ok(None) };
     let (stage, st) = (&p.stages[index], &view.stages[index]);
     let spec = stage.op.spec();
-    let (manifests, _) = RunManifest::load_all(&app.store)?;
+    let manifests = runs_of(app, name);
     let history: Vec<&RunManifest> = manifests.iter().filter(|m| m.pipeline == p.name && m.stage == name).collect();
     let current_ref = StageRef::load(&app.store, &p.name, name)?;
     let current = current_ref.as_ref().and_then(|r| history.iter().rev().find(|m| m.run_id == r.run_id).copied());
@@ -104,6 +104,27 @@ pub(crate) fn page(
     outputs_section(app, &mut b, st, name, q)?;
     history_section(&mut b, &history);
     Ok(Some(shell(&format!("Stage {name}"), &view.name, &b)))
+}
+
+/// The manifests of a stage's runs, oldest first: only the files named after it are read
+/// (a run's file name is `TIME-STAGE-KEY-PID.json`), not the whole store's history.
+fn runs_of(app: &App, stage: &str) -> Vec<RunManifest> {
+    let dir = app.store.dir("runs");
+    let tag = format!("-{}-", fleming_artifacts::fsutil::sanitize(stage));
+    let mut names: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().contains(&tag))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+        .iter()
+        .filter_map(|p| serde_json::from_slice::<RunManifest>(&std::fs::read(p).ok()?).ok())
+        .filter(|m| m.stage == stage)
+        .collect()
 }
 
 fn secs(ms: u64) -> String {

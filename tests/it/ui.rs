@@ -70,7 +70,10 @@ struct Reply {
 fn get(addr: &str, path: &str, headers: &[&str]) -> Reply {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(60))).expect("timeout");
-    let mut req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n");
+    let mut req = format!("GET {path} HTTP/1.0\r\n");
+    if !headers.iter().any(|h| h.to_ascii_lowercase().starts_with("host:")) {
+        req.push_str(&format!("Host: {addr}\r\n"));
+    }
     for h in headers {
         req.push_str(h);
         req.push_str("\r\n");
@@ -137,6 +140,8 @@ fn the_ui_shows_a_run_live_serves_every_page_and_never_writes_the_store() {
     assert_eq!(boxes(&page.body).len(), 3);
     assert!(boxes(&page.body).iter().all(|(_, s)| s == "never-ran"), "{:?}", boxes(&page.body));
     assert!(!page.body.contains("https://"), "nothing fetched from the internet");
+    // A page of another site whose name was rebound to 127.0.0.1 gets nothing.
+    assert_eq!(get(&ui.addr, "/api/status", &["Host: evil.example:80"]).status, 403);
 
     // A run in another process: `slow` takes 4 s (40 rows × 100 ms) and shows as running,
     // with its progress, while it goes on.
