@@ -327,9 +327,19 @@ fn record_up(
     if depth > 64 {
         return Ok(Some(node));
     }
-    let parents = parents_col(&table)?.map(|p| p[row].clone()).unwrap_or_else(|| vec![id.to_string()]);
     let inputs: Vec<(usize, String)> =
         t.p.stages[stage].inputs.values().flatten().map(|r| (r.stage_index, r.port.clone())).collect();
+    // The same id in an input is the same record passed through (`select * from t`), even
+    // when it carries its `parents` column along: those are its input's parents, not its own.
+    for (up, up_port) in &inputs {
+        if let Some(n) = record_up(t, *up, up_port, id, depth + 1)? {
+            node.links.push(n);
+        }
+    }
+    if !node.links.is_empty() {
+        return Ok(Some(node));
+    }
+    let parents = parents_col(&table)?.map(|p| p[row].clone()).unwrap_or_else(|| vec![id.to_string()]);
     for parent in &parents {
         for (up, up_port) in &inputs {
             if let Some(n) = record_up(t, *up, up_port, parent, depth + 1)? {
@@ -393,10 +403,8 @@ fn record_down(
             let parents = parents_col(&table)?;
             for (row, rid) in ids.iter().enumerate() {
                 let Some(rid) = rid else { continue };
-                let linked = match &parents {
-                    Some(p) => p[row].iter().any(|x| x == &node.id),
-                    None => rid == &node.id,
-                };
+                // Its parents name the record, or it is the record passed through.
+                let linked = rid == &node.id || parents.as_ref().is_some_and(|p| p[row].iter().any(|x| x == &node.id));
                 if linked {
                     let mut child = RecordNode {
                         stage: t.p.stages[j].name.clone(),

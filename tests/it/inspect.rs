@@ -101,6 +101,19 @@ fn lineage_of_stages_and_records() {
     assert_eq!(r.stdout, "picked.table p-d-r0003  x=6\n└← doubled.table d-r0003  x=6\n   └← raw.table r0003  x=3\n");
     let r = p.fleming(&["lineage", "pipeline.yaml", "raw", "--record", "r0002", "--down"]);
     assert_eq!(r.stdout, "raw.table r0002  x=2\n└→ doubled.table d-r0002  x=4\n   └→ picked.table p-d-r0002  x=4\n");
+    // A stage that passes records through with their `parents` column (`select *`) links each
+    // to the same record upstream, not to its parents' ids (which are not in its input).
+    p.pipeline(&format!(
+        "{PIPELINE}  kept:\n    op: sql\n    inputs: {{ k: picked }}\n    params: {{ query: \"select * from k\" }}\n"
+    ));
+    p.run_ok(&[]);
+    let r = p.fleming(&["lineage", "pipeline.yaml", "kept", "--record", "p-d-r0003"]);
+    assert_eq!(
+        r.stdout,
+        "kept.table p-d-r0003  x=6\n└← picked.table p-d-r0003  x=6\n   └← doubled.table d-r0003  x=6\n      └← raw.table r0003  x=3\n"
+    );
+    let r = p.fleming(&["lineage", "pipeline.yaml", "doubled", "--record", "d-r0003", "--down"]);
+    assert!(r.stdout.ends_with("└→ picked.table p-d-r0003  x=6\n   └→ kept.table p-d-r0003  x=6\n"), "{}", r.stdout);
     let r = p.fleming(&["lineage", "pipeline.yaml", "picked", "--record", "nope"]);
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains("no record with id `nope` in picked.table"), "{}", r.stderr);

@@ -114,6 +114,17 @@ pub fn ui_shows_the_store(ui: &Ui, report: &Path, stages: usize, heldout_rows: u
     let held = dom(profile, &format!("{}/stage/heldout", ui.url), 500);
     assert_eq!(count(&held, "<tr data-row="), heldout_rows.min(50), "a page of heldout's rows");
     screenshot(profile, &format!("{}/stage/heldout", ui.url), "stage-heldout", 1600);
+    // A synthetic held-out item's lineage goes back to the wiki pages it was made from.
+    let id = held
+        .split("id=syn-")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .map(|h| format!("syn-{h}"))
+        .expect("a synthetic item");
+    let chain = dom(profile, &format!("{}/lineage?id={id}", ui.url), 500);
+    assert!(chain.contains(&format!("<li data-record=\"{id}\"><a href=\"/stage/heldout\"")), "{chain}");
+    assert!(chain.contains("<a href=\"/stage/wiki\"><code>wiki</code></a>.pages"), "back to the source pages: {chain}");
+    screenshot(profile, &format!("{}/lineage?id={id}", ui.url), "lineage", 1000);
 
     let base = dom(profile, &format!("{}/stage/base", ui.url), 500);
     let points = base.split("data-metric=\"loss\" data-points=\"").nth(1).and_then(|r| r.split('"').next());
