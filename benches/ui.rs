@@ -65,24 +65,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 fn chromium(profile: &Path, url: &str, extra: &[String]) -> std::process::Output {
-    Command::new(std::env::var("FLEMING_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()))
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--hide-scrollbars",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .args(extra)
-        .arg(url)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run chromium")
+    fleming_testkit::browser::headless(profile).args(extra).arg(url).output().expect("run chromium")
 }
 
 fn main() {
@@ -129,8 +112,8 @@ fn main() {
     let (status, _) = get(&addr, "/api/status");
     println!("GET /api/status (what each open page polls every second): {:.1} ms", status.as_secs_f64() * 1e3);
 
-    let browser = std::env::var("FLEMING_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    if Path::new(&browser).exists() {
+    let browser = fleming_testkit::browser::chromium_path();
+    if browser.exists() {
         let mut loads = Vec::new();
         let mut walls = Vec::new();
         let mut blanks = Vec::new();
@@ -182,7 +165,7 @@ fn main() {
         chromium(profile.path(), &url, &["--window-size=1400,1000".into(), format!("--screenshot={}", png.display())]);
         println!("screenshot: {}", png.display());
     } else {
-        println!("no Chromium at {browser}: browser timing skipped (scripts/ensure-chromium installs it)");
+        println!("no Chromium at {}: browser timing skipped (scripts/ensure-chromium installs it)", browser.display());
     }
     let _ = ui.kill();
     let _ = ui.wait();

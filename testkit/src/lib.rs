@@ -40,6 +40,9 @@
 //! ([`TestServer::set_plan`]). Every request is logged with the fault it got
 //! ([`TestServer::requests`]).
 
+/// Headless Chromium for browser tests.
+pub mod browser;
+
 use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Read, Write};

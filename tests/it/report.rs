@@ -2,7 +2,7 @@
 //! store. (The quickstart's page, with training curves and evaluations, is checked by the
 //! worker's suite: `worker/tests/it/quickstart.rs`.)
 
-use crate::support::{Project, rows_jsonl};
+use crate::support::{Project, graph_boxes, rows_jsonl};
 
 const PIPELINE: &str = r#"
 name: rep
@@ -27,18 +27,6 @@ stages:
     params: { query: "select id from t" }
 "#;
 
-/// The `data-status` of each stage's box in the page's graph.
-fn statuses(page: &str) -> Vec<(String, String)> {
-    page.split("<g class=\"stage\" data-stage=\"")
-        .skip(1)
-        .filter_map(|rest| {
-            let (stage, rest) = rest.split_once('"')?;
-            let status = rest.split("data-status=\"").nth(1)?.split('"').next()?;
-            Some((stage.to_string(), status.to_string()))
-        })
-        .collect()
-}
-
 #[test]
 fn the_page_shows_each_stage_once_with_its_status_and_opens_alone() {
     let p = Project::new();
@@ -47,7 +35,7 @@ fn the_page_shows_each_stage_once_with_its_status_and_opens_alone() {
     let before = p.fleming(&["report", "pipeline.yaml", "-o", "never.html"]);
     assert_eq!(before.code, 0, "{}\n{}", before.stdout, before.stderr);
     let page = std::fs::read_to_string(p.path().join("never.html")).expect("page");
-    assert!(statuses(&page).iter().all(|(_, s)| s == "never-ran"), "{:?}", statuses(&page));
+    assert!(graph_boxes(&page).iter().all(|(_, s)| s == "never-ran"), "{:?}", graph_boxes(&page));
 
     // `big` keeps 3 rows, so its error check fails and `after` is blocked.
     let run = p.fleming(&["run", "pipeline.yaml"]);
@@ -56,7 +44,7 @@ fn the_page_shows_each_stage_once_with_its_status_and_opens_alone() {
     let r = p.fleming(&["report", "pipeline.yaml", "-o", "out/report.html"]);
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     let page = std::fs::read_to_string(p.path().join("out/report.html")).expect("page");
-    let got = statuses(&page);
+    let got = graph_boxes(&page);
     let want = [("raw", "stale"), ("big", "stale"), ("after", "never-ran"), ("side", "stale")];
     assert_eq!(got, want.map(|(a, b)| (a.to_string(), b.to_string())), "`after` was blocked, so it never ran");
     assert!(page.contains("a &lt;small&gt; pipeline &amp; its report"), "escaped description");
@@ -69,7 +57,7 @@ fn the_page_shows_each_stage_once_with_its_status_and_opens_alone() {
     p.write("data/rows.jsonl", &rows_jsonl(5));
     p.fleming(&["report", "pipeline.yaml", "-o", "out/report.html"]);
     let page = std::fs::read_to_string(p.path().join("out/report.html")).expect("page");
-    let got = statuses(&page);
+    let got = graph_boxes(&page);
     let want = [("raw", "cached"), ("big", "check-failed"), ("after", "blocked"), ("side", "cached")];
     assert_eq!(got, want.map(|(a, b)| (a.to_string(), b.to_string())));
     assert!(page.contains("few: failed, 1 failing row(s)"), "the failing check in the stage table");

@@ -204,3 +204,15 @@ pub fn write_medqa_items(p: &Project, n: usize) {
     }
     p.write("items.jsonl", &lines);
 }
+
+/// `(stage, data-status)` of each box of the graph in a page of `fleming report` or `fleming ui`.
+pub fn graph_boxes(page: &str) -> Vec<(String, String)> {
+    page.split("<g class=\"stage\" data-stage=\"")
+        .skip(1)
+        .filter_map(|rest| {
+            let (stage, rest) = rest.split_once('"')?;
+            let status = rest.split("data-status=\"").nth(1)?.split('"').next()?;
+            Some((stage.to_string(), status.to_string()))
+        })
+        .collect()
+}

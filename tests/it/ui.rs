@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::support::{Project, rows_jsonl};
+use crate::support::{Project, graph_boxes, rows_jsonl};
 
 const PIPELINE: &str = r#"
 name: live
@@ -88,18 +88,6 @@ fn get(addr: &str, path: &str, headers: &[&str]) -> Reply {
     Reply { status, head: head.to_string(), body: body.to_string() }
 }
 
-/// `(stage, status)` of each box of the graph.
-fn boxes(page: &str) -> Vec<(String, String)> {
-    page.split("<g class=\"stage\" data-stage=\"")
-        .skip(1)
-        .filter_map(|rest| {
-            let (stage, rest) = rest.split_once('"')?;
-            let status = rest.split("data-status=\"").nth(1)?.split('"').next()?;
-            Some((stage.to_string(), status.to_string()))
-        })
-        .collect()
-}
-
 fn status_of(ui: &Ui) -> serde_json::Value {
     let r = ui.get("/api/status");
     assert_eq!(r.status, 200, "{}", r.body);
@@ -137,8 +125,8 @@ fn the_ui_shows_a_run_live_serves_every_page_and_never_writes_the_store() {
     assert!(ui.banner.starts_with("fleming ui: http://127.0.0.1:"), "{}", ui.banner);
     let page = ui.get("/");
     assert_eq!(page.status, 200);
-    assert_eq!(boxes(&page.body).len(), 3);
-    assert!(boxes(&page.body).iter().all(|(_, s)| s == "never-ran"), "{:?}", boxes(&page.body));
+    assert_eq!(graph_boxes(&page.body).len(), 3);
+    assert!(graph_boxes(&page.body).iter().all(|(_, s)| s == "never-ran"), "{:?}", graph_boxes(&page.body));
     assert!(!page.body.contains("https://"), "nothing fetched from the internet");
     // A page of another site whose name was rebound to 127.0.0.1 gets nothing.
     assert_eq!(get(&ui.addr, "/api/status", &["Host: evil.example:80"]).status, 403);
@@ -158,7 +146,7 @@ fn the_ui_shows_a_run_live_serves_every_page_and_never_writes_the_store() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert_ne!(stage_json(&live, "after")["status"], "running", "{live}");
-    assert!(boxes(&ui.get("/").body).contains(&("slow".into(), "running".into())));
+    assert!(graph_boxes(&ui.get("/").body).contains(&("slow".into(), "running".into())));
     assert!(run.wait().expect("wait").success());
     let start = Instant::now();
     while !status_of(&ui)["stages"].as_array().is_some_and(|s| s.iter().all(|s| s["status"] == "cached")) {

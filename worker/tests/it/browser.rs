@@ -6,6 +6,8 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+use fleming_testkit::browser::{chromium_path, headless};
+
 use crate::pipeline::fleming;
 
 /// Where the screenshots go.
@@ -13,31 +15,11 @@ pub fn screenshot_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fleming-ui")
 }
 
-fn chromium() -> PathBuf {
-    let p = std::env::var_os("FLEMING_CHROMIUM").map(PathBuf::from).unwrap_or_else(|| "/usr/bin/chromium".into());
-    assert!(p.exists(), "no Chromium at {}: run scripts/ensure-chromium (make test does)", p.display());
-    p
-}
-
-/// Chromium, headless, with a fresh profile, reaching nothing but loopback.
+/// Headless Chromium; fails with the way to install it when it is missing.
 fn browser(profile: &Path) -> Command {
-    let mut c = Command::new(chromium());
-    c.args([
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--hide-scrollbars",
-        // Any host name but localhost resolves to nothing: the pages must not need the internet.
-        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-    ])
-    .arg(format!("--user-data-dir={}", profile.display()))
-    .stdin(Stdio::null());
-    c
+    let p = chromium_path();
+    assert!(p.exists(), "no Chromium at {}: run scripts/ensure-chromium (make test does)", p.display());
+    headless(profile)
 }
 
 /// The DOM after the page's scripts ran for `ms` of virtual time.
