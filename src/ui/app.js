@@ -73,8 +73,15 @@
   }
   function poll() {
     fetch("/api/status", { credentials: "same-origin", cache: "no-store" })
-      .then(function (r) { return r.ok ? r.json() : Promise.reject(r.status); })
-      .then(function (s) { if (conn) conn.textContent = ""; apply(s); })
+      .then(function (r) {
+        // An error with a reason (the pipeline file no longer loads, say) is shown as such.
+        return r.json().catch(function () { return { error: "fleming ui answered " + r.status }; });
+      })
+      .then(function (s) {
+        if (s.error) { if (conn) conn.textContent = s.error.split("\n")[0]; return; }
+        if (conn) conn.textContent = "";
+        apply(s);
+      })
       .catch(function () { if (conn) conn.textContent = "not connected to fleming ui"; })
       .then(function () { setTimeout(poll, 1000); });
   }
