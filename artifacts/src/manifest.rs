@@ -139,6 +139,17 @@ fn load_one(p: &Path) -> Option<RunManifest> {
     serde_json::from_slice(&std::fs::read(p).ok()?).ok()
 }
 
+/// Whether a manifest's file name (a [`new_run_id`] and `.json`) may be a run of `stage`
+/// (with `key`, when given): lets readers open only those files. The stage name is
+/// sanitised in the id, so a match is to be confirmed against the manifest's own fields.
+pub fn file_may_be_of(name: &str, stage: &str, key: Option<&Digest>) -> bool {
+    let tag = match key {
+        Some(k) => format!("-{}-{}-", crate::fsutil::sanitize(stage), k.short(8)),
+        None => format!("-{}-", crate::fsutil::sanitize(stage)),
+    };
+    name.ends_with(".json") && name.contains(&tag)
+}
+
 /// A run id: sortable by time, readable, unique.
 pub fn new_run_id(stage: &str, key: &Digest, started: DateTime<Utc>) -> String {
     format!(
@@ -148,4 +159,20 @@ pub fn new_run_id(stage: &str, key: &Digest, started: DateTime<Utc>) -> String {
         key.short(8),
         std::process::id()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_file_names_are_found_by_stage_and_key() {
+        let (k1, k2) = (Digest::of(b"one"), Digest::of(b"two"));
+        let name = format!("{}.json", new_run_id("rl 2", &k1, Utc::now()));
+        assert!(file_may_be_of(&name, "rl 2", None));
+        assert!(file_may_be_of(&name, "rl 2", Some(&k1)));
+        assert!(!file_may_be_of(&name, "rl 2", Some(&k2)));
+        assert!(!file_may_be_of(&name, "rl", None));
+        assert!(!file_may_be_of(&name.replace(".json", ".metrics.jsonl"), "rl 2", None));
+    }
 }

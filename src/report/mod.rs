@@ -19,7 +19,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use arrow::array::{Array, Float64Array};
 use arrow::datatypes::DataType;
-use fleming_artifacts::manifest::RunStatus;
+use fleming_artifacts::manifest::{RunStatus, file_may_be_of};
 use fleming_artifacts::{ArtifactKind, Digest, RunManifest, Store, Table};
 use fleming_runtime::CancelToken;
 use fleming_runtime::checks::CheckResult;
@@ -259,8 +259,7 @@ fn run_files(store: &Store) -> Vec<String> {
 /// When the latest run of `stage` with this very key failed: what it said. (A stage that
 /// failed is stale to the executor; the page tells it apart by its manifest.)
 fn last_failure(store: &Store, run_files: &[String], stage: &str, key: &Digest) -> Option<String> {
-    let tag = format!("-{}-{}-", fleming_artifacts::fsutil::sanitize(stage), key.short(8));
-    let name = run_files.iter().rev().find(|n| n.contains(&tag))?;
+    let name = run_files.iter().rev().find(|n| file_may_be_of(n, stage, Some(key)))?;
     let m: RunManifest = serde_json::from_slice(&std::fs::read(store.dir("runs").join(name)).ok()?).ok()?;
     (m.stage == stage && m.key == *key && m.status == RunStatus::Failed).then(|| {
         let first = m.error.as_deref().and_then(|e| e.lines().next()).unwrap_or("").to_string();

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
+use fleming_artifacts::manifest::file_may_be_of;
 use fleming_artifacts::{ArtifactKind, RunManifest};
 use fleming_runtime::state::StageRef;
 use serde_json::Value;
@@ -110,11 +111,10 @@ pub(crate) fn page(
 /// (a run's file name is `TIME-STAGE-KEY-PID.json`), not the whole store's history.
 fn runs_of(app: &App, stage: &str) -> Vec<RunManifest> {
     let dir = app.store.dir("runs");
-    let tag = format!("-{}-", fleming_artifacts::fsutil::sanitize(stage));
     let mut names: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
         .map(|rd| {
             rd.filter_map(|e| e.ok())
-                .filter(|e| e.file_name().to_string_lossy().contains(&tag))
+                .filter(|e| file_may_be_of(&e.file_name().to_string_lossy(), stage, None))
                 .map(|e| e.path())
                 .collect()
         })
