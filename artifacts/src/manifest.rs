@@ -96,9 +96,35 @@ pub struct RunManifest {
     /// Worker process details, for stages run by a worker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker: Option<serde_json::Value>,
+    /// The devices the stage ran on, for stages that declare `resources: { gpu: N }`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub devices: Option<DeviceMap>,
     /// Results of the stage's data checks (with a sample of failing rows).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub checks: Vec<serde_json::Value>,
+}
+
+/// Which of the machine's GPUs a stage had: its processes see them (through
+/// `CUDA_VISIBLE_DEVICES`) as `cuda:0`, `cuda:1`, ... in this order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceMap {
+    /// `cuda`, or `cpu` when the machine had no GPU.
+    pub kind: String,
+    /// Physical GPU indices, in the order the stage sees them.
+    pub gpus: Vec<u32>,
+    /// What each device the stage saw was: `cuda:0` -> physical index.
+    pub visible: BTreeMap<String, u32>,
+}
+
+impl DeviceMap {
+    /// The map of a stage given these physical GPUs (none: the CPU).
+    pub fn of(gpus: &[u32]) -> DeviceMap {
+        DeviceMap {
+            kind: if gpus.is_empty() { "cpu" } else { "cuda" }.into(),
+            gpus: gpus.to_vec(),
+            visible: gpus.iter().enumerate().map(|(i, g)| (format!("cuda:{i}"), *g)).collect(),
+        }
+    }
 }
 
 impl RunManifest {

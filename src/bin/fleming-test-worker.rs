@@ -63,6 +63,7 @@ fn work(s: &WorkerSession) -> anyhow::Result<()> {
         },
         _ => {}
     }
+    let started_ms = unix_ms();
     std::thread::sleep(sleep);
     if mode != "no-output" {
         let batch = input.concat()?;
@@ -72,9 +73,14 @@ fn work(s: &WorkerSession) -> anyhow::Result<()> {
             s.job.device.gpus.iter().map(|g| g.to_string()).collect::<Vec<_>>().join(",")
         );
         let mut fields: Vec<Field> = batch.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
-        fields.push(Field::new("device", DataType::Utf8, false));
+        // What the process was given, and when it held it (tests of GPU scheduling).
+        let visible = std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_default();
+        let held = format!("{started_ms}-{}", unix_ms());
         let mut cols = batch.columns().to_vec();
-        cols.push(Arc::new(StringArray::from(vec![device; batch.num_rows()])));
+        for (name, value) in [("device", device), ("visible", visible), ("held_ms", held)] {
+            fields.push(Field::new(name, DataType::Utf8, false));
+            cols.push(Arc::new(StringArray::from(vec![value; batch.num_rows()])));
+        }
         let out = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?;
         s.write_table("table", &Table::from_batch(out))?;
     }
@@ -84,4 +90,8 @@ fn work(s: &WorkerSession) -> anyhow::Result<()> {
     s.progress(total, Some(total), "rows");
     s.done(m);
     Ok(())
+}
+
+fn unix_ms() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0)
 }

@@ -11,6 +11,10 @@ fn project(stages: &str) -> Project {
 }
 
 fn device_column(p: &Project, stage: &str) -> String {
+    string_column(p, stage, "device")
+}
+
+fn string_column(p: &Project, stage: &str, column: &str) -> String {
     let d = p.output_digest("gpu", stage, "table");
     let path = p.store().join("objects").join(&d[..2]).join(format!("{}.parquet", &d[2..]));
     let file = std::fs::File::open(&path).expect("object");
@@ -19,7 +23,7 @@ fn device_column(p: &Project, stage: &str) -> String {
         .build()
         .expect("reader");
     let batch = reader.into_iter().next().expect("batch").expect("batch");
-    let col = batch.column_by_name("device").expect("device column");
+    let col = batch.column_by_name(column).expect("column");
     let col = col.as_any().downcast_ref::<arrow::array::StringArray>().expect("strings");
     col.value(0).to_string()
 }
@@ -55,6 +59,49 @@ fn gpus_are_assigned_from_the_pool() {
     let b = device_column(&p, "b");
     assert!(b == "cuda:3" || b == "cuda:5", "{b}");
     assert!(stderr.contains("the stage asks for 3 GPUs; this machine has 2"), "{stderr}");
+}
+
+#[test]
+fn gpu_stages_run_at_once_each_on_its_own_devices() {
+    // Four simulated GPUs; `-j 1` would run one CPU stage at a time: GPU stages are limited
+    // by their devices instead. a, b and c fit together (2 + 1 + 1); d waits for two.
+    let stage = |name: &str, gpu: u32| {
+        format!(
+            "  {name}: {{ op: test-worker, inputs: {{ table: raw }}, resources: {{ gpu: {gpu} }}, params: {{ tag: {name}, sleep_ms: 1500 }} }}\n"
+        )
+    };
+    let p = project(&[stage("a", 2), stage("b", 1), stage("c", 1), stage("d", 2)].concat());
+    let r = p.command(&["run", "pipeline.yaml", "-j", "1"]).env("FLEMING_GPUS", "0,1,2,3").output().expect("run");
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let mut seen = Vec::new();
+    for name in ["a", "b", "c", "d"] {
+        let visible: Vec<u32> =
+            string_column(&p, name, "visible").split(',').map(|g| g.parse().expect("gpu index")).collect();
+        let held = string_column(&p, name, "held_ms");
+        let (from, to) = held.split_once('-').expect("interval");
+        let (from, to): (u128, u128) = (from.parse().expect("ms"), to.parse().expect("ms"));
+        let m = &p.manifests_of(name)[0];
+        assert_eq!(m["devices"]["kind"], "cuda", "{m}");
+        let recorded: Vec<u32> =
+            m["devices"]["gpus"].as_array().expect("gpus").iter().map(|g| g.as_u64().expect("index") as u32).collect();
+        assert_eq!(recorded, visible, "stage {name}: the manifest's device map is what the worker saw");
+        assert_eq!(m["devices"]["visible"]["cuda:0"], visible[0]);
+        seen.push((name, visible, from, to));
+    }
+    let overlap = |x: &(&str, Vec<u32>, u128, u128), y: &(&str, Vec<u32>, u128, u128)| x.2 < y.3 && y.2 < x.3;
+    for (i, x) in seen.iter().enumerate() {
+        for y in &seen[i + 1..] {
+            if overlap(x, y) {
+                assert!(x.1.iter().all(|g| !y.1.contains(g)), "{} and {} shared a GPU at once: {seen:?}", x.0, y.0);
+            }
+        }
+    }
+    let first_three = &seen[..3];
+    for (i, x) in first_three.iter().enumerate() {
+        for y in &first_three[i + 1..] {
+            assert!(overlap(x, y), "{} and {} did not run at once: {seen:?}", x.0, y.0);
+        }
+    }
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Condvar, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
@@ -52,11 +52,11 @@ pub fn find_worker() -> anyhow::Result<PathBuf> {
     )
 }
 
-/// GPUs of this machine and which are in use.
+/// GPUs of this machine and which are in use. The executor's scheduler takes a stage's
+/// GPUs before starting it and gives them back when it ends.
 pub struct GpuPool {
     free: Mutex<Vec<u32>>,
     total: usize,
-    changed: Condvar,
 }
 
 impl GpuPool {
@@ -83,7 +83,7 @@ impl GpuPool {
 
     /// A pool of the given GPU indices.
     pub fn with(gpus: Vec<u32>) -> GpuPool {
-        GpuPool { total: gpus.len(), free: Mutex::new(gpus), changed: Condvar::new() }
+        GpuPool { total: gpus.len(), free: Mutex::new(gpus) }
     }
 
     /// Number of GPUs.
@@ -91,27 +91,22 @@ impl GpuPool {
         self.total
     }
 
-    /// Takes `n` GPUs, waiting until they are free. `n` must not exceed the total.
-    pub fn acquire(&self, n: usize, cancel: &CancelToken) -> anyhow::Result<Vec<u32>> {
+    /// Takes `n` GPUs if that many are free now (the lowest indices), `None` if not; none
+    /// at all when `n` is 0 or the machine has no GPU (the stage runs on the CPU). An
+    /// error if `n` exceeds the machine's GPUs.
+    pub fn try_acquire(&self, n: usize) -> anyhow::Result<Option<Vec<u32>>> {
         if n == 0 || self.total == 0 {
-            return Ok(Vec::new());
+            return Ok(Some(Vec::new()));
         }
         if n > self.total {
             bail!("the stage asks for {n} GPUs; this machine has {}", self.total);
         }
         let mut free = self.free.lock().map_err(|_| anyhow!("gpu pool poisoned"))?;
-        loop {
-            if free.len() >= n {
-                free.sort();
-                return Ok(free.drain(..n).collect());
-            }
-            cancel.check()?;
-            free = self
-                .changed
-                .wait_timeout(free, Duration::from_millis(200))
-                .map_err(|_| anyhow!("gpu pool poisoned"))?
-                .0;
+        if free.len() < n {
+            return Ok(None);
         }
+        free.sort();
+        Ok(Some(free.drain(..n).collect()))
     }
 
     /// Gives GPUs back.
@@ -122,7 +117,6 @@ impl GpuPool {
         if let Ok(mut free) = self.free.lock() {
             free.extend(gpus);
         }
-        self.changed.notify_all();
     }
 }
 

@@ -27,12 +27,11 @@ impl Executor<'_> {
         metrics: &mut Map<String, Value>,
         worker_info: &mut Option<Value>,
     ) -> anyhow::Result<BTreeMap<String, ArtifactRef>> {
-        let StageRun { stage, pending: p, loaded, threads, progress, run_id, work_dir } = *run;
+        let StageRun { stage, pending: p, loaded, threads, gpus, progress, run_id, work_dir } = *run;
         let spec = stage.op.spec();
         let worker = find_worker()?;
-        let gpus = self.gpus().acquire(stage.resources.gpu as usize, &self.cancel)?;
         let out_dir = self.store.new_tmp_dir(&format!("out-{}", stage.name))?;
-        let device = Device::for_gpus(&gpus);
+        let device = Device::for_gpus(gpus);
         if stage.resources.gpu > 0 && gpus.is_empty() {
             self.log(&format!("  {}: no GPU on this machine; running on CPU", stage.name));
         }
@@ -73,7 +72,6 @@ impl Executor<'_> {
         std::fs::create_dir_all(&job.checkpoint_dir)?;
         let log = |line: &str| self.log(&format!("  {}: {line}", stage.name));
         let result = run_job(&worker, &job, work_dir, progress, &self.cancel, &log);
-        self.gpus().release(gpus);
         let wr = match result {
             Ok(wr) => wr,
             Err(e) => {

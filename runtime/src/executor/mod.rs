@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail};
 use chrono::Utc;
-use fleming_artifacts::manifest::{FileRecord, InputRecord, RunStatus, new_run_id};
+use fleming_artifacts::manifest::{DeviceMap, FileRecord, InputRecord, RunStatus, new_run_id};
 use fleming_artifacts::statcache::StatCache;
 use fleming_artifacts::{ArtifactKind, ArtifactRef, Digest, MemoLog, RunManifest, Store};
 use serde_json::{Map, Value};
@@ -55,7 +55,8 @@ pub enum Selection {
 /// Options of `fleming run`.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
-    /// Stages run at once.
+    /// Stages run at once on the CPU. Stages that hold GPUs (`resources: { gpu: N }` on a
+    /// machine with GPUs) are not counted: they start whenever their devices are free.
     pub jobs: usize,
     /// Default threads / data-parallel workers per stage.
     pub workers: usize,
@@ -235,6 +236,8 @@ pub(super) struct StageRun<'r> {
     /// Its inputs by port: (the reference as written, the artifact).
     loaded: &'r BTreeMap<String, Vec<(String, ArtifactRef)>>,
     threads: usize,
+    /// The GPUs the scheduler gave it (none: the CPU).
+    gpus: &'r [u32],
     progress: &'r Progress,
     run_id: &'r str,
     /// Scratch space of this run of the stage.
@@ -336,6 +339,8 @@ impl<'a> Executor<'a> {
         let mut pending: Vec<Option<Pending>> = vec![None; n];
         let mut started = vec![false; n];
         let mut running = 0usize;
+        let mut cpu_running = 0usize;
+        let mut on_cpu = vec![false; n];
         let mut stopped: Option<String> = None;
         let jobs = opts.jobs.max(1);
         let (tx, rx) = mpsc::channel::<(usize, StageReport)>();
@@ -406,9 +411,28 @@ impl<'a> Executor<'a> {
                             progressed = true;
                             continue;
                         }
-                        if running < jobs {
+                        // A stage holding GPUs waits for its devices, not for a CPU slot.
+                        let on_gpus = stage.resources.gpu > 0 && self.gpus().total() > 0;
+                        if on_gpus || cpu_running < jobs {
+                            let gpus = match self.gpus().try_acquire(stage.resources.gpu as usize) {
+                                Ok(Some(gpus)) => gpus,
+                                Ok(None) => continue,
+                                Err(e) => {
+                                    let mut r = StageReport::new(stage, Outcome::Failed, "cannot be scheduled");
+                                    r.key = Some(p.key);
+                                    r.error = Some(format!("{e:#}"));
+                                    reports[i] = Some(r);
+                                    if !opts.keep_going && stopped.is_none() {
+                                        stopped = Some(format!("stage `{}` failed", stage.name));
+                                    }
+                                    progressed = true;
+                                    continue;
+                                }
+                            };
                             started[i] = true;
                             running += 1;
+                            on_cpu[i] = !on_gpus;
+                            cpu_running += usize::from(!on_gpus);
                             let tx = tx.clone();
                             let worker_threads =
                                 stage.resources.threads.map(|t| t as usize).unwrap_or(opts.workers).max(1);
@@ -420,13 +444,14 @@ impl<'a> Executor<'a> {
                                 // The operator's own panics are caught where it runs; this
                                 // catches the rest (a bug in the runtime), which would
                                 // otherwise leave the loop below waiting for the report.
-                                let run = || this.execute(i, p, &upstream, worker_threads, skip_checks);
+                                let run = || this.execute(i, p, &upstream, worker_threads, &gpus, skip_checks);
                                 let report = catch_unwind(AssertUnwindSafe(run)).unwrap_or_else(|panic| {
                                     let mut r = StageReport::new(&stages[i], Outcome::Failed, "internal error");
                                     r.error =
                                         Some(format!("fleming panicked running the stage: {}", panic_message(&panic)));
                                     r
                                 });
+                                this.gpus().release(gpus);
                                 let _ = tx.send((i, report));
                             });
                         }
@@ -439,6 +464,7 @@ impl<'a> Executor<'a> {
                 }
                 let (i, report) = rx.recv().map_err(|_| anyhow!("a stage thread vanished"))?;
                 running -= 1;
+                cpu_running -= usize::from(on_cpu[i]);
                 if matches!(report.outcome, Outcome::Failed | Outcome::Cancelled)
                     && !opts.keep_going
                     && stopped.is_none()
@@ -566,6 +592,7 @@ impl<'a> Executor<'a> {
         p: Pending,
         upstream: &[Option<StageReport>],
         threads: usize,
+        gpus: &[u32],
         skip_checks: bool,
     ) -> StageReport {
         let stage = &self.pipeline.stages[i];
@@ -612,7 +639,8 @@ impl<'a> Executor<'a> {
         let progress = self.progress.stage(&stage.name, spec.name);
         let mut metrics = Map::new();
         let mut worker_info = None;
-        let result = self.compute(stage, &p, upstream, threads, &progress, &mut metrics, &mut worker_info, &run_id);
+        let result =
+            self.compute(stage, &p, upstream, threads, gpus, &progress, &mut metrics, &mut worker_info, &run_id);
         let finished_at = Utc::now();
         let (status, error) = match &result {
             Ok(outputs) => {
@@ -672,6 +700,7 @@ impl<'a> Executor<'a> {
             status,
             error,
             worker: worker_info,
+            devices: (stage.resources.gpu > 0).then(|| DeviceMap::of(gpus)),
             checks: report.checks.iter().filter_map(|c| serde_json::to_value(c).ok()).collect(),
         };
         let commit = (|| -> anyhow::Result<()> {
@@ -796,6 +825,7 @@ impl<'a> Executor<'a> {
         p: &Pending,
         upstream: &[Option<StageReport>],
         threads: usize,
+        gpus: &[u32],
         progress: &Progress,
         metrics: &mut Map<String, Value>,
         worker_info: &mut Option<Value>,
@@ -837,7 +867,7 @@ impl<'a> Executor<'a> {
                 }
             }
         }
-        let run = StageRun { stage, pending: p, loaded: &loaded, threads, progress, run_id, work_dir: &work_dir };
+        let run = StageRun { stage, pending: p, loaded: &loaded, threads, gpus, progress, run_id, work_dir: &work_dir };
         match spec.execution {
             Execution::Cpu | Execution::CpuWithWorkers => self.run_in_process(&run, metrics),
             Execution::Worker => self.run_in_worker(&run, metrics, worker_info),
@@ -850,7 +880,7 @@ impl<'a> Executor<'a> {
         run: &StageRun<'_>,
         metrics: &mut Map<String, Value>,
     ) -> anyhow::Result<BTreeMap<String, ArtifactRef>> {
-        let StageRun { stage, pending: p, loaded, threads, progress, run_id: _, work_dir } = *run;
+        let StageRun { stage, pending: p, loaded, threads, gpus, progress, run_id: _, work_dir } = *run;
         let spec = stage.op.spec();
         let used_memo: Option<(&str, Vec<Digest>)>;
         let outputs = {
@@ -875,13 +905,6 @@ impl<'a> Executor<'a> {
             let previous = self.previous_run(stage, &p.key)?;
             let memo = self.memo_for(spec)?;
             let llm = llm_json(self.pipeline);
-            // An in-process operator may start worker processes on the stage's GPUs
-            // (evaluate serving a model artifact).
-            let gpus = if stage.resources.gpu > 0 {
-                self.gpus().acquire(stage.resources.gpu as usize, &self.cancel)?
-            } else {
-                Vec::new()
-            };
             let mut ctx = OpContext::new(
                 stage.name.clone(),
                 stage.params.clone(),
@@ -894,15 +917,11 @@ impl<'a> Executor<'a> {
                 threads,
                 llm,
             );
-            ctx.gpus = gpus.clone();
-            if stage.resources.gpu > 0 {
-                // Where its worker processes ran, as a worker stage's manifest says it.
-                let device = crate::dispatch::Device::for_gpus(&gpus);
-                metrics.insert("device".into(), serde_json::json!({ "kind": device.kind, "gpus": device.gpus }));
-            }
+            // An in-process operator may start worker processes on the stage's GPUs
+            // (evaluate serving a model artifact).
+            ctx.gpus = gpus.to_vec();
             let op = stage.op.clone();
             let result = catch_unwind(AssertUnwindSafe(|| op.run(&mut ctx)));
-            self.gpus().release(gpus);
             // Keep finished records whatever happened.
             let flushed = memo.flush();
             let stats = memo.stats();
