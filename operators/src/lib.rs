@@ -7,6 +7,7 @@
 //!
 //! [`OpSpec`]: fleming_runtime::OpSpec
 
+pub mod dataflow;
 pub mod llm;
 pub mod ops;
 pub mod questions;

@@ -295,6 +295,9 @@ pub struct OpContext {
     /// GPUs assigned to the stage (`resources.gpu`), for the worker processes it starts
     /// (e.g. a model server); empty means CPU.
     pub gpus: Vec<u32>,
+    /// For a dataflow operator in a cluster run (`fleming run --hosts`): the processes
+    /// its timely computation spans. `None`: this process alone.
+    pub cluster: Option<crate::cluster::Cluster>,
     metrics: Map<String, Value>,
 }
 
@@ -325,6 +328,7 @@ impl OpContext {
             threads,
             llm,
             gpus: Vec::new(),
+            cluster: None,
             metrics: Map::new(),
         }
     }

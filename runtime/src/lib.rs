@@ -1,13 +1,15 @@
 //! The fleming runtime: pipeline files (spec, validation with positioned errors), the
 //! operator contract ([`op::Operator`], [`op::OpSpec`], [`context::OpContext`]), stage keys,
 //! the executor (caching, early cutoff, locking, parallel stages, cancellation), dispatch
-//! of GPU stages to a worker process, and the operator test harness.
+//! of GPU stages to a worker process, runs spread over several processes ([`cluster`]),
+//! and the operator test harness.
 //!
 //! The runtime knows no specific operator: an operators crate provides a
 //! [`op::Registry`].
 
 pub mod cancel;
 pub mod checks;
+pub mod cluster;
 pub mod context;
 pub mod diagnostic;
 pub mod dispatch;

@@ -280,6 +280,10 @@ pub enum Execution {
     /// In the `fleming` process, starting worker processes of its own (the model server
     /// of `evaluate`) on the GPUs the stage is given (`resources.gpu`).
     CpuWithWorkers,
+    /// In the `fleming` process, as a timely dataflow; in a cluster run it spans every
+    /// process ([`crate::cluster`]): each feeds its share and process 0 returns the
+    /// outputs (the others return none).
+    Dataflow,
 }
 
 /// Everything the runtime knows about an operator without running it.

@@ -113,8 +113,11 @@ pub fn dag(args: &DagArgs, registry: &dyn Registry) -> anyhow::Result<i32> {
         DagFormat::Dot => {
             println!("digraph \"{}\" {{\n  rankdir=LR;\n  node [shape=box, fontname=\"Helvetica\"];", p.name);
             for s in &p.stages {
-                let shape =
-                    if s.op.spec().execution != Execution::Cpu { ", style=filled, fillcolor=\"#ffe0b0\"" } else { "" };
+                let shape = if matches!(s.op.spec().execution, Execution::Worker | Execution::CpuWithWorkers) {
+                    ", style=filled, fillcolor=\"#ffe0b0\""
+                } else {
+                    ""
+                };
                 println!("  \"{}\" [label=\"{}\\n[{}]\"{shape}];", s.name, s.name, s.op.spec().name);
             }
             for (a, b, label) in &edges {
@@ -247,6 +250,7 @@ pub fn ops(args: &OpsArgs, registry: &dyn Registry) -> anyhow::Result<i32> {
                 let gpu = match s.execution {
                     Execution::Worker => " (GPU worker)",
                     Execution::CpuWithWorkers => " (starts GPU workers)",
+                    Execution::Dataflow => " (dataflow: spans a cluster run's processes)",
                     Execution::Cpu => "",
                 };
                 println!("{n:<w$}  v{}  {}{gpu}", s.version, s.summary);
@@ -265,6 +269,9 @@ pub fn ops(args: &OpsArgs, registry: &dyn Registry) -> anyhow::Result<i32> {
         Execution::CpuWithWorkers => {
             println!("runs in fleming and starts the torch worker for model artifacts; GPU when one is assigned")
         }
+        Execution::Dataflow => println!(
+            "runs as a timely dataflow on -w threads; in a cluster run (`fleming run --hosts`) on every process"
+        ),
         Execution::Cpu => {}
     }
     if !s.doc.is_empty() {

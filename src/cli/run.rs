@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use clap::Args;
 use fleming_runtime::CancelToken;
+use fleming_runtime::cluster::Cluster;
 use fleming_runtime::executor::{Executor, Outcome, RunOptions, RunReport, Selection};
 use fleming_runtime::live::LiveSink;
 use fleming_runtime::op::Registry;
@@ -43,6 +44,20 @@ pub struct RunArgs {
     /// Do not evaluate data checks (emergencies only: downstream stages run on unchecked data).
     #[arg(long)]
     pub skip_checks: bool,
+    /// Run as one process of a cluster: the hosts file lists every process's `host:port`,
+    /// one per line, process 0 first (timely's format). Every process runs the same
+    /// pipeline on the same store; dataflow stages (extract) span them all.
+    #[arg(long, value_name = "FILE", requires = "process", help_heading = "Cluster")]
+    pub hosts: Option<PathBuf>,
+    /// This process's index in the hosts file (0 commits the dataflow stages' outputs).
+    #[arg(long, short = 'p', value_name = "I", requires = "hosts", help_heading = "Cluster")]
+    pub process: Option<usize>,
+    /// Number of processes, checked against the hosts file.
+    #[arg(long, value_name = "N", requires = "hosts", help_heading = "Cluster")]
+    pub processes: Option<usize>,
+    /// Seconds a dataflow stage waits for every process to join it.
+    #[arg(long, value_name = "SECS", default_value_t = 600, help_heading = "Cluster")]
+    pub connect_timeout: u64,
 }
 
 /// Runs `fleming run`; returns the exit status.
@@ -95,7 +110,28 @@ pub fn run(cli: &Cli, args: &RunArgs, registry: &dyn Registry) -> anyhow::Result
         // What `fleming ui` shows of a run going on in another process.
         progress = Arc::new(LiveSink::new(progress, &store, &pipeline.name));
     }
-    let executor = Executor::new(&pipeline, &store, progress, cancel.clone());
+    let mut executor = Executor::new(&pipeline, &store, progress, cancel.clone());
+    if let (Some(hosts), Some(process)) = (&args.hosts, args.process) {
+        let mut cluster = match Cluster::from_hosts_file(hosts, process) {
+            Ok(c) => c,
+            Err(e) => {
+                log_line(format_args!("error: {e:#}"));
+                return Ok(EXIT_INVALID);
+            }
+        };
+        if let Some(n) = args.processes
+            && n != cluster.processes()
+        {
+            log_line(format_args!(
+                "error: --processes {n}, but {} lists {} processes",
+                hosts.display(),
+                cluster.processes()
+            ));
+            return Ok(EXIT_INVALID);
+        }
+        cluster.connect_timeout = std::time::Duration::from_secs(args.connect_timeout);
+        executor = executor.with_cluster(cluster);
+    }
     let report = executor.run(&opts)?;
     print_report(&report, args.dry_run, started.elapsed().as_secs_f64(), cli.quiet);
     if args.skip_checks {

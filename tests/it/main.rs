@@ -6,6 +6,7 @@ mod support;
 mod benchmarks;
 mod caching;
 mod checks;
+mod cluster;
 mod concurrency;
 mod crash;
 mod crawl_extract;

@@ -32,6 +32,7 @@ use serde_json::{Map, Value};
 
 use crate::cancel::{CancelToken, Cancelled};
 use crate::checks::{CheckResult, evaluate};
+use crate::cluster::Cluster;
 use crate::context::{Input, InputValue, OpContext, PreviousRun, RecordMemo, StoredTable};
 use crate::dispatch::launcher::GpuPool;
 use crate::keys::KeyParts;
@@ -258,6 +259,8 @@ pub struct Executor<'a> {
     /// the same key (the same operator, params and inputs) waits for it and reuses its
     /// result, and says whose it is.
     claimed: Mutex<BTreeMap<Digest, String>>,
+    /// The processes of a cluster run, which its dataflow stages span.
+    cluster: Option<Cluster>,
 }
 
 impl<'a> Executor<'a> {
@@ -272,7 +275,18 @@ impl<'a> Executor<'a> {
             memos: Mutex::new(BTreeMap::new()),
             stat: StatCache::open(store),
             claimed: Mutex::new(BTreeMap::new()),
+            cluster: None,
         }
+    }
+
+    /// Makes this run one process of a cluster run ([`crate::cluster`]).
+    pub fn with_cluster(self, cluster: Cluster) -> Self {
+        Executor { cluster: Some(cluster), ..self }
+    }
+
+    /// The cluster a stage's computation spans: dataflow stages of a cluster run.
+    fn cluster_of(&self, stage: &Stage) -> Option<&Cluster> {
+        self.cluster.as_ref().filter(|_| stage.op.spec().execution == Execution::Dataflow)
     }
 
     /// Uses a given GPU pool (tests).
@@ -409,6 +423,16 @@ impl<'a> Executor<'a> {
                             r.warnings = p.warnings.clone();
                             reports[i] = Some(r);
                             progressed = true;
+                            continue;
+                        }
+                        // Every process of a cluster run takes up its dataflow stages one at
+                        // a time, in the same order, so that they meet in each.
+                        if self.cluster_of(stage).is_some()
+                            && order
+                                .iter()
+                                .take_while(|&&j| j != i)
+                                .any(|&j| relevant[j] && reports[j].is_none() && self.cluster_of(&stages[j]).is_some())
+                        {
                             continue;
                         }
                         // A stage holding GPUs waits for its devices, not for a CPU slot.
@@ -604,6 +628,11 @@ impl<'a> Executor<'a> {
         report.key = Some(p.key);
         report.warnings = p.warnings.clone();
 
+        if let Some(cluster) = self.cluster_of(stage)
+            && !cluster.is_leader()
+        {
+            return self.take_part(stage, &p, upstream, threads, gpus, report);
+        }
         // The key lock: one process computes a key; others wait and reuse.
         let _lock = match self.lock_key(stage, &p.key) {
             Ok(Some(l)) => l,
@@ -730,6 +759,57 @@ impl<'a> Executor<'a> {
                 format!("✓ {} [{}]: {} rows in {:.1?}", stage.name, spec.name, rows, report.duration)
             }
             Outcome::Cancelled => format!("■ {} [{}]: cancelled; nothing committed", stage.name, spec.name),
+            _ => format!("✗ {} [{}]: failed after {:.1?}", stage.name, spec.name, report.duration),
+        };
+        progress.finish(&summary);
+        self.log(&summary);
+        report
+    }
+
+    /// Takes part in a dataflow stage of a cluster run as a process other than 0: runs its
+    /// share, then waits for process 0 (which holds the key lock until it has committed)
+    /// and reports what it committed. Writes no manifest: process 0's is the stage's.
+    fn take_part(
+        &self,
+        stage: &Stage,
+        p: &Pending,
+        upstream: &[Option<StageReport>],
+        threads: usize,
+        gpus: &[u32],
+        mut report: StageReport,
+    ) -> StageReport {
+        let spec = stage.op.spec();
+        let (process, processes) = self.cluster.as_ref().map(|c| (c.process, c.processes())).unwrap_or((0, 1));
+        let started = Instant::now();
+        self.log(&format!("▶ {} [{}]: {} (process {process} of {processes})", stage.name, spec.name, p.reason));
+        let progress = self.progress.stage(&stage.name, spec.name);
+        let mut metrics = Map::new();
+        let run_id = new_run_id(&stage.name, &p.key, Utc::now());
+        let computed = self.compute(stage, p, upstream, threads, gpus, &progress, &mut metrics, &mut None, &run_id);
+        let committed = computed.and_then(|_| {
+            let _lock = self.lock_key(stage, &p.key)?.ok_or(Cancelled)?;
+            CacheEntry::load(self.store, &p.key)?
+                .ok_or_else(|| anyhow!("process 0 did not commit the outputs (it failed or was stopped: see its log)"))
+        });
+        report.duration = started.elapsed();
+        match committed {
+            Ok(entry) => {
+                report.reason = format!("{} (process {process} of {processes}; process 0 committed)", p.reason);
+                report.outputs = entry.outputs;
+                report.run_id = Some(entry.run_id);
+            }
+            Err(e) => {
+                report.outcome = if e.downcast_ref::<Cancelled>().is_some() || self.cancel.is_cancelled() {
+                    Outcome::Cancelled
+                } else {
+                    Outcome::Failed
+                };
+                report.error = Some(format!("{e:#}"));
+            }
+        }
+        let summary = match report.outcome {
+            Outcome::Ran => format!("✓ {} [{}]: took part in {:.1?}", stage.name, spec.name, report.duration),
+            Outcome::Cancelled => format!("■ {} [{}]: cancelled", stage.name, spec.name),
             _ => format!("✗ {} [{}]: failed after {:.1?}", stage.name, spec.name, report.duration),
         };
         progress.finish(&summary);
@@ -869,7 +949,7 @@ impl<'a> Executor<'a> {
         }
         let run = StageRun { stage, pending: p, loaded: &loaded, threads, gpus, progress, run_id, work_dir: &work_dir };
         match spec.execution {
-            Execution::Cpu | Execution::CpuWithWorkers => self.run_in_process(&run, metrics),
+            Execution::Cpu | Execution::CpuWithWorkers | Execution::Dataflow => self.run_in_process(&run, metrics),
             Execution::Worker => self.run_in_worker(&run, metrics, worker_info),
         }
     }
@@ -920,6 +1000,10 @@ impl<'a> Executor<'a> {
             // An in-process operator may start worker processes on the stage's GPUs
             // (evaluate serving a model artifact).
             ctx.gpus = gpus.to_vec();
+            ctx.cluster = self.cluster_of(stage).map(|c| c.for_session(&p.key.hex()));
+            if let Some(c) = &ctx.cluster {
+                metrics.insert("processes".into(), c.processes().into());
+            }
             let op = stage.op.clone();
             let result = catch_unwind(AssertUnwindSafe(|| op.run(&mut ctx)));
             // Keep finished records whatever happened.
@@ -935,6 +1019,10 @@ impl<'a> Executor<'a> {
             };
             flushed?;
             self.cancel.check()?;
+            if ctx.cluster.as_ref().is_some_and(|c| !c.is_leader()) {
+                // Process 0 commits; this one's share is in its outputs.
+                return Ok(BTreeMap::new());
+            }
             check_outputs(spec, &outputs)?;
             outputs
         };

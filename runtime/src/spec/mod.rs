@@ -1043,7 +1043,7 @@ impl Validator<'_> {
         }
         if r.gpu > 0
             && let Some(op) = op
-            && op.spec().execution == crate::op::Execution::Cpu
+            && matches!(op.spec().execution, crate::op::Execution::Cpu | crate::op::Execution::Dataflow)
         {
             let pos = self.at(&key(path, "gpu"));
             self.error(

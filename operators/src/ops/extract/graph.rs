@@ -16,11 +16,18 @@
 //! rebuilt) and its pages (the previous row's list, plus and minus the changed pages'
 //! touches; the list itself is merged when the row is built).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use differential_dataflow::input::{Input, InputSession};
+use fleming_runtime::CancelToken;
+use fleming_runtime::cluster::Cluster;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::core::Input as _;
+use timely::dataflow::operators::core::Probe as _;
+use timely::dataflow::operators::generic::operator::Operator as _;
 
 use super::rules::{Names, OwnVal, Rec, RelKey, SupportVal};
 
@@ -143,23 +150,45 @@ impl Inputs {
     }
 }
 
-/// Runs the merge on `threads` timely workers.
-pub fn run(threads: usize, feed: Arc<Feed>) -> anyhow::Result<GraphOut> {
-    let entities: Arc<Mutex<Vec<(u64, EntityAgg)>>> = Arc::default();
-    let relations: Arc<Mutex<Vec<RelRow>>> = Arc::default();
-    let negative: Arc<Mutex<u64>> = Arc::default();
-    let names: Arc<Mutex<Vec<Names>>> = Arc::default();
-    let errors: Arc<Mutex<Vec<String>>> = Arc::default();
-    // (feed, dataflow) seconds per worker.
-    let timings: Arc<Mutex<Vec<(f64, f64)>>> = Arc::default();
-    let timings2 = timings.clone();
-    let (e2, r2, n2, names2, err2) =
-        (entities.clone(), relations.clone(), negative.clone(), names.clone(), errors.clone());
-    let guards = timely::execute(timely::Config::process(threads.max(1)), move |worker| {
+/// What each worker sends to worker 0 besides the rows, once its share is done.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+enum Side {
+    /// The strings of the hashes it saw.
+    Names(Names),
+    /// Records that consolidated to a negative multiplicity.
+    Negative(u64),
+    /// Seconds it spent feeding, then running the dataflow.
+    Timing(f64, f64),
+    /// Its feed failed.
+    Error(String),
+}
+
+/// What worker 0 gathers.
+#[derive(Default)]
+struct Gathered {
+    entities: Vec<(u64, EntityAgg)>,
+    relations: Vec<RelRow>,
+    sides: Vec<Side>,
+}
+
+/// Runs the merge on `threads` timely workers, and in a cluster run on as many on every
+/// process (each feeds its share). Worker 0 gathers the rows: the result, on process 0;
+/// `None` on the other processes of a cluster.
+pub fn run(
+    threads: usize,
+    cluster: Option<&Cluster>,
+    cancel: &CancelToken,
+    feed: Arc<Feed>,
+) -> anyhow::Result<Option<GraphOut>> {
+    let gathered: Arc<Mutex<Gathered>> = Arc::default();
+    let g2 = gathered.clone();
+    crate::dataflow::execute(threads, cluster, cancel, move |worker| {
         let index = worker.index();
         let peers = worker.peers();
-        let (e3, r3, n3, n5) = (e2.clone(), r2.clone(), n2.clone(), n2.clone());
-        let (mut inputs, probe) = worker.dataflow::<u64, _, _>(|scope| {
+        let negative = Arc::new(AtomicU64::new(0));
+        let (n3, n5) = (negative.clone(), negative.clone());
+        let (e3, r3, s3) = (g2.clone(), g2.clone(), g2.clone());
+        let (mut inputs, probe, mut side_in) = worker.dataflow::<u64, _, _>(|scope| {
             // One input per kind of record: a single input fanned out by kind would copy
             // every batch to each of the seven consumers.
             let (freq_in, freq) = scope.new_collection::<u64, isize>();
@@ -189,18 +218,22 @@ pub fn run(threads: usize, feed: Arc<Feed>) -> anyhow::Result<GraphOut> {
                     if *r > 0 {
                         sups.push(**s);
                     } else {
-                        *n3.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+                        n3.fetch_add(1, Ordering::Relaxed);
                     }
                 }
                 if !sups.is_empty() {
                     output.push((sups, 1isize));
                 }
             });
-            let rels_out = r3.clone();
-            let rels = rels.inspect(move |((k, sups), _t, d)| {
-                if *d > 0 {
-                    rels_out.lock().unwrap_or_else(|e| e.into_inner()).push((*k, sups.clone()));
-                }
+            rels.inner.clone().sink(to_worker_0(), "GatherRelations", move |(input, _)| {
+                let mut out = r3.lock().unwrap_or_else(|e| e.into_inner());
+                input.for_each(|_, batch| {
+                    for ((k, sups), _t, d) in batch.drain(..) {
+                        if d > 0 {
+                            out.relations.push((k, sups));
+                        }
+                    }
+                });
             });
             // Degree counts: distinct relations per entity.
             let degree = rels
@@ -234,7 +267,7 @@ pub fn run(threads: usize, feed: Arc<Feed>) -> anyhow::Result<GraphOut> {
                         let mut any = false;
                         for (part, r) in input {
                             if *r <= 0 {
-                                *n5.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+                                n5.fetch_add(1, Ordering::Relaxed);
                                 continue;
                             }
                             match part {
@@ -263,58 +296,67 @@ pub fn run(threads: usize, feed: Arc<Feed>) -> anyhow::Result<GraphOut> {
                         let pages = agg.pages_base + agg.pages.len() as i64 - agg.pages_removed.len() as i64;
                         if agg.pages_base == 0 && !agg.pages_removed.is_empty() {
                             // Taken from a list that is not there.
-                            *n5.lock().unwrap_or_else(|e| e.into_inner()) += agg.pages_removed.len() as u64;
+                            n5.fetch_add(agg.pages_removed.len() as u64, Ordering::Relaxed);
                         }
                         if any || pages > 0 {
                             output.push((agg, 1isize));
                         }
                     },
                 );
-            let ents_out = e3.clone();
-            let (probe, _) = ents
-                .inspect(move |((k, agg), _t, d)| {
-                    if *d > 0 {
-                        ents_out.lock().unwrap_or_else(|e| e.into_inner()).push((*k, agg.clone()));
+            let (probe, ents) = ents.inner.probe();
+            ents.sink(to_worker_0(), "GatherEntities", move |(input, _)| {
+                let mut out = e3.lock().unwrap_or_else(|e| e.into_inner());
+                input.for_each(|_, batch| {
+                    for ((k, agg), _t, d) in batch.drain(..) {
+                        if d > 0 {
+                            out.entities.push((k, agg));
+                        }
                     }
-                })
-                .probe();
-            (inputs, probe)
+                });
+            });
+            let (side_in, sides) = scope.new_input::<Vec<Side>>();
+            sides.sink(to_worker_0(), "GatherSides", move |(input, _)| {
+                let mut out = s3.lock().unwrap_or_else(|e| e.into_inner());
+                input.for_each(|_, batch| out.sides.append(batch));
+            });
+            (inputs, probe, side_in)
         });
         let mut local = Names::default();
         let mut emit = |r: Rec, d: i64| inputs.update(r, d as isize);
         let started = std::time::Instant::now();
-        if let Err(e) = feed(index, peers, &mut emit, &mut local) {
-            err2.lock().unwrap_or_else(|e| e.into_inner()).push(format!("{e:#}"));
-        }
+        let fed = feed(index, peers, &mut emit, &mut local);
         inputs.close();
-        let fed = started.elapsed().as_secs_f64();
+        let fed_s = started.elapsed().as_secs_f64();
         worker.step_while(|| probe.less_than(&1));
-        let done = started.elapsed().as_secs_f64() - fed;
-        timings2.lock().unwrap_or_else(|e| e.into_inner()).push((fed, done));
-        names2.lock().unwrap_or_else(|e| e.into_inner()).push(local);
-    })
-    .map_err(|e| anyhow::anyhow!("starting the timely workers: {e}"))?;
-    for r in guards.join() {
-        r.map_err(|e| anyhow::anyhow!("a timely worker failed: {e}"))?;
-    }
-    if let Some(e) = errors.lock().unwrap_or_else(|e| e.into_inner()).first() {
-        anyhow::bail!("{e}");
+        let done_s = started.elapsed().as_secs_f64() - fed_s;
+        // The worker's share is done: what worker 0 needs besides the rows.
+        if let Err(e) = fed {
+            side_in.send(Side::Error(format!("{e:#}")));
+        }
+        side_in.send(Side::Negative(negative.load(Ordering::Relaxed)));
+        side_in.send(Side::Timing(fed_s, done_s));
+        side_in.send(Side::Names(local));
+        drop(side_in);
+    })?;
+    if cluster.is_some_and(|c| !c.is_leader()) {
+        return Ok(None);
     }
     let finish = std::time::Instant::now();
-    let mut out = GraphOut {
-        entities: std::mem::take(&mut *entities.lock().unwrap_or_else(|e| e.into_inner())),
-        relations: std::mem::take(&mut *relations.lock().unwrap_or_else(|e| e.into_inner())),
-        negative: *negative.lock().unwrap_or_else(|e| e.into_inner()),
-        names: Names::default(),
-        finish_s: 0.0,
-        feed_s: 0.0,
-        dataflow_s: 0.0,
-    };
-    for (fed, done) in timings.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-        out.feed_s = out.feed_s.max(*fed);
-        out.dataflow_s = out.dataflow_s.max(*done);
+    let Gathered { mut entities, mut relations, sides } =
+        std::mem::take(&mut *gathered.lock().unwrap_or_else(|e| e.into_inner()));
+    let mut out = GraphOut::default();
+    let mut maps = Vec::new();
+    for side in sides {
+        match side {
+            Side::Error(e) => anyhow::bail!("{e}"),
+            Side::Negative(n) => out.negative += n,
+            Side::Timing(fed, done) => {
+                out.feed_s = out.feed_s.max(fed);
+                out.dataflow_s = out.dataflow_s.max(done);
+            }
+            Side::Names(m) => maps.push(m),
+        }
     }
-    let mut maps = std::mem::take(&mut *names.lock().unwrap_or_else(|e| e.into_inner()));
     maps.sort_by_key(|m| std::cmp::Reverse(m.len()));
     let mut merged = if maps.is_empty() { Names::default() } else { maps.remove(0) };
     for m in maps {
@@ -323,8 +365,15 @@ pub fn run(threads: usize, feed: Arc<Feed>) -> anyhow::Result<GraphOut> {
         }
     }
     out.names = merged;
-    out.entities.sort_by_key(|(k, _)| *k);
-    out.relations.sort_by_key(|(k, _)| *k);
+    entities.sort_by_key(|(k, _)| *k);
+    relations.sort_by_key(|(k, _)| *k);
+    out.entities = entities;
+    out.relations = relations;
     out.finish_s = finish.elapsed().as_secs_f64();
-    Ok(out)
+    Ok(Some(out))
+}
+
+/// Routes every record to worker 0, which gathers the result.
+fn to_worker_0<D: 'static>() -> Exchange<D, impl FnMut(&D) -> u64 + 'static> {
+    Exchange::new(|_: &D| 0u64)
 }

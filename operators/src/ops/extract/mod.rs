@@ -116,7 +116,7 @@ static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
             "pages that were not used, with the reason (empty title, duplicate title, duplicate page id)",
         ),
     ],
-    execution: Execution::Cpu,
+    execution: Execution::Dataflow,
     fingerprint: crate::fingerprints::extract.to_string(),
 });
 
@@ -532,7 +532,15 @@ impl Operator for Extract {
         ctx.metric("lexicon_s", t0.elapsed().as_secs_f64());
         let incremental = ctx.params.bool("incremental")?;
         let t_prev = Instant::now();
-        let prev = if incremental { previous_state(ctx, &s.state)? } else { Err("`incremental` is off") };
+        let prev = if !incremental {
+            Err("`incremental` is off")
+        } else if ctx.cluster.is_some() {
+            // Every process would have to follow process 0's fall-backs; a cluster is for
+            // the full build, and an incremental rerun is cheap on one process.
+            Err("a cluster run builds in full")
+        } else {
+            previous_state(ctx, &s.state)?
+        };
         ctx.metric("previous_s", t_prev.elapsed().as_secs_f64());
         let updated = match prev {
             Ok(prev) => {
@@ -566,7 +574,11 @@ impl Operator for Extract {
                 if pages.wikitext.is_none() {
                     anyhow::bail!("the pages table has no `wikitext` column");
                 }
-                full_run(ctx, &s, &pages)?
+                match full_run(ctx, &s, &pages)? {
+                    Some(built) => built,
+                    // Another process of the cluster builds the tables.
+                    None => return Ok(Outputs::new()),
+                }
             }
         };
         ctx.metric("entities", ents.num_rows() as u64);
@@ -649,7 +661,9 @@ fn previous_state(ctx: &OpContext, state: &str) -> anyhow::Result<Result<Previou
 
 type Built = (Table, Table, Table);
 
-fn full_run(ctx: &mut OpContext, s: &Settings, pages: &Arc<PagesView>) -> anyhow::Result<Built> {
+/// Parses the pages and merges their records; `None` on a process of a cluster other than
+/// 0, which only feeds its share.
+fn full_run(ctx: &mut OpContext, s: &Settings, pages: &Arc<PagesView>) -> anyhow::Result<Option<Built>> {
     let t = Instant::now();
     let Usable { keep, rejects, .. } = pages.usable();
     let keep = Arc::new(keep);
@@ -691,8 +705,9 @@ fn full_run(ctx: &mut OpContext, s: &Settings, pages: &Arc<PagesView>) -> anyhow
         Ok(())
     });
     ctx.metric("prep_s", t.elapsed().as_secs_f64());
-    let out = graph::run(ctx.threads, feed)?;
+    let out = graph::run(ctx.threads, ctx.cluster.as_ref(), &ctx.cancel, feed)?;
     let _ = ctx.memo.flush();
+    let Some(out) = out else { return Ok(None) };
     let graph_s = t.elapsed().as_secs_f64();
     ctx.metric("graph_finish_s", out.finish_s);
     ctx.metric("graph_feed_s", out.feed_s);
@@ -708,7 +723,7 @@ fn full_run(ctx: &mut OpContext, s: &Settings, pages: &Arc<PagesView>) -> anyhow
     let (ents, rels) = build_batches(&out, s, pages, None, None, ctx.threads)?;
     ctx.metric("build_s", t.elapsed().as_secs_f64());
     let (ent_schema, rel_schema) = (schema(entity_columns(), &s.state), schema(relation_columns(), &s.state));
-    Ok((Table::new(ent_schema, ents), Table::new(rel_schema, rels), rejects_table(rejects)?))
+    Ok(Some((Table::new(ent_schema, ents), Table::new(rel_schema, rels), rejects_table(rejects)?)))
 }
 
 /// The entity rows (of the keys in `only`, if given) and the relation rows of the graph;
@@ -1499,7 +1514,8 @@ fn incremental_run(
         }
         Ok(())
     });
-    let out = graph::run(ctx.threads, feed)?;
+    let out = graph::run(ctx.threads, None, &ctx.cancel, feed)?
+        .ok_or_else(|| anyhow!("an incremental merge runs on this process alone"))?;
     let graph_s = t.elapsed().as_secs_f64();
     if out.negative > 0 {
         tracing::warn!(
