@@ -7,6 +7,7 @@
 //! cargo bench --bench crawl_extract -- --only extract [--pairs N]  # extract -w 1 / -w 2 alone
 //! cargo bench --bench crawl_extract -- --only incremental [--times N]  # incremental extract
 //! cargo bench --bench crawl_extract -- --only multistream  # crawl of a multistream dump, -w 1 / 2
+//! cargo bench --bench crawl_extract -- --only cluster [--pairs N]  # extract on 1, 2, 4 processes
 //! cargo bench --bench crawl_extract -- --only memory  # this machine's cost of fresh memory
 //! ```
 //!
@@ -372,6 +373,96 @@ fn stage_runs(work: &Path, dumps: [&Path; 2], lexicon: &Path, note: &mut impl Fn
     let _ = std::fs::remove_dir_all(work);
 }
 
+/// `--only cluster`: the extract stage as `fleming run` runs it, on one process (`-w 1`,
+/// `-w 2`) and spread over 2 and 4 processes of one worker each (`--hosts`, 127.0.0.1),
+/// `rounds` times each in turn, the memo of parsed pages emptied before every run. Every
+/// run must give the same output digests.
+fn cluster_runs(work: &Path, xml: &Path, lexicon: &Path, mb: f64, rounds: usize, note: &mut impl FnMut(&str, String)) {
+    let _ = std::fs::remove_dir_all(work);
+    std::fs::create_dir_all(work).expect("cluster bench dir");
+    let fleming = env!("CARGO_BIN_EXE_fleming");
+    let yaml = format!(
+        "name: extract-cluster\nstages:\n  pages:\n    op: crawl\n    params: {{ dump: {:?}, max_pages: 0 }}\n  graph:\n    op: extract\n    inputs: {{ pages: pages }}\n    params: {{ lexicon: {:?} }}\n",
+        xml.display().to_string(),
+        lexicon.display().to_string()
+    );
+    std::fs::write(work.join("pipeline.yaml"), yaml).expect("pipeline file");
+    let command = |args: &[&str]| {
+        let mut c = std::process::Command::new(fleming);
+        c.current_dir(work).args(["-q", "run", "pipeline.yaml"]).args(args);
+        c
+    };
+    let out = command(&["--until", "pages"]).output().expect("crawl");
+    assert!(out.status.success(), "crawl failed: {}", String::from_utf8_lossy(&out.stderr));
+    let store = work.join(".fleming");
+    let digests = || -> String {
+        let r: Value =
+            serde_json::from_slice(&std::fs::read(store.join("refs/extract-cluster/graph.json")).expect("ref"))
+                .expect("ref json");
+        format!("{} {}", r["outputs"]["entities"]["digest"], r["outputs"]["relations"]["digest"])
+    };
+    // (label, processes, workers per process)
+    let setups = [
+        ("1 process, -w 1", 1, 1),
+        ("1 process, -w 2", 1, 2),
+        ("2 processes, -w 1", 2, 1),
+        ("4 processes, -w 1", 4, 1),
+    ];
+    let mut secs: Vec<Vec<f64>> = vec![Vec::new(); setups.len()];
+    let mut want: Option<String> = None;
+    for _ in 0..rounds {
+        for (k, &(_, processes, workers)) in setups.iter().enumerate() {
+            // Parsed pages are memoised: every run parses them all again.
+            let _ = std::fs::remove_dir_all(store.join("memo/extract"));
+            let w = workers.to_string();
+            let t = Instant::now();
+            if processes == 1 {
+                let out = command(&["--stage", "graph", "--force", "-w", &w]).output().expect("run");
+                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            } else {
+                let listeners: Vec<_> =
+                    (0..processes).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("port")).collect();
+                let hosts: Vec<String> = listeners.iter().map(|l| l.local_addr().expect("addr").to_string()).collect();
+                drop(listeners);
+                std::fs::write(work.join("hosts"), hosts.join("\n")).expect("hosts file");
+                let children: Vec<_> = (0..processes)
+                    .map(|i| {
+                        let i = i.to_string();
+                        command(&["--stage", "graph", "--force", "-w", &w, "--hosts", "hosts", "--process", &i])
+                            .stdout(std::process::Stdio::null())
+                            .stderr(std::process::Stdio::piped())
+                            .spawn()
+                            .expect("start a process")
+                    })
+                    .collect();
+                for c in children {
+                    let out = c.wait_with_output().expect("wait");
+                    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+                }
+            }
+            secs[k].push(t.elapsed().as_secs_f64());
+            let d = digests();
+            assert_eq!(want.get_or_insert_with(|| d.clone()), &d, "{} gave other outputs", setups[k].0);
+        }
+    }
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    for (k, (label, processes, _)) in setups.iter().enumerate() {
+        let best = secs[k].iter().cloned().fold(f64::INFINITY, f64::min);
+        let all: Vec<String> = secs[k].iter().map(|s| format!("{s:.2}")).collect();
+        note(
+            &format!("extract stage, {label} ({cores} cores)"),
+            format!(
+                "{best:.2} s fastest of [{}] s: {:.1} MB/s of wikitext, {:.1} MB/s per process; {:.2}x one process -w 1",
+                all.join(", "),
+                mb / best,
+                mb / best / *processes as f64,
+                secs[0].iter().cloned().fold(f64::INFINITY, f64::min) / best
+            ),
+        );
+    }
+    let _ = std::fs::remove_dir_all(work);
+}
+
 /// `--only memory`: what this machine charges for fresh memory, the noise under every
 /// figure here. Touches one page in every 4 KiB of 1 GiB just taken from the system
 /// allocator (so from the kernel), `rounds` times, on one thread and then split over two.
@@ -517,6 +608,20 @@ fn main() {
         for (inc, port) in runs.iter().flat_map(|r| [(r, "entities"), (r, "relations")]) {
             assert_eq!(inc.digest(port).ok(), fresh.digest(port).ok(), "incremental {port} differ from a full run");
         }
+        return;
+    }
+
+    // `--only cluster`: the extract stage on 1, 2 and 4 `fleming run` processes.
+    if args.windows(2).any(|w| w[0] == "--only" && w[1] == "cluster") {
+        let work = target.join("bench-fixtures/extract-cluster");
+        cluster_runs(
+            &work,
+            &dir.join("wiki.xml"),
+            &dir.join("lexicon.tsv"),
+            fx.stats.bytes as f64 / 1e6,
+            pairs,
+            &mut note,
+        );
         return;
     }
 
