@@ -6,7 +6,7 @@ FLEMING := $(CARGO_TARGET_DIR)/debug/fleming
 # libtorch (the PyPI torch wheel) lives in a per-user cache; scripts/ensure-torch installs it.
 TORCH_ENV = eval "$$(scripts/ensure-torch --env)"
 
-.PHONY: quickstart ablation distill-bench rl-bench grpo-bench gpu-check test test-core test-ops test-model build worker torch chromium lint
+.PHONY: quickstart ablation distill-bench rl-bench grpo-bench gpu-check test test-core test-ops test-model build worker torch chromium moto lint
 
 ## Build fleming and the torch worker, then run the quickstart pipeline.
 quickstart: build
@@ -44,8 +44,8 @@ gpu-check:
 ## Every test (what CI runs): every crate's tests, then the operator cases (worker
 ## operators included: a case that cannot reach the worker fails rather than being skipped),
 ## then the GPU check's CPU path. The browser tests of `fleming ui` need Chromium: Debian's
-## package is installed when missing.
-test: build chromium
+## package is installed when missing, and the remote-store tests' S3 server (moto, from PyPI).
+test: build chromium moto
 	$(TORCH_ENV) && cargo test --workspace --all-targets
 	$(FLEMING) test tests/ops --require-worker
 	scripts/gpu-check --cpu
@@ -76,6 +76,9 @@ torch:
 
 chromium:
 	scripts/ensure-chromium
+
+moto:
+	scripts/ensure-moto
 
 lint:
 	cargo fmt --all -- --check

@@ -1,6 +1,7 @@
 //! Storage for fleming: the content-addressed object store (`.fleming/`), canonical
 //! Arrow/Parquet encoding of tables and their digests, run manifests, the per-operator
-//! record memo, and SQL over tables with DataFusion.
+//! record memo, SQL over tables with DataFusion, and stores on object storage
+//! ([`remote`]).
 //!
 //! Nothing here knows about pipelines or operators; the runtime builds on it.
 
@@ -8,6 +9,7 @@ pub mod digest;
 pub mod fsutil;
 pub mod manifest;
 pub mod memo;
+pub mod remote;
 #[cfg(feature = "sql")]
 pub mod sql;
 pub mod statcache;
@@ -17,5 +19,5 @@ pub mod table;
 pub use digest::{Digest, digest_file};
 pub use manifest::RunManifest;
 pub use memo::{MemoLog, MemoStats};
-pub use store::{ArtifactKind, ArtifactRef, FileLock, Store, StoreError};
+pub use store::{ArtifactKind, ArtifactRef, FileLock, KeyLock, Store, StoreError};
 pub use table::{SchemaSummary, Table, TableError};

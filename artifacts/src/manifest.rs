@@ -142,6 +142,8 @@ impl RunManifest {
 
     /// Reads every manifest in the store, oldest first. Unreadable files are reported by path.
     pub fn load_all(store: &Store) -> Result<(Vec<RunManifest>, Vec<PathBuf>), StoreError> {
+        // Those other machines wrote, on a remote store.
+        store.pull_dir("runs")?;
         let dir = store.dir("runs");
         let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
             .map_err(|source| StoreError::Io { path: dir.clone(), source })?

@@ -20,8 +20,12 @@
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use object_store::PutMode;
 use serde::{Deserialize, Serialize};
+
+use crate::remote::{Lease, Remote};
 
 use crate::digest::{Digest, digest_file};
 use crate::fsutil::{self, pid_alive, pid_of_name, rename_durable, unique_name};
@@ -50,6 +54,9 @@ pub enum StoreError {
     /// An object is missing or quarantined.
     #[error("object {0} is missing from the store (deleted, or quarantined by `fleming verify`)")]
     Missing(Digest),
+    /// The remote store failed (network, credentials, service).
+    #[error("remote store: {0}")]
+    Remote(String),
 }
 
 /// Attach a path to an io::Error.
@@ -91,10 +98,33 @@ pub struct ArtifactRef {
     pub schema: Option<SchemaSummary>,
 }
 
-/// A handle on a store directory.
+/// A handle on a store directory, and on the remote store it caches, if any
+/// ([`crate::remote`]).
 #[derive(Clone, Debug)]
 pub struct Store {
     root: PathBuf,
+    remote: Option<Arc<Remote>>,
+}
+
+/// The listing of a tree object on a remote store, written after its files.
+#[derive(Serialize, Deserialize)]
+struct TreeListing {
+    files: Vec<TreeFile>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct TreeFile {
+    path: String,
+    executable: bool,
+}
+
+/// The lock of a stage key: a file lock on this machine, and on a remote store a lease
+/// that other machines respect. Released on drop.
+#[derive(Debug)]
+pub struct KeyLock {
+    // Dropped in this order: the lease first.
+    _lease: Option<Lease>,
+    _file: FileLock,
 }
 
 const SUBDIRS: &[&str] =
@@ -128,11 +158,97 @@ impl Store {
         for d in SUBDIRS {
             fs::create_dir_all(root.join(d)).at(&root.join(d))?;
         }
-        let store = Store { root };
+        let store = Store { root, remote: None };
         store.clean_dead_tmp();
         Ok(store)
     }
 
+    /// Opens the remote store at `url` (`s3://bucket/prefix`), with the local store at
+    /// `cache` as its cache. Creates the remote store if the prefix is empty.
+    pub fn open_remote(cache: &Path, url: &str) -> Result<Store, StoreError> {
+        let mut store = Store::open(cache)?;
+        let remote = Arc::new(Remote::connect(url)?);
+        match remote.get("STORE")? {
+            Some((bytes, _)) if String::from_utf8_lossy(&bytes).trim() == STORE_FORMAT => {}
+            Some((bytes, _)) => {
+                return Err(StoreError::Format(format!(
+                    "{url} is a store of format {:?}; this fleming understands {STORE_FORMAT:?}",
+                    String::from_utf8_lossy(&bytes).trim()
+                )));
+            }
+            None => {
+                remote.put("STORE", format!("{STORE_FORMAT}\n").into_bytes(), PutMode::Create)?;
+            }
+        }
+        store.remote = Some(remote);
+        Ok(store)
+    }
+
+    /// The remote store this one caches, if any.
+    pub fn remote(&self) -> Option<&Arc<Remote>> {
+        self.remote.as_ref()
+    }
+
+    /// Where the store is, for messages: its URL, or its directory.
+    pub fn location(&self) -> String {
+        match &self.remote {
+            Some(r) => r.url().to_string(),
+            None => self.root.display().to_string(),
+        }
+    }
+
+    /// The name of a path of the store relative to its root, as on the remote.
+    pub fn rel(&self, path: &Path) -> Option<String> {
+        crate::remote::rel_name(&self.root, path)
+    }
+
+    /// Downloads the files of a directory of the remote store (`runs`, `refs`, `memo/x`)
+    /// that this machine lacks or has shorter (memo segments grow); returns how many.
+    pub fn pull_dir(&self, dir: &str) -> Result<usize, StoreError> {
+        let Some(r) = &self.remote else { return Ok(0) };
+        let mut n = 0;
+        for item in r.list(dir)? {
+            let local = self.root.join(&item.rel);
+            if fs::metadata(&local).is_ok_and(|m| m.len() >= item.size) {
+                continue;
+            }
+            if r.download(&item.rel, &local, &self.tmp_dir())? {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Uploads the files of a local directory that the remote lacks or has of another
+    /// size (memo segments, after a stage wrote to them); returns how many.
+    pub fn push_dir(&self, dir: &str) -> Result<usize, StoreError> {
+        let Some(r) = &self.remote else { return Ok(0) };
+        let local = self.root.join(dir);
+        if !local.is_dir() {
+            return Ok(0);
+        }
+        let remote: std::collections::HashMap<String, u64> =
+            r.list(dir)?.into_iter().map(|l| (l.rel, l.size)).collect();
+        let mut n = 0;
+        for f in walk_files(&local)? {
+            let Some(rel) = self.rel(&f) else { continue };
+            let len = fs::metadata(&f).at(&f)?.len();
+            if remote.get(&rel) != Some(&len) {
+                r.upload(&rel, &f)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Uploads one file written under the store (a manifest's metrics); nothing without a
+    /// remote.
+    pub fn publish(&self, path: &Path) -> Result<(), StoreError> {
+        match (&self.remote, self.rel(path)) {
+            (Some(r), Some(rel)) => r.upload(&rel, path),
+            _ => Ok(()),
+        }
+    }
     /// The store's root directory.
     pub fn root(&self) -> &Path {
         &self.root
@@ -178,9 +294,135 @@ impl Store {
         self.root.join("objects").join(&hex[..2]).join(format!("{}.{ext}", &hex[2..]))
     }
 
-    /// Whether the object is present (not deleted, not quarantined).
+    /// The name of an object on the remote (a tree's listing is this plus `.json`).
+    pub fn object_rel(kind: ArtifactKind, digest: &Digest) -> String {
+        let hex = digest.hex();
+        let ext = match kind {
+            ArtifactKind::Table => "parquet",
+            ArtifactKind::Tree => "tree",
+        };
+        format!("objects/{}/{}.{ext}", &hex[..2], &hex[2..])
+    }
+
+    /// Whether the object is present (not deleted, not quarantined), here or on the
+    /// remote. A remote that cannot be reached counts as not having it (with a warning):
+    /// the stage recomputes rather than fails.
     pub fn has(&self, aref: &ArtifactRef) -> bool {
-        self.object_path(aref.kind, &aref.digest).exists()
+        if self.object_path(aref.kind, &aref.digest).exists() {
+            return true;
+        }
+        let Some(r) = &self.remote else { return false };
+        let rel = Self::object_rel(aref.kind, &aref.digest);
+        let marker = match aref.kind {
+            ArtifactKind::Table => rel,
+            ArtifactKind::Tree => format!("{rel}.json"),
+        };
+        r.exists(&marker).unwrap_or_else(|e| {
+            tracing::warn!("{e}");
+            false
+        })
+    }
+
+    /// The local path of an object, downloading it from the remote store first if this
+    /// machine does not have it yet.
+    pub fn fetch(&self, kind: ArtifactKind, digest: &Digest) -> Result<PathBuf, StoreError> {
+        let dest = self.object_path(kind, digest);
+        if dest.exists() {
+            return Ok(dest);
+        }
+        let Some(r) = &self.remote else { return Err(StoreError::Missing(*digest)) };
+        let rel = Self::object_rel(kind, digest);
+        match kind {
+            ArtifactKind::Table => {
+                if !r.download(&rel, &dest, &self.tmp_dir())? {
+                    return Err(StoreError::Missing(*digest));
+                }
+                set_readonly(&dest);
+            }
+            ArtifactKind::Tree => {
+                let Some((dir, got)) = self.download_tree(digest)? else {
+                    return Err(StoreError::Missing(*digest));
+                };
+                if got != *digest {
+                    let _ = fs::remove_dir_all(&dir);
+                    return Err(StoreError::Remote(format!(
+                        "{}/{rel}: downloaded tree has digest {}, not {} (run `fleming verify`)",
+                        r.url(),
+                        got.short(12),
+                        digest.short(12)
+                    )));
+                }
+                if dest.exists() {
+                    let _ = fs::remove_dir_all(&dir);
+                } else {
+                    rename_durable(&dir, &dest).at(&dest)?;
+                }
+            }
+        }
+        Ok(dest)
+    }
+
+    /// Downloads a tree object of the remote store into a fresh temporary directory;
+    /// returns it with the digest of what arrived, `None` if the remote has no such tree.
+    pub fn download_tree(&self, digest: &Digest) -> Result<Option<(PathBuf, Digest)>, StoreError> {
+        let Some(r) = &self.remote else { return Ok(None) };
+        let rel = Self::object_rel(ArtifactKind::Tree, digest);
+        let Some((bytes, _)) = r.get(&format!("{rel}.json"))? else { return Ok(None) };
+        let listing: TreeListing =
+            serde_json::from_slice(&bytes).map_err(|e| StoreError::Remote(format!("{}/{rel}.json: {e}", r.url())))?;
+        let dir = self.new_tmp_dir("tree")?;
+        let fail = |why: String| {
+            let _ = fs::remove_dir_all(&dir);
+            Err(StoreError::Remote(format!("{}/{rel}: {why}", r.url())))
+        };
+        for f in &listing.files {
+            if f.path.split('/').any(|c| c == ".." || c.is_empty()) {
+                return fail(format!("unsafe file name `{}`", f.path));
+            }
+            let local = dir.join(&f.path);
+            if !r.download(&format!("{rel}/{}", f.path), &local, &self.tmp_dir())? {
+                return fail(format!("file `{}` is missing", f.path));
+            }
+            if f.executable {
+                use std::os::unix::fs::PermissionsExt;
+                fs::set_permissions(&local, fs::Permissions::from_mode(0o755)).at(&local)?;
+            }
+        }
+        let (got, _) = digest_tree(&dir)?;
+        Ok(Some((dir, got)))
+    }
+
+    /// Uploads an object to the remote store unless it is there already.
+    fn push_object(&self, kind: ArtifactKind, digest: &Digest) -> Result<(), StoreError> {
+        let Some(r) = &self.remote else { return Ok(()) };
+        let rel = Self::object_rel(kind, digest);
+        let path = self.object_path(kind, digest);
+        match kind {
+            ArtifactKind::Table => {
+                if !r.exists(&rel)? {
+                    r.upload(&rel, &path)?;
+                }
+            }
+            ArtifactKind::Tree => {
+                let listing_rel = format!("{rel}.json");
+                if r.exists(&listing_rel)? {
+                    return Ok(());
+                }
+                let mut files = Vec::new();
+                for f in walk_files(&path)? {
+                    use std::os::unix::fs::PermissionsExt;
+                    let Some(name) = crate::remote::rel_name(&path, &f) else { continue };
+                    r.upload(&format!("{rel}/{name}"), &f)?;
+                    let executable = fs::metadata(&f).at(&f)?.permissions().mode() & 0o111 != 0;
+                    files.push(TreeFile { path: name, executable });
+                }
+                // The listing last: a tree is on the remote once its listing is.
+                let bytes =
+                    serde_json::to_vec(&TreeListing { files }).map_err(|e| StoreError::Format(e.to_string()))?;
+                r.put(&listing_rel, bytes, PutMode::Overwrite)?;
+            }
+        }
+        Ok(())
     }
 
     /// Stores a table; returns its reference. Writing the same content twice is a no-op.
@@ -205,6 +447,7 @@ impl Store {
             set_readonly(&tmp);
             rename_durable(&tmp, &dest).at(&dest)?;
         }
+        self.push_object(ArtifactKind::Table, &digest)?;
         Ok(ArtifactRef {
             kind: ArtifactKind::Table,
             digest,
@@ -227,10 +470,7 @@ impl Store {
 
     /// Reads a table object, only the named columns if given.
     pub fn read_table_columns(&self, aref: &ArtifactRef, columns: Option<&[&str]>) -> Result<Table, StoreError> {
-        let p = self.object_path(ArtifactKind::Table, &aref.digest);
-        if !p.exists() {
-            return Err(StoreError::Missing(aref.digest));
-        }
+        let p = self.fetch(ArtifactKind::Table, &aref.digest)?;
         Ok(Table::read_parquet_columns(&p, columns)?)
     }
 
@@ -247,6 +487,7 @@ impl Store {
             }
             rename_durable(dir, &dest).at(&dest)?;
         }
+        self.push_object(ArtifactKind::Tree, &digest)?;
         Ok(ArtifactRef { kind: ArtifactKind::Tree, digest, rows: None, bytes, schema: None })
     }
 
@@ -261,14 +502,31 @@ impl Store {
         Ok(dest)
     }
 
-    /// Writes a JSON file under the store atomically.
+    /// Writes a JSON file under the store atomically, and to the remote store: cache
+    /// entries only if the key has none there yet (the first machine's stands), the rest
+    /// (refs, manifests, check results) over what is there.
     pub fn write_json<T: Serialize>(&self, path: &Path, value: &T) -> Result<(), StoreError> {
-        fsutil::write_json_atomic(path, &self.tmp_dir(), value).at(path)
+        fsutil::write_json_atomic(path, &self.tmp_dir(), value).at(path)?;
+        if let (Some(r), Some(rel)) = (&self.remote, self.rel(path)) {
+            let bytes = fs::read(path).at(path)?;
+            let mode = if rel.starts_with("cache/") { PutMode::Create } else { PutMode::Overwrite };
+            r.put(&rel, bytes, mode)?;
+        }
+        Ok(())
     }
 
-    /// Reads a JSON file under the store; `None` if absent.
+    /// Reads a JSON file under the store; `None` if absent. With a remote store, refs
+    /// (which change) are read from it every time, everything else (written once) only
+    /// when this machine lacks it, and kept.
     pub fn read_json<T: serde::de::DeserializeOwned>(&self, path: &Path) -> Result<Option<T>, StoreError> {
-        fsutil::read_json(path).at(path)
+        let local = fsutil::read_json(path).at(path)?;
+        let (Some(r), Some(rel)) = (&self.remote, self.rel(path)) else { return Ok(local) };
+        if local.is_some() && !rel.starts_with("refs/") {
+            return Ok(local);
+        }
+        let Some((bytes, _)) = r.get(&rel)? else { return Ok(local) };
+        fsutil::write_atomic(path, &self.tmp_dir(), &bytes).at(path)?;
+        serde_json::from_slice(&bytes).map(Some).map_err(|e| StoreError::Remote(format!("{}/{rel}: {e}", r.url())))
     }
 
     /// Path of the cache entry of a stage key.
@@ -290,14 +548,29 @@ impl Store {
     }
 
     /// Tries to take the exclusive lock of a stage key without waiting; `None` if another
-    /// process holds it.
-    pub fn try_lock_key(&self, key: &Digest) -> Result<Option<FileLock>, StoreError> {
-        FileLock::try_acquire(&self.root.join("locks").join(format!("{}.lock", key.hex())))
+    /// process (on a remote store: of any machine) holds it.
+    pub fn try_lock_key(&self, key: &Digest) -> Result<Option<KeyLock>, StoreError> {
+        let Some(file) = FileLock::try_acquire(&self.root.join("locks").join(format!("{}.lock", key.hex())))? else {
+            return Ok(None);
+        };
+        let lease = match &self.remote {
+            Some(r) => match r.try_lease(&format!("locks/{}.lease", key.hex()), crate::remote::lease_ttl())? {
+                Some(l) => Some(l),
+                None => return Ok(None),
+            },
+            None => None,
+        };
+        Ok(Some(KeyLock { _lease: lease, _file: file }))
     }
 
     /// Takes the exclusive lock of a stage key, waiting for another process to release it.
-    pub fn lock_key(&self, key: &Digest) -> Result<FileLock, StoreError> {
-        FileLock::acquire(&self.root.join("locks").join(format!("{}.lock", key.hex())), true)
+    pub fn lock_key(&self, key: &Digest) -> Result<KeyLock, StoreError> {
+        loop {
+            if let Some(l) = self.try_lock_key(key)? {
+                return Ok(l);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
     }
 }
 

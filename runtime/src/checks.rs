@@ -229,6 +229,10 @@ impl CheckResult {
     /// Every stored result (for `fleming query`'s `checks` table).
     pub fn load_all(store: &Store) -> Vec<CheckResult> {
         let mut out = Vec::new();
+        // Those other machines stored, on a remote store.
+        if let Err(e) = store.pull_dir("checks") {
+            tracing::warn!("{e}");
+        }
         let Ok(dirs) = std::fs::read_dir(store.dir("checks")) else { return out };
         for d in dirs.flatten() {
             let Ok(files) = std::fs::read_dir(d.path()) else { continue };

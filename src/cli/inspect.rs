@@ -192,7 +192,7 @@ pub fn show(cli: &Cli, args: &ShowArgs, registry: &dyn Registry) -> anyhow::Resu
         eprintln!("error: stage `{stage_name}` has no stored output `{port}`");
         return Ok(super::EXIT_FAILED);
     };
-    let path = store.object_path(a.kind, &a.digest);
+    let path = store.fetch(a.kind, &a.digest)?;
     let what = match spec.output(&port).map(|o| &o.kind) {
         _ if a.kind == ArtifactKind::Table => "table",
         Some(PortKind::Dir) => "directory",

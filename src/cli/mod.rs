@@ -30,8 +30,10 @@ pub const EXIT_INTERRUPTED: i32 = 130;
 #[derive(Parser, Debug)]
 #[command(name = "fleming", version, about, long_about = None, propagate_version = true)]
 pub struct Cli {
-    /// Store directory (default: `.fleming` beside the pipeline file).
-    #[arg(long, global = true, env = "FLEMING_STORE", value_name = "DIR")]
+    /// Store: a directory (default: `.fleming` beside the pipeline file), or
+    /// `s3://bucket/prefix` on any S3-compatible service (credentials and endpoint from
+    /// `AWS_*`), cached in `.fleming` beside the pipeline file.
+    #[arg(long, global = true, env = "FLEMING_STORE", value_name = "DIR|URL")]
     pub store: Option<PathBuf>,
     /// No progress output.
     #[arg(short, long, global = true)]
@@ -178,11 +180,18 @@ pub fn load_pipeline(path: &Path, registry: &dyn Registry) -> Result<Pipeline, i
 
 /// Opens the store for a pipeline: `--store`, `$FLEMING_STORE`, or `.fleming` beside it.
 pub fn open_store(cli: &Cli, pipeline: &Pipeline) -> anyhow::Result<Store> {
-    let root = match &cli.store {
-        Some(s) => s.clone(),
-        None => pipeline.base_dir.join(".fleming"),
-    };
-    Ok(Store::open(&root)?)
+    store_at(cli.store.as_deref(), &pipeline.base_dir.join(".fleming"))
+}
+
+/// The store `--store` names (a directory, or a URL cached in `local`), else `local`.
+pub fn store_at(given: Option<&Path>, local: &Path) -> anyhow::Result<Store> {
+    match given {
+        Some(s) => match s.to_str().filter(|s| s.contains("://")) {
+            Some(url) => Ok(Store::open_remote(local, url)?),
+            None => Ok(Store::open(s)?),
+        },
+        None => Ok(Store::open(local)?),
+    }
 }
 
 fn validate(path: &Path, registry: &dyn Registry) -> anyhow::Result<i32> {

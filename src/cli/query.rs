@@ -140,7 +140,7 @@ pub fn run_query(p: &Pipeline, store: &Store, sql: &str) -> anyhow::Result<Table
             if a.kind != ArtifactKind::Table {
                 continue;
             }
-            let path = store.object_path(a.kind, &a.digest);
+            let path = store.fetch(a.kind, &a.digest)?;
             if Some(port.as_str()) == default {
                 parquet.push((s.name.clone(), path.clone()));
             }

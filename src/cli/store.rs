@@ -8,7 +8,7 @@ use fleming_artifacts::Store;
 use fleming_runtime::maintenance::{GcOptions, gc, verify};
 use fleming_runtime::op::Registry;
 
-use super::{Cli, EXIT_FAILED, load_pipeline, open_store};
+use super::{Cli, EXIT_FAILED, load_pipeline, open_store, store_at};
 
 /// Arguments of `fleming gc` and `fleming verify`.
 #[derive(Args, Debug)]
@@ -25,18 +25,19 @@ pub struct StoreArgs {
     /// gc: only show what would be freed.
     #[arg(long, short = 'n')]
     pub dry_run: bool,
+    /// gc on a remote store: keep unreferenced objects younger than this many minutes (a
+    /// run on another machine uploads its outputs before the entry that refers to them).
+    #[arg(long, default_value_t = 60)]
+    pub remote_grace_minutes: u64,
 }
 
 fn the_store(cli: &Cli, args: &StoreArgs, registry: &dyn Registry) -> anyhow::Result<Result<Store, i32>> {
-    if let Some(s) = &cli.store {
-        return Ok(Ok(Store::open(s)?));
-    }
     match &args.pipeline {
         Some(p) => match load_pipeline(p, registry) {
             Ok(p) => Ok(Ok(open_store(cli, &p)?)),
             Err(code) => Ok(Err(code)),
         },
-        None => Ok(Ok(Store::open(&PathBuf::from(".fleming"))?)),
+        None => Ok(Ok(store_at(cli.store.as_deref(), &PathBuf::from(".fleming"))?)),
     }
 }
 
@@ -54,6 +55,7 @@ pub fn run_gc(cli: &Cli, args: &StoreArgs, registry: &dyn Registry) -> anyhow::R
         keep_runs: args.keep_runs,
         dry_run: args.dry_run,
         memo_grace: Duration::from_secs(args.memo_grace_hours * 3600),
+        remote_grace: Duration::from_secs(args.remote_grace_minutes * 60),
     };
     let r = gc(&store, &opts)?;
     let verb = if args.dry_run { "would remove" } else { "removed" };
@@ -72,6 +74,9 @@ pub fn run_gc(cli: &Cli, args: &StoreArgs, registry: &dyn Registry) -> anyhow::R
         r.objects_kept,
         r.memo_entries_kept
     );
+    if store.remote().is_some() {
+        println!("{verb} {} objects ({}) from {}", r.remote_objects, mib(r.remote_object_bytes), store.location());
+    }
     Ok(0)
 }
 

@@ -199,7 +199,7 @@ pub fn collect(pipeline: &Pipeline, store: &Store) -> anyhow::Result<PipelineVie
                 bytes: a.bytes,
                 digest: a.digest.to_string(),
             });
-            let path = store.object_path(a.kind, &a.digest);
+            let path = local_object(store, a.kind, &a.digest);
             if port == "metrics" && a.kind == ArtifactKind::Table {
                 // One unreadable table (a quarantined object, say) costs its charts, not the page.
                 match metrics_series(&path) {
@@ -217,7 +217,7 @@ pub fn collect(pipeline: &Pipeline, store: &Store) -> anyhow::Result<PipelineVie
         if spec.name == "evaluate"
             && let Some(a) = outputs.get("report")
         {
-            let report = std::fs::read_to_string(store.object_path(a.kind, &a.digest).join("report.html")).ok();
+            let report = std::fs::read_to_string(local_object(store, a.kind, &a.digest).join("report.html")).ok();
             evaluations.push(Evaluation { stage: stage.name.clone(), report });
         }
         stages.push(StageView {
@@ -319,4 +319,10 @@ fn numeric(batch: &arrow::array::RecordBatch, name: &str) -> anyhow::Result<Opti
     }
     let cast = arrow::compute::cast(col, &DataType::Float64)?;
     Ok(cast.as_any().downcast_ref::<Float64Array>().cloned())
+}
+
+/// The local path of an object, downloaded from a remote store if need be; where it would
+/// be when it cannot be had (the page then says it cannot read it).
+pub fn local_object(store: &Store, kind: ArtifactKind, digest: &fleming_artifacts::Digest) -> std::path::PathBuf {
+    store.fetch(kind, digest).unwrap_or_else(|_| store.object_path(kind, digest))
 }

@@ -15,6 +15,7 @@ use super::rows::{self, PAGE};
 use super::{App, Snapshot, StageQuery};
 use crate::report::curves::{self, Line};
 use crate::report::html::escape;
+use crate::report::local_object;
 use crate::report::page::{Links, check_line, url_escape};
 use crate::report::{PipelineView, StageView, dag, metrics_series};
 
@@ -224,7 +225,7 @@ fn outputs_section(app: &App, b: &mut String, st: &StageView, name: &str, q: &St
         );
         let Ok(digest) = o.digest.parse() else { continue };
         if o.kind == "table" {
-            let path = app.store.object_path(ArtifactKind::Table, &digest);
+            let path = local_object(&app.store, ArtifactKind::Table, &digest);
             match rows::schema(&path) {
                 Ok(schema) => {
                     b.push_str("<details><summary>schema</summary><table>");
@@ -267,7 +268,7 @@ fn outputs_section(app: &App, b: &mut String, st: &StageView, name: &str, q: &St
                 }
             }
         } else {
-            let dir = app.store.object_path(ArtifactKind::Tree, &digest);
+            let dir = local_object(&app.store, ArtifactKind::Tree, &digest);
             let mut files: Vec<(String, u64)> = std::fs::read_dir(&dir)
                 .map(|rd| {
                     rd.filter_map(|e| e.ok())
@@ -333,7 +334,7 @@ fn curves_section(app: &App, b: &mut String, history: &[&RunManifest], current: 
     let series: Vec<(String, Vec<curves::Series>)> = runs
         .iter()
         .filter_map(|(m, a)| {
-            let s = metrics_series(&app.store.object_path(a.kind, &a.digest)).ok()?;
+            let s = metrics_series(&local_object(&app.store, a.kind, &a.digest)).ok()?;
             let mark = if current.is_some_and(|c| c.run_id == m.run_id) { " (now)" } else { "" };
             Some((format!("{}{mark}", m.started_at.format("%m-%d %H:%M:%S")), s))
         })

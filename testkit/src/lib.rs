@@ -42,6 +42,8 @@
 
 /// Headless Chromium for browser tests.
 pub mod browser;
+/// A real S3-compatible server (moto) for tests of remote stores.
+pub mod s3;
 
 use std::collections::HashMap;
 use std::fmt;

@@ -17,6 +17,7 @@ mod inspect;
 mod paper_scale;
 mod question_data;
 mod quickstart;
+mod remote_store;
 mod report;
 mod ui;
 mod validation;

@@ -35,6 +35,22 @@ impl Executor<'_> {
         if stage.resources.gpu > 0 && gpus.is_empty() {
             self.log(&format!("  {}: no GPU on this machine; running on CPU", stage.name));
         }
+        let mut inputs = BTreeMap::new();
+        for (port, items) in loaded {
+            let mut v = Vec::new();
+            for (from, a) in items {
+                v.push(JobInput {
+                    kind: match a.kind {
+                        ArtifactKind::Table => "table".into(),
+                        ArtifactKind::Tree => "model".into(),
+                    },
+                    path: self.store.fetch(a.kind, &a.digest)?,
+                    digest: a.digest.hex(),
+                    from: from.clone(),
+                });
+            }
+            inputs.insert(port.clone(), v);
+        }
         let job = Job {
             protocol: PROTOCOL_VERSION,
             pipeline: self.pipeline.name.clone(),
@@ -44,24 +60,7 @@ impl Executor<'_> {
             key: p.key.hex(),
             params: stage.params.values().clone(),
             base_dir: self.pipeline.base_dir.clone(),
-            inputs: loaded
-                .iter()
-                .map(|(port, items)| {
-                    let v = items
-                        .iter()
-                        .map(|(from, a)| JobInput {
-                            kind: match a.kind {
-                                ArtifactKind::Table => "table".into(),
-                                ArtifactKind::Tree => "model".into(),
-                            },
-                            path: self.store.object_path(a.kind, &a.digest),
-                            digest: a.digest.hex(),
-                            from: from.clone(),
-                        })
-                        .collect();
-                    (port.clone(), v)
-                })
-                .collect(),
+            inputs,
             output_dir: out_dir.clone(),
             checkpoint_dir: work_dir.join("checkpoint"),
             device,
@@ -137,7 +136,8 @@ impl Executor<'_> {
         }
         let path = self.store.dir("runs").join(format!("{run_id}.metrics.jsonl"));
         fleming_artifacts::fsutil::write_atomic(&path, &self.store.tmp_dir(), lines.as_bytes())
-            .with_context(|| format!("writing {}", path.display()))
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(self.store.publish(&path)?)
     }
 
     /// Keeps a finished training stage's checkpoint directory (its final checkpoint and

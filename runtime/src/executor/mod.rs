@@ -590,6 +590,10 @@ impl<'a> Executor<'a> {
         let log = match memos.get(spec.name) {
             Some(l) => l.clone(),
             None => {
+                // The records other machines memoised, on a remote store.
+                self.store
+                    .pull_dir(&format!("memo/{}", spec.name))
+                    .with_context(|| format!("downloading the memo of `{}`", spec.name))?;
                 let l = MemoLog::open(&self.store.dir("memo").join(spec.name))
                     .with_context(|| format!("opening the memo of `{}`", spec.name))?;
                 memos.insert(spec.name.to_string(), l.clone());
@@ -604,6 +608,9 @@ impl<'a> Executor<'a> {
             for (op, m) in std::mem::take(&mut *memos) {
                 if let Err(e) = m.close() {
                     self.log(&format!("warning: closing the memo of `{op}`: {e}"));
+                }
+                if let Err(e) = self.store.push_dir(&format!("memo/{op}")) {
+                    self.log(&format!("warning: uploading the memo of `{op}`: {e}"));
                 }
             }
         }
@@ -870,7 +877,7 @@ impl<'a> Executor<'a> {
         }
     }
 
-    fn lock_key(&self, stage: &Stage, key: &Digest) -> anyhow::Result<Option<fleming_artifacts::FileLock>> {
+    fn lock_key(&self, stage: &Stage, key: &Digest) -> anyhow::Result<Option<fleming_artifacts::KeyLock>> {
         if let Some(l) = self.store.try_lock_key(key)? {
             self.claim(stage, key);
             return Ok(Some(l));
@@ -929,8 +936,7 @@ impl<'a> Executor<'a> {
         for (port, items) in &loaded {
             if let Some(crate::op::PortSpec { kind: PortKind::Table(Some(need)), .. }) = spec.input(port) {
                 for (from, a) in items {
-                    let schema =
-                        fleming_artifacts::Table::read_parquet_schema(&self.store.object_path(a.kind, &a.digest))?;
+                    let schema = fleming_artifacts::Table::read_parquet_schema(&self.store.fetch(a.kind, &a.digest)?)?;
                     let problems = schema_problems(need, &schema);
                     if !problems.is_empty() {
                         let pos = self.pipeline.positions.value(&crate::spec::positions::path(&[
@@ -971,12 +977,9 @@ impl<'a> Executor<'a> {
                     let value = match a.kind {
                         // Read when the operator asks, and only what it asks for.
                         ArtifactKind::Table => {
-                            if !self.store.has(a) {
-                                return Err(fleming_artifacts::StoreError::Missing(a.digest).into());
-                            }
-                            InputValue::Stored(StoredTable::new(self.store.object_path(a.kind, &a.digest)))
+                            InputValue::Stored(StoredTable::new(self.store.fetch(a.kind, &a.digest)?))
                         }
-                        ArtifactKind::Tree => InputValue::Model(self.store.object_path(a.kind, &a.digest)),
+                        ArtifactKind::Tree => InputValue::Model(self.store.fetch(a.kind, &a.digest)?),
                     };
                     v.push(Input { from: from.clone(), digest: a.digest, value });
                 }
@@ -1006,8 +1009,11 @@ impl<'a> Executor<'a> {
             }
             let op = stage.op.clone();
             let result = catch_unwind(AssertUnwindSafe(|| op.run(&mut ctx)));
-            // Keep finished records whatever happened.
+            // Keep finished records whatever happened (on a remote store, there too).
             let flushed = memo.flush();
+            if let Err(e) = self.store.push_dir(&format!("memo/{}", spec.name)) {
+                self.log(&format!("warning: uploading the memo of `{}`: {e}", spec.name));
+            }
             let stats = memo.stats();
             used_memo = Some((spec.name, memo.used_keys()));
             metrics.extend(ctx.take_metrics());

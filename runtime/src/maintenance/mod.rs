@@ -1,5 +1,8 @@
 //! Store maintenance: `gc` (drop what no current stage needs) and `verify` (rehash
-//! everything, quarantine what is corrupt so the next run recomputes it).
+//! everything, quarantine what is corrupt so the next run recomputes it), of a local store
+//! and of a remote one ([`remote`]).
+
+mod remote;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
@@ -42,11 +45,19 @@ pub struct GcOptions {
     /// Memo entries younger than this are kept even if no current stage used them (they
     /// are likely the finished records of an interrupted run, to be resumed).
     pub memo_grace: Duration,
+    /// On a remote store, objects younger than this are kept even if nothing refers to
+    /// them: a run on another machine uploads its outputs before their cache entry.
+    pub remote_grace: Duration,
 }
 
 impl Default for GcOptions {
     fn default() -> Self {
-        GcOptions { keep_runs: 3, dry_run: false, memo_grace: Duration::from_secs(24 * 3600) }
+        GcOptions {
+            keep_runs: 3,
+            dry_run: false,
+            memo_grace: Duration::from_secs(24 * 3600),
+            remote_grace: Duration::from_secs(3600),
+        }
     }
 }
 
@@ -77,6 +88,10 @@ pub struct GcReport {
     pub checkpoints: usize,
     /// Bytes of those checkpoints.
     pub checkpoint_bytes: u64,
+    /// Objects removed from the remote store.
+    pub remote_objects: usize,
+    /// Bytes of those objects.
+    pub remote_object_bytes: u64,
 }
 
 fn all_refs(store: &Store) -> Vec<StageRef> {
@@ -146,6 +161,18 @@ fn remove(path: &Path) {
 pub fn gc(store: &Store, opts: &GcOptions) -> anyhow::Result<GcReport> {
     let _lock = store.lock_store(true)?;
     let mut report = GcReport::default();
+    // A remote store: decide on what every machine wrote.
+    let remote_memo: HashSet<String> = match store.remote() {
+        Some(r) => {
+            for dir in remote::METADATA {
+                store.pull_dir(dir)?;
+            }
+            let before = r.list("memo")?.into_iter().map(|l| l.rel).collect();
+            store.pull_dir("memo")?;
+            before
+        }
+        None => HashSet::new(),
+    };
     let refs = all_refs(store);
     let live_keys: HashSet<Digest> = refs.iter().map(|r| r.key).collect();
     let live_runs: HashSet<String> = refs.iter().map(|r| r.run_id.clone()).collect();
@@ -227,9 +254,23 @@ pub fn gc(store: &Store, opts: &GcOptions) -> anyhow::Result<GcReport> {
     report.checkpoints = stale_checkpoints.len();
     report.checkpoint_bytes = stale_checkpoints.iter().map(|p| size_of(p)).sum();
     let memo = compact_memos(store, &kept_keys, opts, &mut report)?;
+    let remote_drop = remote::unreferenced(store, &live_objects, opts.remote_grace)?;
+    report.remote_objects = remote_drop.len();
+    report.remote_object_bytes = remote_drop.iter().map(|o| o.bytes).sum();
     if opts.dry_run {
         return Ok(report);
     }
+    // The remote first: what it refers to goes before what refers to it.
+    remote::delete(store, remote_drop.into_iter().flat_map(|o| o.parts))?;
+    let rel = |p: &Path| store.rel(p);
+    remote::delete(
+        store,
+        drop_cache
+            .iter()
+            .filter_map(|p| rel(p))
+            .chain(drop_manifests.iter().flat_map(|id| [format!("runs/{id}.json"), format!("runs/{id}.metrics.jsonl")]))
+            .chain(drop_checks.iter().filter_map(|c| rel(&CheckResult::path(store, &c.stage_key, &c.check_digest)))),
+    )?;
     for p in &drop_objects {
         // Objects are read-only; removal needs only the directory's write permission.
         remove(p);
@@ -248,6 +289,14 @@ pub fn gc(store: &Store, opts: &GcOptions) -> anyhow::Result<GcReport> {
         remove(w);
     }
     memo.apply()?;
+    if store.remote().is_some() {
+        // The compacted segments up, then the segments they replace (those this gc saw;
+        // a segment another machine uploaded since is left alone).
+        store.push_dir("memo")?;
+        let local_now: HashSet<String> =
+            walk_files(&store.dir("memo")).unwrap_or_default().iter().filter_map(|p| store.rel(p)).collect();
+        remote::delete(store, remote_memo.into_iter().filter(|r| !local_now.contains(r)))?;
+    }
     Ok(report)
 }
 
@@ -411,10 +460,30 @@ pub fn verify(store: &Store) -> anyhow::Result<VerifyReport> {
             ),
         ));
     }
+    // A remote store: every object rehashed as downloaded; a corrupt one is deleted there
+    // (and here, where the pass above found it too), so that the next run recomputes it.
+    for o in remote::remote_objects(store)? {
+        report.objects += 1;
+        if let Some(reason) = remote::check(store, &o)? {
+            let name = o.parts.first().cloned().unwrap_or_default();
+            remote::delete(store, o.parts)?;
+            let local = store.object_path(o.kind, &o.digest);
+            if local.exists() {
+                store.quarantine(o.kind, &o.digest, &reason)?;
+            }
+            report.corrupt.push((format!("{}/{name}", store.location()), format!("{reason}; deleted")));
+        }
+    }
+    if store.remote().is_some() {
+        store.pull_dir("cache")?;
+    }
     // Cache entries and refs that cannot be read are removed (they will be recomputed).
     for (path, entry) in all_cache_entries(store) {
         if entry.is_none() {
             remove(&path);
+            if let Some(rel) = store.rel(&path) {
+                remote::delete(store, [rel])?;
+            }
             report.corrupt.push((path.display().to_string(), "unreadable cache entry; removed".into()));
         }
     }
