@@ -58,10 +58,16 @@ fn hosts_file(p: &Project, n: usize) -> String {
 }
 
 fn start(p: &Project, hosts: &str, process: usize, extra: &[&str]) -> Child {
+    start_with(p, hosts, process, extra, &[])
+}
+
+fn start_with(p: &Project, hosts: &str, process: usize, extra: &[&str], env: &[(&str, String)]) -> Child {
     let i = process.to_string();
     let mut args = vec!["run", "pipeline.yaml", "-w", "2", "--hosts", hosts, "--process", &i];
     args.extend_from_slice(extra);
-    p.command(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start fleming")
+    let mut c = p.command(&args);
+    c.envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+    c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start fleming")
 }
 
 struct Finished {
@@ -133,6 +139,43 @@ fn extract_on_2_and_4_processes_equals_one_process() {
         let again = p.run_ok(&[]);
         assert!(again.stdout.contains("0 ran"), "{}", again.stdout);
     }
+}
+
+/// Two "machines": two project directories, each with its own local store, sharing only a
+/// bucket (moto's S3 server) and the hosts file. The stages that are not dataflows are
+/// shared out by lease, the extract spans both, and a third clone finds everything cached
+/// with the one-process digests.
+#[test]
+fn processes_with_separate_local_stores_share_a_bucket() {
+    let scratch = Project::new();
+    let fixture = generate_fixture(&scratch, 3000);
+    let single = project_with(&fixture);
+    single.run_ok(&[]);
+    let want = digests(&single);
+
+    let server = fleming_testkit::s3::S3Server::start().expect("moto's S3 server (scripts/ensure-moto)");
+    server.create_bucket("fleming").expect("bucket");
+    let mut env = server.env();
+    env.push(("FLEMING_STORE", "s3://fleming/cluster".into()));
+    let machines = [project_with(&fixture), project_with(&fixture)];
+    let listeners: Vec<_> = (0..2).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind")).collect();
+    let hosts: Vec<String> = listeners.iter().map(|l| l.local_addr().expect("addr").to_string()).collect();
+    drop(listeners);
+    for m in &machines {
+        m.write("hosts", &hosts.join("\n"));
+    }
+    let children: Vec<Child> = machines.iter().enumerate().map(|(i, m)| start_with(m, "hosts", i, &[], &env)).collect();
+    for (i, c) in children.into_iter().enumerate() {
+        let f = finish(c, Duration::from_secs(300));
+        assert_eq!(f.code, Some(0), "machine {i}:\n{}\n{}", f.stdout, f.stderr);
+    }
+    let third = project_with(&fixture);
+    let mut c = third.command(&["run", "pipeline.yaml"]);
+    c.envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+    let r = crate::support::Ran::from(c.output().expect("run"));
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("0 ran, 2 cached"), "{}", r.stdout);
+    assert_eq!(digests(&third), want);
 }
 
 /// Whether a TCP connection to or from `port` on 127.0.0.1 is established.
