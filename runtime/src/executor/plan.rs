@@ -1,5 +1,7 @@
-//! Deciding what a stage needs: its key, whether a cached run can be reused, why it must
-//! run, and whether it continues its previous run.
+//! Planning a run: which stages are selected, and for each its key, whether a cached run
+//! can be reused, why it must run, and whether it continues its previous run. The plan is
+//! computed once, before anything runs ([`Executor::plan`]); `run -n` and `status` print
+//! it, and the scheduler ([`super::schedule`]) runs its nodes.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -9,14 +11,208 @@ use fleming_artifacts::manifest::FileRecord;
 use fleming_artifacts::{ArtifactKind, Digest};
 use serde_json::Value;
 
-use super::{Decision, Executor, Outcome, Pending, StageReport, continuation_checkpoint};
+use super::{
+    Decision, Executor, Outcome, Pending, RunOptions, RunReport, Selection, StageReport, continuation_checkpoint,
+};
 use crate::keys::{KeyParts, json_diff};
 use crate::op::{EffectsCtx, OpSpec, ParamType};
 use crate::params::{InputPathKind, input_paths_with_kind};
 use crate::spec::Stage;
 use crate::state::{CacheEntry, StageRef};
 
+/// What a run will do, decided before anything runs.
+pub struct Plan {
+    /// Per stage, in pipeline order.
+    pub(super) steps: Vec<Step>,
+    /// Stages the run may execute.
+    pub(super) selected: Vec<bool>,
+    /// Stages the run looks at: the selected ones and what they need.
+    pub(super) relevant: Vec<bool>,
+}
+
+/// One stage of a plan.
+pub(super) enum Step {
+    /// Settled now: cached, not selected, stale, blocked, or its key could not be computed.
+    Done(StageReport),
+    /// Runs; its key is known now.
+    Run(Pending),
+    /// Runs once the stages it waits for have: its key depends on their outputs (which may
+    /// not change, and then it is cached after all). The report says which.
+    AfterUpstream(StageReport),
+}
+
+impl Step {
+    /// The report a dry run gives for this step, which is also what the stages downstream
+    /// of it are planned against.
+    fn expected(&self, stage: &Stage) -> StageReport {
+        match self {
+            Step::Done(r) | Step::AfterUpstream(r) => r.clone(),
+            Step::Run(p) => {
+                let mut r = StageReport::new(stage, Outcome::WouldRun, p.reason.clone());
+                r.key = Some(p.key);
+                r.warnings = p.warnings.clone();
+                r
+            }
+        }
+    }
+}
+
+impl Plan {
+    /// The plan as `run -n` and `status` show it.
+    pub fn report(&self, stages: &[Stage]) -> RunReport {
+        let stages = self.steps.iter().zip(stages).map(|(step, stage)| step.expected(stage)).collect();
+        RunReport { stages, cancelled: false }
+    }
+}
+
 impl Executor<'_> {
+    /// Plans a run: walks the stages in dependency order, each against what the plan
+    /// expects of the stages upstream. Cached stages get their refs and checks (unless
+    /// `dry_run`); nothing runs.
+    pub fn plan(&self, opts: &RunOptions) -> anyhow::Result<Plan> {
+        let (selected, relevant) = self.resolve_selection(&opts.selection)?;
+        let stages = &self.pipeline.stages;
+        let mut expected: Vec<Option<StageReport>> = vec![None; stages.len()];
+        let mut steps: Vec<Option<Step>> = (0..stages.len()).map(|_| None).collect();
+        for i in self.pipeline.topo_order() {
+            let step = self.step(i, &expected, &selected, &relevant, opts);
+            expected[i] = Some(step.expected(&stages[i]));
+            steps[i] = Some(step);
+        }
+        let steps = steps
+            .into_iter()
+            .zip(stages)
+            .map(|(s, stage)| s.unwrap_or_else(|| Step::Done(StageReport::new(stage, Outcome::Skipped, "not planned"))))
+            .collect();
+        Ok(Plan { steps, selected, relevant })
+    }
+
+    /// Where stage `i` stands given the reports of the stages upstream: as the plan expects
+    /// them, or, once they have run, as they ran.
+    pub(super) fn step(
+        &self,
+        i: usize,
+        upstream: &[Option<StageReport>],
+        selected: &[bool],
+        relevant: &[bool],
+        opts: &RunOptions,
+    ) -> Step {
+        let stage = &self.pipeline.stages[i];
+        if !relevant[i] {
+            return Step::Done(StageReport::new(stage, Outcome::NotSelected, "not selected"));
+        }
+        if let Some(r) = self.blocked_by_upstream(i, upstream, selected, opts.dry_run) {
+            return if r.outcome == Outcome::WouldRun { Step::AfterUpstream(r) } else { Step::Done(r) };
+        }
+        match self.decide(i, upstream, opts.force && selected[i], opts.dry_run) {
+            Ok(Decision::Cached(mut r)) => {
+                if !opts.skip_checks {
+                    r.checks = self.run_checks(stage, &r, false, !opts.dry_run);
+                }
+                Step::Done(r)
+            }
+            Ok(Decision::Run(p)) if !selected[i] => {
+                let mut r = StageReport::new(stage, Outcome::Stale, p.reason.clone());
+                r.key = Some(p.key);
+                r.warnings = p.warnings;
+                Step::Done(r)
+            }
+            Ok(Decision::Run(p)) => Step::Run(p),
+            Err(e) => {
+                let mut r = StageReport::new(stage, Outcome::Failed, "could not compute its key");
+                r.error = Some(format!("{e:#}"));
+                Step::Done(r)
+            }
+        }
+    }
+
+    /// Which stages a selection runs, and which it looks at.
+    fn resolve_selection(&self, sel: &Selection) -> anyhow::Result<(Vec<bool>, Vec<bool>)> {
+        let n = self.pipeline.stages.len();
+        let index = |name: &str| {
+            self.pipeline.stage_index(name).ok_or_else(|| {
+                anyhow!(
+                    "no stage `{name}` in {} ({})",
+                    self.pipeline.file.display(),
+                    crate::diagnostic::suggestion(name, self.pipeline.stages.iter().map(|s| s.name.as_str()))
+                )
+            })
+        };
+        Ok(match sel {
+            Selection::All => (vec![true; n], vec![true; n]),
+            Selection::Only(names) => {
+                let mut selected = vec![false; n];
+                let mut relevant = vec![false; n];
+                for name in names {
+                    let i = index(name)?;
+                    selected[i] = true;
+                    relevant[i] = true;
+                    for a in self.pipeline.ancestors(i) {
+                        relevant[a] = true;
+                    }
+                }
+                (selected, relevant)
+            }
+            Selection::Until(names) => {
+                let mut selected = vec![false; n];
+                for name in names {
+                    let i = index(name)?;
+                    selected[i] = true;
+                    for a in self.pipeline.ancestors(i) {
+                        selected[a] = true;
+                    }
+                }
+                (selected.clone(), selected)
+            }
+        })
+    }
+
+    /// A report for a stage that cannot be evaluated because of its upstream, or `None`.
+    fn blocked_by_upstream(
+        &self,
+        i: usize,
+        reports: &[Option<StageReport>],
+        selected: &[bool],
+        dry_run: bool,
+    ) -> Option<StageReport> {
+        let stage = &self.pipeline.stages[i];
+        for &u in &stage.upstream {
+            let up = reports[u].as_ref()?;
+            let name = &up.stage;
+            if let Some(c) = up.blocking_check() {
+                return Some(StageReport::new(
+                    stage,
+                    Outcome::Skipped,
+                    format!(
+                        "blocked: check `{}` of `{name}` {}",
+                        c.name,
+                        if c.status == crate::checks::CheckStatus::Error { "could not run" } else { "failed" }
+                    ),
+                ));
+            }
+            let (outcome, reason) = match up.outcome {
+                Outcome::Cached | Outcome::Ran => continue,
+                Outcome::Failed => (Outcome::Skipped, format!("upstream `{name}` failed")),
+                Outcome::Cancelled => (Outcome::Skipped, format!("upstream `{name}` was cancelled")),
+                Outcome::Skipped | Outcome::NotSelected => (Outcome::Skipped, format!("upstream `{name}` did not run")),
+                Outcome::WouldRun => (
+                    Outcome::WouldRun,
+                    format!(
+                        "upstream `{name}` will run (this stage may still be cached if its output does not change)"
+                    ),
+                ),
+                Outcome::Stale if selected[i] && !dry_run => (
+                    Outcome::Skipped,
+                    format!("upstream `{name}` is stale and not selected (use --until {} to run it too)", stage.name),
+                ),
+                Outcome::Stale if selected[i] => (Outcome::WouldRun, format!("upstream `{name}` is stale")),
+                Outcome::Stale => (Outcome::Stale, format!("upstream `{name}` is stale")),
+            };
+            return Some(StageReport::new(stage, outcome, reason));
+        }
+        None
+    }
+
     /// Computes the key of stage `i` (its upstream must be usable) and decides whether it is
     /// cached.
     pub(super) fn decide(
