@@ -231,7 +231,16 @@ enum Decision {
     Run(Pending),
 }
 
-/// Runs pipelines against a store.
+/// What the scheduler gives a stage it starts.
+struct Launch {
+    /// The reports of the stages upstream of it.
+    upstream: Vec<Option<StageReport>>,
+    /// Threads / data-parallel workers.
+    threads: usize,
+    /// The GPUs it holds (none: the CPU).
+    gpus: Vec<u32>,
+}
+
 /// What running one stage needs, on whichever side it runs (this process or the worker).
 pub(super) struct StageRun<'r> {
     stage: &'r Stage,
@@ -248,6 +257,7 @@ pub(super) struct StageRun<'r> {
     work_dir: &'r Path,
 }
 
+/// Runs pipelines against a store.
 pub struct Executor<'a> {
     pipeline: &'a Pipeline,
     store: &'a Store,
@@ -363,9 +373,7 @@ impl<'a> Executor<'a> {
         &self,
         stage: &Stage,
         p: &Pending,
-        upstream: &[Option<StageReport>],
-        threads: usize,
-        gpus: &[u32],
+        launch: &Launch,
         progress: &Progress,
         metrics: &mut Map<String, Value>,
         worker_info: &mut Option<Value>,
@@ -376,7 +384,8 @@ impl<'a> Executor<'a> {
         let mut loaded: BTreeMap<String, Vec<(String, ArtifactRef)>> = BTreeMap::new();
         for (port, refs) in &stage.inputs {
             for r in refs {
-                let up = upstream
+                let up = launch
+                    .upstream
                     .iter()
                     .flatten()
                     .find(|u| u.stage == r.stage)
@@ -406,7 +415,16 @@ impl<'a> Executor<'a> {
                 }
             }
         }
-        let run = StageRun { stage, pending: p, loaded: &loaded, threads, gpus, progress, run_id, work_dir: &work_dir };
+        let run = StageRun {
+            stage,
+            pending: p,
+            loaded: &loaded,
+            threads: launch.threads,
+            gpus: &launch.gpus,
+            progress,
+            run_id,
+            work_dir: &work_dir,
+        };
         match spec.execution {
             Execution::Cpu | Execution::CpuWithWorkers | Execution::Dataflow => self.run_in_process(&run, metrics),
             Execution::Worker => self.run_in_worker(&run, metrics, worker_info),

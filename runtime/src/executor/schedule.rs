@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use anyhow::anyhow;
 
 use super::plan::{Plan, Step};
-use super::{Executor, Outcome, Pending, RunOptions, RunReport, StageReport, panic_message};
+use super::{Executor, Launch, Outcome, Pending, RunOptions, RunReport, StageReport, panic_message};
 
 impl Executor<'_> {
     /// Runs the pipeline: plans it, then (unless `dry_run`, which returns the plan) runs
@@ -134,24 +134,25 @@ impl Executor<'_> {
                             on_cpu[i] = !on_gpus;
                             cpu_running += usize::from(!on_gpus);
                             let tx = tx.clone();
-                            let worker_threads =
-                                stage.resources.threads.map(|t| t as usize).unwrap_or(opts.workers).max(1);
-                            let upstream: Vec<Option<StageReport>> =
-                                stage.upstream.iter().map(|&u| reports[u].clone()).collect();
+                            let launch = Launch {
+                                upstream: stage.upstream.iter().map(|&u| reports[u].clone()).collect(),
+                                threads: stage.resources.threads.map(|t| t as usize).unwrap_or(opts.workers).max(1),
+                                gpus,
+                            };
                             let this = &*self;
                             let skip_checks = opts.skip_checks;
                             scope.spawn(move || {
                                 // The operator's own panics are caught where it runs; this
                                 // catches the rest (a bug in the runtime), which would
                                 // otherwise leave the loop below waiting for the report.
-                                let run = || this.execute(i, p, &upstream, worker_threads, &gpus, skip_checks);
+                                let run = || this.execute(i, p, &launch, skip_checks);
                                 let report = catch_unwind(AssertUnwindSafe(run)).unwrap_or_else(|panic| {
                                     let mut r = StageReport::new(&stages[i], Outcome::Failed, "internal error");
                                     r.error =
                                         Some(format!("fleming panicked running the stage: {}", panic_message(&panic)));
                                     r
                                 });
-                                this.gpus().release(gpus);
+                                this.gpus().release(launch.gpus);
                                 let _ = tx.send((i, report));
                             });
                         }

@@ -11,7 +11,7 @@ use fleming_artifacts::manifest::{DeviceMap, InputRecord, RunStatus, new_run_id}
 use fleming_artifacts::{ArtifactKind, Digest, RunManifest};
 use serde_json::Map;
 
-use super::{Executor, Outcome, Pending, StageReport, hostname, upstream_rows};
+use super::{Executor, Launch, Outcome, Pending, StageReport, hostname, upstream_rows};
 use crate::cancel::Cancelled;
 use crate::checks::{CheckResult, evaluate};
 use crate::spec::Stage;
@@ -19,15 +19,7 @@ use crate::state::CacheEntry;
 
 impl Executor<'_> {
     /// Runs one stage under its key lock and commits its outputs.
-    pub(super) fn execute(
-        &self,
-        i: usize,
-        p: Pending,
-        upstream: &[Option<StageReport>],
-        threads: usize,
-        gpus: &[u32],
-        skip_checks: bool,
-    ) -> StageReport {
+    pub(super) fn execute(&self, i: usize, p: Pending, launch: &Launch, skip_checks: bool) -> StageReport {
         let stage = &self.pipeline.stages[i];
         let spec = stage.op.spec();
         let started = Instant::now();
@@ -40,7 +32,7 @@ impl Executor<'_> {
         if let Some(cluster) = self.cluster_of(stage)
             && !cluster.is_leader()
         {
-            return self.take_part(stage, &p, upstream, threads, gpus, report);
+            return self.take_part(stage, &p, launch, report);
         }
         // The key lock: one process computes a key; others wait and reuse.
         let _lock = match self.lock_key(stage, &p.key) {
@@ -77,8 +69,7 @@ impl Executor<'_> {
         let progress = self.progress.stage(&stage.name, spec.name);
         let mut metrics = Map::new();
         let mut worker_info = None;
-        let result =
-            self.compute(stage, &p, upstream, threads, gpus, &progress, &mut metrics, &mut worker_info, &run_id);
+        let result = self.compute(stage, &p, launch, &progress, &mut metrics, &mut worker_info, &run_id);
         let finished_at = Utc::now();
         let (status, error) = match &result {
             Ok(outputs) => {
@@ -120,7 +111,7 @@ impl Executor<'_> {
                         .map(|(r, d)| InputRecord {
                             from: r.to_string(),
                             digest: *d,
-                            rows: upstream_rows(upstream, stage, r),
+                            rows: upstream_rows(&launch.upstream, stage, r),
                         })
                         .collect();
                     (port.clone(), recs)
@@ -138,7 +129,7 @@ impl Executor<'_> {
             status,
             error,
             worker: worker_info,
-            devices: (stage.resources.gpu > 0).then(|| DeviceMap::of(gpus)),
+            devices: (stage.resources.gpu > 0).then(|| DeviceMap::of(&launch.gpus)),
             checks: report.checks.iter().filter_map(|c| serde_json::to_value(c).ok()).collect(),
         };
         let commit = (|| -> anyhow::Result<()> {
@@ -178,15 +169,7 @@ impl Executor<'_> {
     /// Takes part in a dataflow stage of a cluster run as a process other than 0: runs its
     /// share, then waits for process 0 (which holds the key lock until it has committed)
     /// and reports what it committed. Writes no manifest: process 0's is the stage's.
-    fn take_part(
-        &self,
-        stage: &Stage,
-        p: &Pending,
-        upstream: &[Option<StageReport>],
-        threads: usize,
-        gpus: &[u32],
-        mut report: StageReport,
-    ) -> StageReport {
+    fn take_part(&self, stage: &Stage, p: &Pending, launch: &Launch, mut report: StageReport) -> StageReport {
         let spec = stage.op.spec();
         let (process, processes) = self.cluster.as_ref().map(|c| (c.process, c.processes())).unwrap_or((0, 1));
         let started = Instant::now();
@@ -194,7 +177,7 @@ impl Executor<'_> {
         let progress = self.progress.stage(&stage.name, spec.name);
         let mut metrics = Map::new();
         let run_id = new_run_id(&stage.name, &p.key, Utc::now());
-        let computed = self.compute(stage, p, upstream, threads, gpus, &progress, &mut metrics, &mut None, &run_id);
+        let computed = self.compute(stage, p, launch, &progress, &mut metrics, &mut None, &run_id);
         let committed = computed.and_then(|_| {
             let _lock = self.lock_key(stage, &p.key)?.ok_or(Cancelled)?;
             CacheEntry::load(self.store, &p.key)?
