@@ -51,7 +51,7 @@ test: build chromium moto
 	scripts/gpu-check --cpu
 
 ## fleming itself, without libtorch: unit and end-to-end tests.
-test-core:
+test-core: moto
 	cargo test --all-targets
 
 ## The operator test cases in tests/ops.

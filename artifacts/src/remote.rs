@@ -50,7 +50,17 @@ pub struct Remote {
     url: String,
     store: Arc<dyn ObjectStore>,
     prefix: String,
-    runtime: tokio::runtime::Runtime,
+    /// Taken on drop (see there).
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for Remote {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks, which panics inside another runtime (the UI's).
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl std::fmt::Debug for Remote {
@@ -118,7 +128,7 @@ impl Remote {
             url: url.to_string(),
             store: Arc::new(store),
             prefix: prefix.trim_matches('/').to_string(),
-            runtime,
+            runtime: Some(runtime),
         })
     }
 
@@ -144,13 +154,14 @@ impl Remote {
     where
         F::Output: Send,
     {
+        let Some(runtime) = &self.runtime else { unreachable!("the runtime is only taken on drop") };
         if tokio::runtime::Handle::try_current().is_ok() {
-            std::thread::scope(|s| match s.spawn(|| self.runtime.block_on(f)).join() {
+            std::thread::scope(|s| match s.spawn(|| runtime.block_on(f)).join() {
                 Ok(v) => v,
                 Err(panic) => std::panic::resume_unwind(panic),
             })
         } else {
-            self.runtime.block_on(f)
+            runtime.block_on(f)
         }
     }
 

@@ -28,7 +28,9 @@ pub fn status(cli: &Cli, args: &StatusArgs, registry: &dyn Registry) -> anyhow::
     let store = open_store(cli, &pipeline)?;
     let executor = Executor::new(&pipeline, &store, std::sync::Arc::new(SilentSink), CancelToken::new());
     let report = executor.run(&RunOptions { dry_run: true, ..RunOptions::default() })?;
-    println!("{} ({}), store {}", pipeline.name, args.pipeline.display(), store.root().display());
+    let cache =
+        if store.remote().is_some() { format!(" (cached in {})", store.root().display()) } else { String::new() };
+    println!("{} ({}), store {}{cache}", pipeline.name, args.pipeline.display(), store.location());
     let w_stage = report.stages.iter().map(|s| s.stage.len()).max().unwrap_or(5).max(5);
     let w_op = report.stages.iter().map(|s| s.op.len() + 2).max().unwrap_or(4).max(4);
     let mut stale = 0;
