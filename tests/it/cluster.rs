@@ -132,6 +132,10 @@ fn extract_on_2_and_4_processes_equals_one_process() {
         let kg = p.manifests_of("kg");
         assert_eq!(kg.len(), 1, "{kg:#?}");
         assert_eq!(kg[0]["metrics"]["processes"], n);
+        // Process 0 read and parsed its share of the pages only.
+        let share = kg[0]["metrics"]["parsed_pages_process_0"].as_u64().expect("parsed pages");
+        let all = single.manifests_of("kg")[0]["metrics"]["parsed_pages"].as_u64().expect("parsed pages");
+        assert!(share > 0 && share <= all / n as u64 + 1, "{share} of {all} pages on process 0 of {n}");
         assert!(done[1].stderr.contains("took part"), "{}", done[1].stderr);
         // The crawl ran once, on whichever process took its key.
         assert_eq!(p.manifests_of("pages").len(), 1);

@@ -570,11 +570,8 @@ impl Operator for Extract {
             Err(why) => {
                 // Said in the manifest, so that a slow rerun explains itself.
                 ctx.metric("full_reason", why);
-                let pages = Arc::new(PagesView::new(&ctx.input("pages")?.columns(PAGE_COLUMNS)?)?);
-                if pages.wikitext.is_none() {
-                    anyhow::bail!("the pages table has no `wikitext` column");
-                }
-                match full_run(ctx, &s, &pages)? {
+                let (pages, texts) = full_input(ctx)?;
+                match full_run(ctx, &s, &pages, &texts)? {
                     Some(built) => built,
                     // Another process of the cluster builds the tables.
                     None => return Ok(Outputs::new()),
@@ -661,22 +658,78 @@ fn previous_state(ctx: &OpContext, state: &str) -> anyhow::Result<Result<Previou
 
 type Built = (Table, Table, Table);
 
+/// The wikitext a process parses: every page's, or in a cluster run its share's, a
+/// contiguous range of rows (the other processes read the rest).
+enum Texts {
+    /// In the pages view.
+    All,
+    /// Rows `lo..lo + text.len()`.
+    Share { lo: usize, text: LargeStringArray },
+}
+
+impl Texts {
+    fn get<'a>(&'a self, pages: &'a PagesView, i: usize) -> &'a str {
+        match self {
+            Texts::All => pages.text(i),
+            Texts::Share { lo, text } => match i.checked_sub(*lo) {
+                Some(at) if at < text.len() && !text.is_null(at) => text.value(at),
+                _ => "",
+            },
+        }
+    }
+}
+
+/// The rows process `process` of `processes` parses: a contiguous share of `len`.
+fn share_of(len: usize, process: usize, processes: usize) -> std::ops::Range<usize> {
+    let n = processes.max(1);
+    len * process / n..len * (process + 1) / n
+}
+
+/// The pages a full run reads: every column of every page, or in a cluster run (when the
+/// pages carry `redirect_to` and `digest`, so that the text is needed only to parse) the
+/// wikitext of this process's share alone.
+fn full_input(ctx: &OpContext) -> anyhow::Result<(Arc<PagesView>, Arc<Texts>)> {
+    let input = ctx.input("pages")?;
+    if let Some(c) = &ctx.cluster {
+        let view = PagesView::new(&input.columns(DIFF_COLUMNS)?)?;
+        if view.redirect_to.is_some() && view.digest.is_some() {
+            let rows: Vec<usize> = share_of(view.len(), c.process, c.processes()).collect();
+            let some = SomeTexts::of(&view, input, &rows)?;
+            let lo = rows.first().copied().unwrap_or(0);
+            return Ok((Arc::new(view), Arc::new(Texts::Share { lo, text: some.text })));
+        }
+    }
+    let pages = PagesView::new(&input.columns(PAGE_COLUMNS)?)?;
+    if pages.wikitext.is_none() {
+        anyhow::bail!("the pages table has no `wikitext` column");
+    }
+    Ok((Arc::new(pages), Arc::new(Texts::All)))
+}
+
 /// Parses the pages and merges their records; `None` on a process of a cluster other than
 /// 0, which only feeds its share.
-fn full_run(ctx: &mut OpContext, s: &Settings, pages: &Arc<PagesView>) -> anyhow::Result<Option<Built>> {
+fn full_run(
+    ctx: &mut OpContext,
+    s: &Settings,
+    pages: &Arc<PagesView>,
+    texts: &Arc<Texts>,
+) -> anyhow::Result<Option<Built>> {
     let t = Instant::now();
     let Usable { keep, rejects, .. } = pages.usable();
     let keep = Arc::new(keep);
     let redirects = Arc::new(pages.redirects(&keep));
     let memo = ctx.memo.clone();
     let parsed = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let bytes: u64 = (0..pages.len()).filter(|&i| keep[i]).map(|i| pages.text(i).len() as u64).sum();
+    let processes = ctx.cluster.as_ref().map(|c| c.processes()).unwrap_or(1);
+    let mine = share_of(pages.len(), ctx.cluster.as_ref().map(|c| c.process).unwrap_or(0), processes);
+    let bytes: u64 = mine.clone().filter(|&i| keep[i]).map(|i| texts.get(pages, i).len() as u64).sum();
     ctx.progress.set_unit("pages");
-    ctx.progress.set_total(pages.len() as u64);
-    let (p2, k2, r2, lex, parsed2, progress, cancel) = (
+    ctx.progress.set_total(mine.len() as u64);
+    let (p2, k2, r2, t2, lex, parsed2, progress, cancel) = (
         pages.clone(),
         keep.clone(),
         redirects.clone(),
+        texts.clone(),
         s.lexicon.clone(),
         parsed.clone(),
         ctx.progress.clone(),
@@ -687,7 +740,11 @@ fn full_run(ctx: &mut OpContext, s: &Settings, pages: &Arc<PagesView>) -> anyhow
         let interp = Interp { lexicon: &lex, min_conf };
         let resolve = |t: &str| r2.get(t).cloned();
         let mut n_parsed = 0;
-        for (done, i) in (index..p2.len()).step_by(peers.max(1)).enumerate() {
+        // The workers of process p are p * threads .. (p + 1) * threads (timely's numbering);
+        // each takes every `threads`-th row of its process's share.
+        let threads = (peers / processes).max(1);
+        let share = share_of(p2.len(), index / threads, processes);
+        for (done, i) in (share.start + index % threads..share.end).step_by(threads).enumerate() {
             if !k2[i] {
                 continue;
             }
@@ -696,7 +753,7 @@ fn full_run(ctx: &mut OpContext, s: &Settings, pages: &Arc<PagesView>) -> anyhow
                 progress.inc(256.min(p2.len() as u64));
             }
             let title = p2.title.value(i);
-            let facts = facts_for(&memo, title, &p2.digest(i), p2.text(i), &mut n_parsed);
+            let facts = facts_for(&memo, title, &p2.digest(i), t2.get(&p2, i), &mut n_parsed);
             for (r, d) in rules::records(&p2.page_ref(i), &facts, &interp, &resolve, names) {
                 emit(r, d);
             }
@@ -713,8 +770,10 @@ fn full_run(ctx: &mut OpContext, s: &Settings, pages: &Arc<PagesView>) -> anyhow
     ctx.metric("graph_feed_s", out.feed_s);
     ctx.metric("graph_dataflow_s", out.dataflow_s);
     ctx.metric("mode", "full");
-    ctx.metric("parsed_pages", parsed.load(std::sync::atomic::Ordering::Relaxed));
-    ctx.metric("wikitext_bytes", bytes);
+    // In a cluster run, of process 0's share.
+    let here = if processes > 1 { "_process_0" } else { "" };
+    ctx.metric(&format!("parsed_pages{here}"), parsed.load(std::sync::atomic::Ordering::Relaxed));
+    ctx.metric(&format!("wikitext_bytes{here}"), bytes);
     ctx.metric("graph_s", graph_s);
     if out.negative > 0 {
         anyhow::bail!("internal error: {} records with negative multiplicity in a full run", out.negative);
