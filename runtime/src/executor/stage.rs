@@ -273,7 +273,9 @@ impl Executor<'_> {
             self.claim(stage, key);
             return Ok(Some(l));
         }
+        let cluster_peer = self.cluster_of(stage).is_some_and(|c| !c.is_leader());
         match self.twin(stage, key) {
+            _ if cluster_peer => self.log(&format!("… {}: waiting for process 0 to commit the outputs", stage.name)),
             Some(twin) => self.log(&format!(
                 "… {}: stage `{twin}` has the same key (the same operator, params and inputs) and is computing it; waiting for it",
                 stage.name
