@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::anyhow;
 use fleming_runtime::CancelToken;
 use fleming_runtime::cluster::Cluster;
+use fleming_runtime::diagnostic::panic_message;
 use timely::communication::allocator::zero_copy::initialize::initialize_networking_from_sockets;
 use timely::communication::allocator::{AllocatorBuilder, ProcessBuilder};
 use timely::communication::{Hooks, initialize_from};
@@ -70,7 +71,7 @@ where
     let results = match joined {
         Ok(results) => results,
         Err(panic) => {
-            let why = reason(panic_text(panic.as_ref()));
+            let why = reason(panic_message(panic.as_ref()));
             return Err(anyhow!("{where_}the dataflow failed (another process died or left?): {why}"));
         }
     };
@@ -99,21 +100,11 @@ fn quiet_timely_panics() {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
             if std::thread::current().name().is_some_and(|n| n.starts_with("timely:")) {
-                let text = info.payload_as_str().map(str::to_string).unwrap_or_else(|| panic_text(info.payload()));
+                let text = info.payload_as_str().map(str::to_string).unwrap_or_else(|| panic_message(info.payload()));
                 TIMELY_PANICS.lock().unwrap_or_else(|e| e.into_inner()).push(text);
             } else {
                 previous(info);
             }
         }));
     });
-}
-
-fn panic_text(panic: &(dyn Any + Send)) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        s.to_string()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a panic without a message".into()
-    }
 }

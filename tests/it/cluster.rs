@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{Project, repo};
+use crate::support::{Project, wiki_fixture};
 
 const PIPELINE: &str = r#"
 stages:
@@ -29,24 +29,6 @@ fn project_with(fixture: &Path) -> Project {
     }
     p.pipeline(PIPELINE);
     p
-}
-
-fn generate_fixture(p: &Project, entities: u32) -> std::path::PathBuf {
-    let shared = repo().join("../shared/data");
-    let fx = p.path().join("fixture");
-    let g = p.fleming(&[
-        "fixtures",
-        "wiki",
-        "--out",
-        fx.to_str().expect("path"),
-        "--entities",
-        &entities.to_string(),
-        "--bz2",
-        "--shared",
-        shared.to_str().expect("path"),
-    ]);
-    assert_eq!(g.code, 0, "{}\n{}", g.stdout, g.stderr);
-    fx
 }
 
 /// A hosts file of `n` free ports on 127.0.0.1.
@@ -116,7 +98,7 @@ fn run_cluster(p: &Project, n: usize) -> Vec<Finished> {
 #[test]
 fn extract_on_2_and_4_processes_equals_one_process() {
     let scratch = Project::new();
-    let fixture = generate_fixture(&scratch, 3000);
+    let fixture = wiki_fixture(&scratch, "fixture", 3000);
     let single = project_with(&fixture);
     single.run_ok(&["-w", "2"]);
     let want = digests(&single);
@@ -152,7 +134,7 @@ fn extract_on_2_and_4_processes_equals_one_process() {
 #[test]
 fn processes_with_separate_local_stores_share_a_bucket() {
     let scratch = Project::new();
-    let fixture = generate_fixture(&scratch, 3000);
+    let fixture = wiki_fixture(&scratch, "fixture", 3000);
     let single = project_with(&fixture);
     single.run_ok(&[]);
     let want = digests(&single);
@@ -200,7 +182,7 @@ fn connected(port: u16) -> bool {
 #[test]
 fn a_process_that_dies_fails_the_stage_on_the_others() {
     let scratch = Project::new();
-    let fixture = generate_fixture(&scratch, 3000);
+    let fixture = wiki_fixture(&scratch, "fixture", 3000);
     let single = project_with(&fixture);
     single.run_ok(&[]);
     let want = digests(&single);

@@ -4,26 +4,12 @@
 //! faults.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use fleming_testkit::mediawiki::{FixtureWiki, WikiPage};
 use fleming_testkit::{Fault, FaultPlan, Request, TestServer, When};
 
-use crate::support::{Project, jsonl_rows, repo};
-
-/// `FLEMING_SHARED_DATA`, else `../shared/data` beside the repository; a clear failure
-/// when missing.
-fn shared_data() -> PathBuf {
-    let dir =
-        std::env::var_os("FLEMING_SHARED_DATA").map(PathBuf::from).unwrap_or_else(|| repo().join("../shared/data"));
-    assert!(
-        dir.join("wiki").is_dir() && dir.join("kg").is_dir(),
-        "shared data not found at {} (set FLEMING_SHARED_DATA to the directory holding wiki/ and kg/)",
-        dir.display()
-    );
-    dir
-}
+use crate::support::{Project, jsonl_rows, shared_data, wiki_fixture};
 
 fn triples(path: &std::path::Path) -> BTreeSet<(String, String, String)> {
     jsonl_rows(path)
@@ -92,21 +78,8 @@ stages:
 /// after one page changed that equals a fresh run.
 #[test]
 fn generated_fixture_precision_recall_and_incremental_rerun() {
-    let shared = shared_data();
     let p = Project::new();
-    let fx = p.path().join("fx");
-    let g = p.fleming(&[
-        "fixtures",
-        "wiki",
-        "--out",
-        fx.to_str().expect("path"),
-        "--entities",
-        "3000",
-        "--bz2",
-        "--shared",
-        shared.to_str().expect("path"),
-    ]);
-    assert_eq!(g.code, 0, "{}\n{}", g.stdout, g.stderr);
+    let fx = wiki_fixture(&p, "fx", 3000);
     let yaml = r#"
 stages:
   pages:

@@ -216,3 +216,36 @@ pub fn graph_boxes(page: &str) -> Vec<(String, String)> {
         })
         .collect()
 }
+
+/// `FLEMING_SHARED_DATA`, else `../shared/data` beside the repository; a clear failure
+/// when missing.
+pub fn shared_data() -> PathBuf {
+    let dir =
+        std::env::var_os("FLEMING_SHARED_DATA").map(PathBuf::from).unwrap_or_else(|| repo().join("../shared/data"));
+    assert!(
+        dir.join("wiki").is_dir() && dir.join("kg").is_dir(),
+        "shared data not found at {} (set FLEMING_SHARED_DATA to the directory holding wiki/ and kg/)",
+        dir.display()
+    );
+    dir
+}
+
+/// A generated wiki fixture of `entities` entities (`fleming fixtures wiki`, bz2 dump,
+/// lexicon, truth) in `p/dir`.
+pub fn wiki_fixture(p: &Project, dir: &str, entities: u32) -> PathBuf {
+    let shared = shared_data();
+    let fx = p.path().join(dir);
+    let g = p.fleming(&[
+        "fixtures",
+        "wiki",
+        "--out",
+        fx.to_str().expect("path"),
+        "--entities",
+        &entities.to_string(),
+        "--bz2",
+        "--shared",
+        shared.to_str().expect("path"),
+    ]);
+    assert_eq!(g.code, 0, "{}\n{}", g.stdout, g.stderr);
+    fx
+}

@@ -37,6 +37,7 @@ use crate::cancel::CancelToken;
 use crate::checks::CheckResult;
 use crate::cluster::Cluster;
 use crate::context::{Input, InputValue, OpContext, PreviousRun, RecordMemo, StoredTable};
+use crate::diagnostic::panic_message;
 use crate::dispatch::launcher::GpuPool;
 use crate::keys::KeyParts;
 use crate::op::{Execution, OpSpec, OutputValue, PortKind, check_outputs, schema_problems};
@@ -492,7 +493,7 @@ impl<'a> Executor<'a> {
             metrics.insert("memo_misses".into(), stats.misses.into());
             let outputs = match result {
                 Ok(r) => r?,
-                Err(panic) => bail!("operator `{}` panicked: {}", spec.name, panic_message(&panic)),
+                Err(panic) => bail!("operator `{}` panicked: {}", spec.name, panic_message(panic.as_ref())),
             };
             flushed?;
             self.cancel.check()?;
@@ -582,16 +583,6 @@ fn llm_json(p: &Pipeline) -> Map<String, Value> {
             )
         })
         .collect()
-}
-
-fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
-    if let Some(s) = p.downcast_ref::<&str>() {
-        s.to_string()
-    } else if let Some(s) = p.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "unknown panic".into()
-    }
 }
 
 fn hostname() -> String {

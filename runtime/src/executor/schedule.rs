@@ -9,7 +9,8 @@ use std::sync::mpsc;
 use anyhow::anyhow;
 
 use super::plan::{Plan, Step};
-use super::{Executor, Launch, Outcome, Pending, RunOptions, RunReport, StageReport, panic_message};
+use super::{Executor, Launch, Outcome, Pending, RunOptions, RunReport, StageReport};
+use crate::diagnostic::panic_message;
 
 impl Executor<'_> {
     /// Runs the pipeline: plans it, then (unless `dry_run`, which returns the plan) runs
@@ -148,8 +149,10 @@ impl Executor<'_> {
                                 let run = || this.execute(i, p, &launch, skip_checks);
                                 let report = catch_unwind(AssertUnwindSafe(run)).unwrap_or_else(|panic| {
                                     let mut r = StageReport::new(&stages[i], Outcome::Failed, "internal error");
-                                    r.error =
-                                        Some(format!("fleming panicked running the stage: {}", panic_message(&panic)));
+                                    r.error = Some(format!(
+                                        "fleming panicked running the stage: {}",
+                                        panic_message(panic.as_ref())
+                                    ));
                                     r
                                 });
                                 this.gpus().release(launch.gpus);
