@@ -31,6 +31,25 @@ fn project_with(fixture: &Path) -> Project {
     p
 }
 
+/// A generated fixture, and the one-process run that every cluster run is compared with.
+struct Reference {
+    /// Holds the fixture.
+    _scratch: Project,
+    fixture: std::path::PathBuf,
+    single: Project,
+    /// Its output digests.
+    want: (String, String, String),
+}
+
+fn reference() -> Reference {
+    let scratch = Project::new();
+    let fixture = wiki_fixture(&scratch, "fixture", 3000);
+    let single = project_with(&fixture);
+    single.run_ok(&["-w", "2"]);
+    let want = digests(&single);
+    Reference { _scratch: scratch, fixture, single, want }
+}
+
 /// A hosts file of `n` free ports on 127.0.0.1.
 fn hosts_file(p: &Project, n: usize) -> String {
     let listeners: Vec<_> = (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind")).collect();
@@ -97,19 +116,15 @@ fn run_cluster(p: &Project, n: usize) -> Vec<Finished> {
 
 #[test]
 fn extract_on_2_and_4_processes_equals_one_process() {
-    let scratch = Project::new();
-    let fixture = wiki_fixture(&scratch, "fixture", 3000);
-    let single = project_with(&fixture);
-    single.run_ok(&["-w", "2"]);
-    let want = digests(&single);
+    let Reference { fixture, single, want, .. } = &reference();
 
     for n in [2, 4] {
-        let p = project_with(&fixture);
+        let p = project_with(fixture);
         let done = run_cluster(&p, n);
         for (i, f) in done.iter().enumerate() {
             assert_eq!(f.code, Some(0), "process {i} of {n}:\n{}\n{}", f.stdout, f.stderr);
         }
-        assert_eq!(digests(&p), want, "{n} processes");
+        assert_eq!(&digests(&p), want, "{n} processes");
         // One manifest, by process 0; the others say they took part.
         let kg = p.manifests_of("kg");
         assert_eq!(kg.len(), 1, "{kg:#?}");
@@ -133,17 +148,13 @@ fn extract_on_2_and_4_processes_equals_one_process() {
 /// with the one-process digests.
 #[test]
 fn processes_with_separate_local_stores_share_a_bucket() {
-    let scratch = Project::new();
-    let fixture = wiki_fixture(&scratch, "fixture", 3000);
-    let single = project_with(&fixture);
-    single.run_ok(&[]);
-    let want = digests(&single);
+    let Reference { fixture, want, .. } = &reference();
 
     let server = fleming_testkit::s3::S3Server::start().expect("moto's S3 server (scripts/ensure-moto)");
     server.create_bucket("fleming").expect("bucket");
     let mut env = server.env();
     env.push(("FLEMING_STORE", "s3://fleming/cluster".into()));
-    let machines = [project_with(&fixture), project_with(&fixture)];
+    let machines = [project_with(fixture), project_with(fixture)];
     let listeners: Vec<_> = (0..2).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind")).collect();
     let hosts: Vec<String> = listeners.iter().map(|l| l.local_addr().expect("addr").to_string()).collect();
     drop(listeners);
@@ -155,13 +166,13 @@ fn processes_with_separate_local_stores_share_a_bucket() {
         let f = finish(c, Duration::from_secs(300));
         assert_eq!(f.code, Some(0), "machine {i}:\n{}\n{}", f.stdout, f.stderr);
     }
-    let third = project_with(&fixture);
+    let third = project_with(fixture);
     let mut c = third.command(&["run", "pipeline.yaml"]);
     c.envs(env.iter().map(|(k, v)| (*k, v.as_str())));
     let r = crate::support::Ran::from(c.output().expect("run"));
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     assert!(r.stdout.contains("0 ran, 2 cached"), "{}", r.stdout);
-    assert_eq!(digests(&third), want);
+    assert_eq!(&digests(&third), want);
 }
 
 /// Whether a TCP connection to or from `port` on 127.0.0.1 is established.
@@ -181,13 +192,9 @@ fn connected(port: u16) -> bool {
 /// `--connect-timeout`.
 #[test]
 fn a_process_that_dies_fails_the_stage_on_the_others() {
-    let scratch = Project::new();
-    let fixture = wiki_fixture(&scratch, "fixture", 3000);
-    let single = project_with(&fixture);
-    single.run_ok(&[]);
-    let want = digests(&single);
+    let Reference { fixture, want, .. } = &reference();
     for victim in [1usize, 0] {
-        let p = project_with(&fixture);
+        let p = project_with(fixture);
         // The crawl first, so that both processes reach the extract at once.
         p.run_ok(&["--until", "pages"]);
         let hosts = hosts_file(&p, 2);
@@ -229,11 +236,11 @@ fn a_process_that_dies_fails_the_stage_on_the_others() {
         for (i, f) in done.iter().enumerate() {
             assert_eq!(f.code, Some(0), "rerun, process {i}:\n{}\n{}", f.stdout, f.stderr);
         }
-        assert_eq!(digests(&p), want);
+        assert_eq!(&digests(&p), want);
     }
 
     // A process that never comes.
-    let p = project_with(&fixture);
+    let p = project_with(fixture);
     let hosts = hosts_file(&p, 2);
     let t = Instant::now();
     let f = finish(start(&p, &hosts, 1, &["--connect-timeout", "2"]), Duration::from_secs(120));
